@@ -1,0 +1,181 @@
+"""The ``emverse`` command line.
+
+``emverse plugins`` · ``emverse recipe validate FILE`` · ``emverse recipe show NAME``
+· ``emverse recipe list`` · ``emverse run FILE [--set k=v] [--out DIR]`` ·
+``emverse report RUN_DIR``. Plugins add subcommands through the ``emverse_cli`` hook.
+
+Errors a user can fix print one line and exit with code 2; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from emverse import __version__
+from emverse.errors import EmverseError, RecipeError
+
+
+def recipe_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("EMVERSE_RECIPES"):
+        dirs += [Path(p) for p in os.environ["EMVERSE_RECIPES"].split(os.pathsep)]
+    dirs.append(Path.cwd() / "recipes")
+    here = Path(__file__).resolve()
+    dirs += [parent / "recipes" for parent in here.parents[:3]]
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def _cmd_plugins(args) -> int:
+    from emverse.registry import get_registry
+
+    registry = get_registry()
+    if args.json:
+        out = [
+            {"name": p.name, "distribution": p.distribution, "version": p.version,
+             "status": "disabled" if p.disabled else ("failed" if p.error else "ok"),
+             "error": p.error, "components": p.components}
+            for p in registry.plugins
+        ]
+        print(json.dumps(out, indent=2))
+    else:
+        for p in registry.plugins:
+            state = "disabled" if p.disabled else ("FAILED" if p.error else "ok")
+            print(f"{p.name}  ({p.distribution} {p.version})  [{state}]")
+            if p.error:
+                print(f"    error: {p.error}")
+            for comp in registry.components():
+                if f"{comp.kind}:{comp.name}" in p.components and comp.distribution == p.distribution:
+                    print(f"    {comp.kind:<14} {comp.name:<32} {comp.summary}")
+    return 1 if registry.failures and registry.strict else 0
+
+
+def _cmd_validate(args) -> int:
+    from emverse.recipe import load_recipe
+
+    recipe = load_recipe(args.file, args.set)
+    n = len(recipe.components)
+    print(f"{args.file}: ok (task {recipe.task.type}, {n} component table{'s' if n != 1 else ''})")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    for d in recipe_dirs():
+        for candidate in (d / args.name, d / f"{args.name}.toml"):
+            if candidate.is_file():
+                sys.stdout.write(candidate.read_text(encoding="utf-8"))
+                return 0
+    known = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.toml")})
+    from emverse.registry import did_you_mean
+
+    raise EmverseError(f"no ready recipe named {args.name!r}{did_you_mean(args.name, known)}; "
+                       f"available: {', '.join(known) or 'none found'} (see `emverse recipe list`)")
+
+
+def _cmd_list(args) -> int:
+    for d in recipe_dirs():
+        for p in sorted(d.glob("*.toml")):
+            print(p.stem)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from emverse.recipe import load_recipe
+
+    recipe = load_recipe(args.file, args.set)
+    from emverse.run import execute
+
+    out = execute(recipe, Path(args.out) if args.out else None, progress=not args.no_progress)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key, value in sorted(metrics.items()):
+        print(f"{key:<40} {value:.6g}")
+    print(f"run directory: {out}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from emverse.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "status.json").exists():
+        raise EmverseError(f"{str(run_dir)!r} is not an emverse run directory (no status.json); "
+                           "give the folder `emverse run` printed")
+    print(write_report(run_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emverse", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"emverse {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list plugins, their components and failures")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_plugins)
+
+    recipe = sub.add_parser("recipe", help="validate, show or list recipes").add_subparsers(
+        dest="recipe_command", required=True)
+    p = recipe.add_parser("validate", help="check a recipe without running it")
+    p.add_argument("file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_validate)
+    p = recipe.add_parser("show", help="print a ready recipe")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_show)
+    p = recipe.add_parser("list", help="list ready recipes")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run a recipe into a run directory")
+    p.add_argument("file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set sampler.steps=50")
+    p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="(re)write report.html of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        from emverse.registry import get_registry
+
+        registry = get_registry()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        registry.manager.hook.emverse_cli(subparsers=sub)
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        return 2
+    except EmverseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The six interfaces every emverse component implements.
+
+Conventions shared by all of them:
+
+* tensors are batch-first; the batch axis is axis 0;
+* units are explicit in names or docstrings (Å, kV, mrad, Å⁻¹);
+* randomness comes only from an explicit ``torch.Generator`` that the runner
+  seeds from the recipe's seed;
+* a component built from a recipe is made by ``cls.from_params(params, ctx)``
+  where ``params`` is its frozen attrs parameter object and ``ctx`` the
+  :class:`emverse.run.RunContext` (paths, device, dtype, seed, logging).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+from torch import nn
+
+from emverse.noise import NoiseModel, NoNoise
+from emverse.parameter_space import ParameterSpace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emverse.run import RunContext, RunResult
+
+
+class Configurable:
+    """Mixin: build an instance from its validated recipe parameters."""
+
+    @classmethod
+    def from_params(cls, params, ctx: RunContext | None = None):
+        """Default: pass every parameter field as a keyword argument."""
+        if params is None or not attrs.has(type(params)):
+            return cls()
+        return cls(**attrs.asdict(params, recurse=False))
+
+
+class ForwardModel(nn.Module, Configurable, abc.ABC):
+    """A differentiable simulator from the unknown ``x`` to the observation ``y``.
+
+    Subclasses implement :meth:`forward` (batched: ``x`` has a leading batch
+    axis and so does the result) and set :attr:`parameter_space` where the
+    unknown is a parameter vector. ``noise`` turns predictions into
+    observations (:meth:`simulate`) and scores them (:meth:`log_likelihood`).
+    """
+
+    parameter_space: ParameterSpace | None = None
+
+    def __init__(self, noise: NoiseModel | None = None):
+        super().__init__()
+        self.noise = noise if noise is not None else NoNoise()
+
+    @abc.abstractmethod
+    def forward(self, x: Any) -> torch.Tensor:
+        """Noiseless predicted observation for a batch of unknowns."""
+
+    @torch.no_grad()
+    def simulate(self, x: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A noisy observation: ``noise.sample(forward(x))``."""
+        return self.noise.sample(self(x), generator)
+
+    def log_likelihood(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | x) for each batch element, shape (batch,)."""
+        return self.noise.log_likelihood(y_pred, y)
+
+    def loss(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood over the batch (a scalar to minimise)."""
+        return -self.log_likelihood(y_pred, y).mean()
+
+    def example_input(
+        self, batch: int, generator: torch.Generator | None = None, dtype=torch.float64
+    ) -> Any:
+        """A valid batch of unknowns, used by the conformance kit.
+
+        The default draws uniformly from :attr:`parameter_space`; models whose
+        unknown is not a parameter vector override it.
+        """
+        if self.parameter_space is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no parameter_space; override example_input()"
+            )
+        return self.parameter_space.sample_uniform(batch, generator=generator, dtype=dtype)
+
+
+class Prior(nn.Module, Configurable, abc.ABC):
+    """A distribution over the unknown, possibly conditional on an observation."""
+
+    #: shape of one draw (without the batch axis)
+    event_shape: tuple[int, ...] = ()
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        n: int,
+        condition: torch.Tensor | None = None,
+        sampler: Sampler | None = None,
+        guidance: Guidance | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``n`` draws, shape (n, *event_shape); with a batched ``condition``
+        of batch B the result has shape (B, n, *event_shape)."""
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no tractable log_prob")
+
+
+class DiffusionPrior(Prior):
+    """A prior defined by a denoiser and a noise schedule.
+
+    ``schedule`` maps diffusion time ``t`` (shape (batch,), in the schedule's
+    own units) to ``alpha(t)``, ``sigma(t)`` with ``x_t = alpha x_0 + sigma eps``.
+    :meth:`denoise` returns the estimate of the clean sample ``x_0``.
+    Sampling is delegated to a :class:`Sampler`.
+    """
+
+    schedule: Any = None
+
+    @abc.abstractmethod
+    def denoise(
+        self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Estimate of x_0 from the noisy ``x_t`` at time ``t``."""
+
+    def sample(self, n, condition=None, sampler=None, guidance=None, generator=None):
+        if sampler is None:
+            raise ValueError(
+                f"{type(self).__name__}.sample needs a sampler; add a [sampler] table to the recipe"
+            )
+        if condition is None:
+            return sampler.sample(self, (n, *self.event_shape), None, guidance, generator)
+        batch = condition.shape[0]
+        repeated = condition.repeat_interleave(n, dim=0)
+        draws = sampler.sample(self, (batch * n, *self.event_shape), repeated, guidance, generator)
+        return draws.reshape(batch, n, *self.event_shape)
+
+
+class Sampler(Configurable, abc.ABC):
+    """Integrates a diffusion prior's reverse process. Holds no weights."""
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        prior: DiffusionPrior,
+        shape: tuple[int, ...],
+        condition: torch.Tensor | None = None,
+        guidance: Guidance | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draws of ``shape`` from ``prior`` (batch-first)."""
+
+
+class Guidance(Configurable, abc.ABC):
+    """Corrects a denoiser's clean-sample estimate with a likelihood.
+
+    Build it from parameters, then :meth:`bind` a forward model and an
+    observation at call time (so any sampler works with any simulator)::
+
+        sampler.sample(prior, shape, guidance=dps.bind(forward_model, y))
+    """
+
+    forward_model: ForwardModel | None = None
+    observation: torch.Tensor | None = None
+
+    def bind(self, forward_model: ForwardModel, observation: torch.Tensor) -> Guidance:
+        """A copy of this guidance tied to ``forward_model`` and ``observation``."""
+        import copy
+
+        bound = copy.copy(self)
+        bound.forward_model = forward_model
+        bound.observation = observation
+        return bound
+
+    @abc.abstractmethod
+    def correct(
+        self, x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, schedule: Any
+    ) -> torch.Tensor:
+        """The corrected estimate of x_0. ``x0_hat`` was computed from ``x_t``
+        with autograd enabled, so the guidance may differentiate through it."""
+
+
+@attrs.define
+class RefinementResult:
+    """What a :class:`Refiner` returns.
+
+    ``parameters`` holds the refined values by name (tensors, detached);
+    ``history`` a list per quantity (``loss`` always, metrics when computed),
+    one entry per iteration or epoch.
+    """
+
+    parameters: dict[str, torch.Tensor]
+    history: dict[str, list[float]] = attrs.field(factory=dict)
+    converged: bool = False
+    iterations: int = 0
+    message: str = ""
+
+    @property
+    def final_loss(self) -> float:
+        losses = self.history.get("loss", [])
+        return losses[-1] if losses else float("nan")
+
+
+@attrs.define
+class Samples:
+    """Posterior draws with what they are: shape (n_observations, n_samples, ...)."""
+
+    values: torch.Tensor
+    names: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+
+    def mean(self) -> torch.Tensor:
+        return self.values.mean(dim=1)
+
+    def std(self) -> torch.Tensor:
+        return self.values.std(dim=1)
+
+
+class Refiner(Configurable, abc.ABC):
+    """Optimises the free parameters of a (hybrid) model against an observation."""
+
+    @abc.abstractmethod
+    def refine(
+        self,
+        model: nn.Module,
+        observation: Any,
+        *,
+        generator: torch.Generator | None = None,
+        callback=None,
+    ) -> RefinementResult:
+        """Fit ``model``'s trainable parameters to ``observation``.
+
+        ``callback(iteration, model, loss)`` is called once per iteration
+        (for metrics and progress) and may return a dict of floats that is
+        appended to the history.
+        """
+
+
+class Metric(Configurable, abc.ABC):
+    """``(prediction or samples, truth or observation) -> dict of floats``.
+
+    Metrics depend only on tensors, never on a concrete model class.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        """Named scalar results; names are prefixed by the runner."""
+
+    def figure(self, prediction: torch.Tensor, truth: torch.Tensor):
+        """An optional matplotlib Figure (Agg backend); ``None`` when it draws none."""
+        return None
+
+
+class Task(Configurable, abc.ABC):
+    """What a recipe runs (``task = "..."``): simulate, infer, train, refine, evaluate..."""
+
+    @abc.abstractmethod
+    def run(self, ctx: RunContext) -> RunResult:
+        """Do the work, using ``ctx`` to build components and write outputs."""

@@ -1,0 +1,89 @@
+"""Helpers for the frozen attrs classes that hold a component's parameters.
+
+Each plugin keeps its parameter classes in a light ``params.py`` (attrs only,
+never torch) so that ``emverse recipe validate`` can check a recipe without
+importing any implementation. Example::
+
+    @attrs.frozen
+    class CbedParams:
+        voltage_kv: float = attrs.field(default=200.0, validator=positive)
+        zone_axis: tuple[int, int, int] = (0, 1, 0)
+        schedule: ComponentSpec = nested("schedule", "diffusion.shifted_sigmoid")
+
+Units go into the field names (``_kv``, ``_mrad``, ``_angstrom``) or the
+class docstring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class NoParams:
+    """Parameters of a component that takes none."""
+
+
+@attrs.frozen
+class ComponentSpec:
+    """A nested component inside another component's parameters.
+
+    In a recipe it is a sub-table with a ``type`` key, e.g.
+    ``[guidance.schedule]`` ``type = "diffusion.shifted_sigmoid"``. After
+    validation ``params`` holds the validated parameter object of that type.
+    """
+
+    type: str
+    params: Any = None
+
+
+def nested(kind: str, default_type: str | None = None, *, required: bool = False):
+    """An attrs field holding a :class:`ComponentSpec` of ``kind``."""
+    metadata = {"emverse_kind": kind}
+    if required or default_type is None:
+        return attrs.field(metadata=metadata)
+    return attrs.field(default=ComponentSpec(default_type), metadata=metadata)
+
+
+def positive(instance, attribute, value):
+    if value is None or not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def non_negative(instance, attribute, value):
+    if value is None or not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def in_range(low, high, *, inclusive: bool = True):
+    """Validator: ``low <= value <= high`` (or strict with ``inclusive=False``)."""
+
+    def check(instance, attribute, value):
+        ok = (low <= value <= high) if inclusive else (low < value < high)
+        if not ok:
+            brackets = "[]" if inclusive else "()"
+            raise ValueError(
+                f"{attribute.name} must lie in {brackets[0]}{low}, {high}{brackets[1]}, got {value!r}"
+            )
+
+    return check
+
+
+def one_of(*choices):
+    def check(instance, attribute, value):
+        if value not in choices:
+            raise ValueError(
+                f"{attribute.name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+
+    return check
+
+
+def path_field(*, must_exist: bool = False, default=attrs.NOTHING):
+    """An attrs ``str`` field holding a file path (relative to the recipe's folder, or
+    ``shared:sub/path`` for the shared reference data). With ``must_exist`` the recipe
+    validator reports a missing file before anything runs."""
+    metadata = {"emverse_path": "existing" if must_exist else "any"}
+    return attrs.field(default=default, metadata=metadata)

@@ -1,0 +1,403 @@
+"""Strict TOML recipes: load, override, validate (without importing torch).
+
+Every problem is collected and reported at once, each with its path
+(``$.sampler.steps``), the offending value and a fix or "did you mean".
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from emverse.components import Component
+from emverse.errors import EmverseError, RecipeError
+from emverse.params import ComponentSpec
+from emverse.registry import Registry, did_you_mean, get_registry, unknown_name_message
+
+SCHEMA_VERSION = 1
+#: component tables a recipe may hold, and the kind each names
+COMPONENT_TABLES = {
+    "forward_model": "forward_model",
+    "prior": "prior",
+    "sampler": "sampler",
+    "guidance": "guidance",
+    "refiner": "refiner",
+    "dataset": "dataset",
+}
+LIST_TABLES = {"metrics": "metric"}
+TOP_LEVEL = {
+    "schema_version", "name", "seed", "task", "device", "dtype", "description", "options",
+    *COMPONENT_TABLES, *LIST_TABLES,
+}
+DTYPES = ("float32", "float64")
+
+
+@attrs.frozen
+class Recipe:
+    """A validated recipe. ``components`` maps table name -> ComponentSpec (or a list for metrics)."""
+
+    schema_version: int
+    name: str
+    seed: int
+    task: ComponentSpec
+    device: str
+    dtype: str
+    description: str
+    components: dict[str, Any]
+    source: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source is not None else Path.cwd()
+
+    def to_dict(self) -> dict:
+        """The resolved recipe: every default filled in, ready to write as TOML."""
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "seed": self.seed,
+            "task": self.task.type,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+        if self.description:
+            out["description"] = self.description
+        options = spec_to_dict(self.task)
+        options.pop("type")
+        if options:
+            out["options"] = options
+        for key, value in self.components.items():
+            if isinstance(value, list):
+                out[key] = [spec_to_dict(v) for v in value]
+            else:
+                out[key] = spec_to_dict(value)
+        return out
+
+
+def spec_to_dict(spec: ComponentSpec) -> dict:
+    out: dict[str, Any] = {"type": spec.type}
+    if spec.params is not None and attrs.has(type(spec.params)):
+        for field in attrs.fields(type(spec.params)):
+            out[field.name] = _plain(getattr(spec.params, field.name))
+    return out
+
+
+def _plain(value):
+    if isinstance(value, ComponentSpec):
+        return spec_to_dict(value)
+    if attrs.has(type(value)):
+        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    return value
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise EmverseError(f"recipe file {str(path)!r} does not exist; check the path "
+                           "(`emverse recipe show NAME` prints a ready recipe)")
+    if path.is_dir():
+        raise EmverseError(f"recipe path {str(path)!r} is a directory; give a .toml file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise EmverseError(f"recipe file {str(path)!r} is not valid TOML: {exc}; fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EmverseError(f"recipe file {str(path)!r} cannot be read: {exc}") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides; values parse as TOML (``50``, ``"x"``, ``[1, 2]``), else as strings."""
+    data = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise EmverseError(f"--set {item!r} must look like key.path=value, e.g. sampler.steps=50")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _list_item(node, part, key)
+                continue
+            if part not in node or not isinstance(node[part], dict | list):
+                known = [k for k, v in node.items() if isinstance(v, dict | list)]
+                raise EmverseError(
+                    f"--set {key}: the recipe has no table {'.'.join(parts[:depth + 1])!r}"
+                    f"{did_you_mean(part, known)}; add the table to the recipe first"
+                )
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            raise EmverseError(f"--set {key}: cannot replace a whole list entry; set one of its keys")
+        node[last] = value
+    return data
+
+
+def _list_item(node: list, part: str, key: str):
+    try:
+        return node[int(part)]
+    except (ValueError, IndexError):
+        raise EmverseError(f"--set {key}: {part!r} is not an index into a list of {len(node)}") from None
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                registry: Registry | None = None) -> Recipe:
+    raw = read_toml(path)
+    raw = apply_overrides(raw, overrides or [])
+    return validate_recipe(raw, source=Path(path).resolve(), registry=registry)
+
+
+def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | None = None) -> Recipe:
+    registry = registry or get_registry()
+    v = _Validator(registry, base_dir=source.parent if source else Path.cwd())
+    for key in raw:
+        if key not in TOP_LEVEL:
+            v.error(f"$.{key}", f"unknown top-level key{did_you_mean(key, TOP_LEVEL)}; "
+                    f"allowed: {', '.join(sorted(TOP_LEVEL))}")
+    schema = raw.get("schema_version")
+    if schema is None:
+        v.error("$.schema_version", f"is missing; add schema_version = {SCHEMA_VERSION}")
+    elif schema != SCHEMA_VERSION:
+        v.error("$.schema_version", f"{schema!r} is not supported; this emverse reads {SCHEMA_VERSION}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        v.error("$.name", f"must be a non-empty string, got {name!r}")
+    seed = raw.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        v.error("$.seed", f"must be a non-negative integer, got {seed!r}")
+    device = raw.get("device", "cpu")
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        v.error("$.device", f"must be 'cpu' or 'cuda[:N]', got {device!r}")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        v.error("$.dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    description = raw.get("description", "")
+
+    task_name = raw.get("task")
+    task_spec = None
+    if task_name is None:
+        v.error("$.task", "is missing; name a registered task, e.g. task = \"infer\"")
+    elif not isinstance(task_name, str):
+        v.error("$.task", f"must be a string naming a task, got {task_name!r}")
+    else:
+        options = raw.get("options", {})
+        if not isinstance(options, dict):
+            v.error("$.options", f"must be a table, got {options!r}")
+            options = {}
+        task_spec = v.component({"type": task_name, **options}, "task", "$.options",
+                                type_path="$.task")
+
+    components: dict[str, Any] = {}
+    for table, kind in COMPONENT_TABLES.items():
+        if table in raw:
+            spec = v.component(raw[table], kind, f"$.{table}")
+            if spec is not None:
+                components[table] = spec
+    for table, kind in LIST_TABLES.items():
+        if table in raw:
+            entries = raw[table]
+            if not isinstance(entries, list):
+                v.error(f"$.{table}", f"must be an array of tables ([[{table}]]), got {type(entries).__name__}")
+                continue
+            specs = [v.component(entry, kind, f"$.{table}[{i}]") for i, entry in enumerate(entries)]
+            components[table] = [s for s in specs if s is not None]
+
+    if task_spec is not None and task_spec.params is not None:
+        for required in getattr(type(task_spec.params), "requires", ()):
+            if required not in raw:
+                v.error(f"$.{required}", f"is missing; task {task_name!r} needs a [{required}] table")
+    if v.problems:
+        raise RecipeError(v.problems, source=str(source) if source else "recipe")
+    return Recipe(
+        schema_version=schema, name=name, seed=seed, task=task_spec, device=device, dtype=dtype,
+        description=description, components=components, source=source,
+    )
+
+
+def _strict_int(value, _type):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value, _type):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _strict_str(value, _type):
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strict_bool(value, _type):
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+    return conv
+
+
+_CONVERTER = _make_converter()
+
+
+class _Validator:
+    def __init__(self, registry: Registry, base_dir: Path):
+        self.registry = registry
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def component(self, table, kind: str, path: str, type_path: str | None = None):
+        type_path = type_path or f"{path}.type"
+        if not isinstance(table, dict):
+            self.error(path, f"must be a table with a 'type' key, got {table!r}")
+            return None
+        name = table.get("type")
+        if not isinstance(name, str):
+            self.error(type_path, f"is missing; name a registered {kind} "
+                       f"({', '.join(self.registry.names(kind)) or 'none installed'})")
+            return None
+        try:
+            record: Component = self.registry.get(kind, name)
+        except EmverseError as exc:
+            self.error(type_path, str(exc))
+            return None
+        try:
+            params_cls = record.load_params()
+        except Exception as exc:
+            self.error(type_path, f"parameters of {name!r} cannot be imported ({exc}); "
+                       f"reinstall {record.distribution}")
+            return None
+        values = {k: val for k, val in table.items() if k != "type"}
+        params = self.structure(params_cls, values, path)
+        return ComponentSpec(type=name, params=params)
+
+    def structure(self, cls, values: dict, path: str):
+        attrs.resolve_types(cls)
+        fields = {f.name: f for f in attrs.fields(cls)}
+        ok = True
+        for key in values:
+            if key not in fields:
+                ok = False
+                hint = did_you_mean(key, fields)
+                known = ", ".join(fields) or "none"
+                self.error(f"{path}.{key}", f"unknown key{hint}; {cls.__name__} takes: {known}")
+        kwargs = {}
+        for name, field in fields.items():
+            if name not in values:
+                if field.default is attrs.NOTHING:
+                    ok = False
+                    self.error(f"{path}.{name}", f"is required ({_type_name(field.type)})")
+                continue
+            value = values[name]
+            fpath = f"{path}.{name}"
+            kind = field.metadata.get("emverse_kind")
+            if kind is not None:
+                spec = self.component(value, kind, fpath)
+                if spec is None:
+                    ok = False
+                    continue
+                kwargs[name] = spec
+                continue
+            try:
+                structured = _CONVERTER.structure(value, field.type)
+                _check_tuple_length(structured, field.type, value)
+            except Exception as exc:
+                ok = False
+                self.error(fpath, f"{value!r} is not a valid {_type_name(field.type)} ({_reason(exc)})")
+                continue
+            if field.metadata.get("emverse_path") and structured is not None:
+                target = Path(structured)
+                if not target.is_absolute() and not str(structured).startswith("shared:"):
+                    target = self.base_dir / target
+                if field.metadata["emverse_path"] == "existing" and not _resolve_shared(target).exists():
+                    ok = False
+                    self.error(fpath, f"{structured!r} does not exist (looked at {target}); "
+                               "fix the path (relative paths start at the recipe's folder)")
+                    continue
+            if field.validator is not None:
+                try:
+                    field.validator(None, field, structured)
+                except Exception as exc:
+                    ok = False
+                    self.error(fpath, _reason(exc))
+                    continue
+            kwargs[name] = structured
+        # fill defaults of nested specs so the resolved recipe is complete
+        for name, field in fields.items():
+            kind = field.metadata.get("emverse_kind")
+            if kind is not None and name not in kwargs and isinstance(field.default, ComponentSpec):
+                spec = self.component({"type": field.default.type}, kind, f"{path}.{name}")
+                if spec is not None:
+                    kwargs[name] = spec
+        if not ok:
+            return None
+        try:
+            return cls(**kwargs)
+        except Exception as exc:
+            self.error(path, _reason(exc))
+            return None
+
+
+def _resolve_shared(path: Path) -> Path:
+    text = str(path)
+    if "shared:" in text:
+        from emverse.paths import shared_data_dir
+
+        return shared_data_dir() / text.split("shared:", 1)[1]
+    return path
+
+
+def _check_tuple_length(structured, annotation, raw) -> None:
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if args and args[-1] is not Ellipsis and len(raw) != len(args):
+            raise ValueError(f"expected {len(args)} values, got {len(raw)}")
+
+
+def _type_name(annotation) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return str(annotation).replace("typing.", "")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:
+        return "; ".join(_reason(e) for e in exc.exceptions)
+    return str(exc)
