@@ -93,16 +93,18 @@ def map_to_zarr(
             from tqdm.auto import tqdm
 
             iterator = tqdm(iterator, total=len(futures), desc="chunks")
+        first_error: BaseException | None = None
         for future in iterator:
             k = futures[future]
             try:
                 result = future.result()
-            except BaseException:
-                for other in futures:
-                    other.cancel()
-                raise
+            except Exception as exc:  # keep the chunks that did finish; raise at the end
+                first_error = first_error or exc
+                continue
             _write_chunk(group, result, bounds[k], n_items, chunk_size)
             done[k] = True
+        if first_error is not None:
+            raise first_error
     finally:
         client.close()
         if cluster is not None:

@@ -41,26 +41,39 @@ class AdamRefiner(Refiner):
             loss = model.loss(model(), observation)
             loss.backward()
             optimiser.step()
-            _record(history, float(loss), callback(step, model, float(loss)) if callback else None)
+            value = float(loss.detach())
+            _record(history, value, callback(step, model, value) if callback else None)
         return RefinementResult(_snapshot(model), history, converged=True, iterations=self.steps)
 
 
 class LBFGSRefiner(Refiner):
+    """L-BFGS with a strong-Wolfe line search; ``steps`` bounds the iterations.
+
+    ``history["loss"]`` holds one entry per function evaluation (line-search
+    trials included), which is how L-BFGS spends its work.
+    """
+
     def __init__(self, steps: int = 50, lr: float = 1.0, history_size: int = 20):
         self.steps, self.lr, self.history_size = steps, lr, history_size
 
     def refine(self, model, observation, *, generator=None, callback=None):
         optimiser = torch.optim.LBFGS(_trainable(model), lr=self.lr, history_size=self.history_size,
-                                      line_search_fn="strong_wolfe", max_iter=1)
+                                      line_search_fn="strong_wolfe", max_iter=self.steps,
+                                      tolerance_grad=1e-12, tolerance_change=1e-14)
         history: dict[str, list[float]] = {}
+        evaluations = 0
 
         def closure():
+            nonlocal evaluations
             optimiser.zero_grad()
             loss = model.loss(model(), observation)
             loss.backward()
+            value = float(loss.detach())
+            _record(history, value, callback(evaluations, model, value) if callback else None)
+            evaluations += 1
             return loss
 
-        for step in range(self.steps):
-            loss = float(optimiser.step(closure))
-            _record(history, loss, callback(step, model, loss) if callback else None)
-        return RefinementResult(_snapshot(model), history, converged=True, iterations=self.steps)
+        optimiser.step(closure)
+        iterations = optimiser.state[optimiser._params[0]].get("n_iter", 0)
+        return RefinementResult(_snapshot(model), history, converged=iterations < self.steps,
+                                iterations=iterations)

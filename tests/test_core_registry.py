@@ -1,0 +1,193 @@
+"""Plugin discovery: entry points, failures, collisions, switches, and no torch on the light paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from emverse.components import Component
+from emverse.errors import PluginError
+from emverse.hookspecs import hookimpl
+from emverse.registry import Registry, get_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, env=None, cwd=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "emverse.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=300)
+
+
+def test_core_and_example_are_discovered():
+    registry = get_registry()
+    assert "infer" in registry.names("task")
+    assert "example.linear_gaussian" in registry.names("forward_model")
+    assert registry.get("forward_model", "example.linear_gaussian").distribution == "emverse-example"
+
+
+def test_fixture_registers_and_removes(emverse_plugin):
+    class Plugin:
+        @hookimpl
+        def emverse_components(self):
+            yield Component("metric", "test.fixture_metric", "emverse.builtin.metrics:RMSE")
+
+    info = emverse_plugin(Plugin(), name="fixture-test")
+    assert info.ok and "metric:test.fixture_metric" in info.components
+    assert "test.fixture_metric" in get_registry().names("metric")
+
+
+def test_fixture_cleanup_happened():
+    assert "test.fixture_metric" not in get_registry().names("metric")
+
+
+def test_collision_names_both_distributions():
+    registry = Registry(strict=False)
+
+    class A:
+        @hookimpl
+        def emverse_components(self):
+            yield Component("metric", "dup.metric", "emverse.builtin.metrics:RMSE")
+
+    registry.register(A(), name="a", distribution="dist-a")
+    with pytest.raises(PluginError, match="both 'dist-a' and 'dist-b'"):
+        registry.register(A(), name="b", distribution="dist-b")
+
+
+def test_bad_record_is_recorded_not_fatal():
+    registry = Registry(strict=False)
+
+    class Bad:
+        @hookimpl
+        def emverse_components(self):
+            yield {"kind": "metric"}
+
+    info = registry.register(Bad(), name="bad", distribution="dist-bad")
+    assert info.error is not None and "Component records" in info.error
+    strict = Registry(strict=True)
+    with pytest.raises(PluginError, match="dist-bad"):
+        strict.register(Bad(), name="bad", distribution="dist-bad")
+
+
+def test_plugins_and_validate_do_not_import_torch():
+    code = textwrap.dedent(f"""
+        import sys
+        from emverse.cli import main
+        assert main(["plugins"]) == 0
+        assert main(["plugins", "--json"]) == 0
+        assert main(["recipe", "validate", r"{REPO / 'recipes' / 'example-linear-gaussian.toml'}"]) == 0
+        heavy = [m for m in ("torch", "numpy.linalg", "matplotlib", "dask") if m in sys.modules]
+        assert not heavy, heavy
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def _write_plugin(root: Path, dist: str, pkg: str, hooks: str) -> Path:
+    src = root / dist
+    (src / pkg).mkdir(parents=True)
+    (src / pkg / "__init__.py").write_text("")
+    (src / pkg / "hooks.py").write_text(textwrap.dedent(hooks))
+    (src / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{dist}"
+        version = "0.0.1"
+        [project.entry-points.emverse]
+        {pkg} = "{pkg}.hooks"
+        [tool.setuptools]
+        packages = ["{pkg}"]
+    """))
+    return src
+
+
+THIRD_PARTY_HOOKS = """
+    from emverse.components import Component
+    from emverse.hookspecs import hookimpl
+
+    @hookimpl
+    def emverse_components():
+        yield Component("forward_model", "thirdparty.scaled", "thirdparty_em.model:Scaled",
+                        "thirdparty_em.model:ScaledParams", "y = factor * x")
+"""
+
+THIRD_PARTY_MODEL = """
+    import attrs, torch
+    from emverse.interfaces import ForwardModel
+    from emverse.noise import GaussianNoise
+    from emverse.parameter_space import Parameter, ParameterSpace
+
+    @attrs.frozen
+    class ScaledParams:
+        factor: float = 3.0
+
+    class Scaled(ForwardModel):
+        def __init__(self, factor=3.0):
+            super().__init__(noise=GaussianNoise(0.1))
+            self.factor = factor
+            self.parameter_space = ParameterSpace([Parameter("a", "1", -1, 1), Parameter("b", "1", -1, 1)])
+
+        def forward(self, x):
+            return self.factor * x
+"""
+
+
+@pytest.mark.timeout(600)
+def test_out_of_tree_plugin_install_run_uninstall(tmp_path):
+    """A plugin package made outside the repo is discovered, used by a recipe, and removed."""
+    good = _write_plugin(tmp_path, "emverse-thirdparty-test", "thirdparty_em", THIRD_PARTY_HOOKS)
+    (good / "thirdparty_em" / "model.py").write_text(textwrap.dedent(THIRD_PARTY_MODEL))
+    broken = _write_plugin(tmp_path, "emverse-broken-test", "broken_em",
+                           "raise ImportError('this plugin is broken on purpose')\n")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, str(good), str(broken)], check=True, timeout=300)
+    try:
+        listing = cli("plugins", "--json")
+        assert listing.returncode == 0, listing.stderr
+        plugins = {p["name"]: p for p in json.loads(listing.stdout)}
+        assert plugins["thirdparty_em"]["status"] == "ok"
+        assert "forward_model:thirdparty.scaled" in plugins["thirdparty_em"]["components"]
+        assert plugins["broken_em"]["status"] == "failed"
+        assert "broken on purpose" in plugins["broken_em"]["error"]
+        assert plugins["example"]["status"] == "ok"  # the others still work
+
+        strict = cli("plugins", env={"EMVERSE_STRICT_PLUGINS": "1"})
+        assert strict.returncode != 0 and "failed to load" in strict.stderr
+        disabled = cli("plugins", "--json", env={"EMVERSE_DISABLE_PLUGINS": "broken_em"})
+        assert json.loads(disabled.stdout)[0] is not None
+        assert {p["name"]: p["status"] for p in json.loads(disabled.stdout)}["broken_em"] == "disabled"
+
+        recipe = tmp_path / "third.toml"
+        recipe.write_text(textwrap.dedent("""
+            schema_version = 1
+            name = "third-party"
+            seed = 3
+            task = "refine"
+            dtype = "float64"
+            [forward_model]
+            type = "thirdparty.scaled"
+            factor = 2.0
+            [refiner]
+            type = "core.lbfgs"
+            steps = 20
+        """))
+        out = tmp_path / "run"
+        run = cli("run", str(recipe), "--out", str(out), "--no-progress")
+        assert run.returncode == 0, run.stderr
+        metrics = json.loads((out / "metrics.json").read_text())
+        # the observation has noise sigma 0.1 on y = 2x: the fit lands within noise of the truth
+        assert metrics["refined_rmse"] < 0.1 < metrics["start_rmse"]
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "-y",
+                        "emverse-thirdparty-test", "emverse-broken-test"], check=True, timeout=300)
+    after = cli("plugins", "--json")
+    names = {p["name"] for p in json.loads(after.stdout)}
+    assert "thirdparty_em" not in names and "broken_em" not in names
