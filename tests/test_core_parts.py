@@ -84,7 +84,7 @@ def test_map_to_zarr_embedded_vs_process_cluster(tmp_path):
     from emverse.testing import demo_chunk
 
     map_to_zarr(demo_chunk, 23, tmp_path / "a.zarr", chunk_size=5, seed=3)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         map_to_zarr(demo_chunk, 23, tmp_path / "b.zarr", chunk_size=5, seed=3, scheduler=cluster.scheduler_address)
     ia, va = _read(tmp_path / "a.zarr")
     ib, vb = _read(tmp_path / "b.zarr")

@@ -87,6 +87,8 @@ def _cmd_run(args) -> int:
     from emverse.recipe import load_recipe
 
     recipe = load_recipe(args.file, args.set)
+    if args.scheduler:
+        os.environ["EMVERSE_DASK_SCHEDULER"] = args.scheduler
     from emverse.run import execute
 
     out = execute(recipe, Path(args.out) if args.out else None, progress=not args.no_progress)
@@ -137,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set sampler.steps=50")
     p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler for simulation campaigns, e.g. tcp://host:8786 "
+                        "(default: an embedded local cluster)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("report", help="(re)write report.html of a run directory")

@@ -8,12 +8,14 @@ on a Dask cluster and writes the returned arrays (leading axis
 interruption computes only what is missing.
 
 The cluster is an embedded ``LocalCluster`` by default; pass
-``scheduler="tcp://host:port"`` to use a running one. With worker processes
+``scheduler="tcp://host:port"`` (or set ``EMVERSE_DASK_SCHEDULER``, which
+``emverse run --scheduler`` does) to use a running one. With worker processes
 ``fn`` must be importable (a module-level function).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +54,7 @@ def map_to_zarr(
     if chunk_size <= 0:
         raise EmverseError(f"chunk_size must be > 0, got {chunk_size}")
     store_path = Path(store_path)
+    scheduler = scheduler or os.environ.get("EMVERSE_DASK_SCHEDULER") or None
     bounds = chunk_bounds(n_items, chunk_size)
     group = zarr.open_group(str(store_path), mode="a")
     layout = {"n_items": n_items, "chunk_size": chunk_size, "seed": seed}
@@ -80,7 +83,7 @@ def map_to_zarr(
         client = Client(scheduler)
     else:
         cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=1, processes=False,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     try:
         futures = {
