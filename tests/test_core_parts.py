@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from emverse.noise import GaussianNoise, PoissonNoise
 from emverse.parameter_space import Parameter, ParameterSpace
 
@@ -79,7 +78,6 @@ def _read(store):
 
 def test_map_to_zarr_embedded_vs_process_cluster(tmp_path):
     from dask.distributed import LocalCluster
-
     from emverse.parallel import map_to_zarr
     from emverse.testing import demo_chunk
 

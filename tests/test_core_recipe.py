@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from emverse.errors import EmverseError, RecipeError
 from emverse.recipe import apply_overrides, load_recipe, validate_recipe
 
@@ -83,7 +82,6 @@ def test_int_field_rejects_float_and_bool(tmp_path):
 
 def test_tuple_length_checked(emverse_plugin, tmp_path):
     import attrs
-
     from emverse.components import Component
     from emverse.hookspecs import hookimpl
 

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from emverse.components import Component
 from emverse.errors import PluginError
 from emverse.hookspecs import hookimpl

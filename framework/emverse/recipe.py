@@ -7,7 +7,6 @@ Every problem is collected and reported at once, each with its path
 from __future__ import annotations
 
 import copy
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -15,11 +14,12 @@ from typing import Any
 
 import attrs
 import cattrs
+import tomllib
 
 from emverse.components import Component
 from emverse.errors import EmverseError, RecipeError
 from emverse.params import ComponentSpec
-from emverse.registry import Registry, did_you_mean, get_registry, unknown_name_message
+from emverse.registry import Registry, did_you_mean, get_registry
 
 SCHEMA_VERSION = 1
 #: component tables a recipe may hold, and the kind each names

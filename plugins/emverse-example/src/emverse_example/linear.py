@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from emverse.interfaces import ForwardModel
 from emverse.noise import GaussianNoise
 from emverse.parameter_space import Parameter, ParameterSpace

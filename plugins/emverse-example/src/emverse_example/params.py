@@ -1,7 +1,6 @@
 """Parameters of the example components (attrs only: recipes validate without torch)."""
 
 import attrs
-
 from emverse.params import positive
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import MultivariateNormal
-
 from emverse.interfaces import Prior
+from torch.distributions import MultivariateNormal
 
 
 class GaussianPrior(Prior):
