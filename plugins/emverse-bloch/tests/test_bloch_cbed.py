@@ -1,0 +1,104 @@
+"""bloch.cbed: conformance kit, gradients per parameter, geometry, bad input, recipe run."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from emverse.errors import EmverseError
+from emverse.testing import check_forward_model
+from emverse_bloch.cbed import BlochCBED
+from emverse_bloch.simulate import zone_axis_intensities
+
+SMALL = dict(detector_pixels=24, detector_pixel_size_um=100.0, camera_length_mm=100.0, g_max=0.8)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return BlochCBED(**SMALL)
+
+
+def test_parameter_space_is_the_papers(small_model):
+    space = small_model.parameter_space
+    assert len(space) == 13
+    assert space.parameters[0].mean == pytest.approx(48.0) and space.parameters[0].half_range == 25
+    assert space.parameters[6].mean == pytest.approx(-0.91)
+    assert space.parameters[12].low == pytest.approx(1800.0) and space.parameters[12].high == 3800.0
+
+
+def test_conformance_kit(small_model):
+    report = check_forward_model(small_model, batch=2)
+    assert report.output_shape == (2, 24, 24)
+
+
+def test_gradients_per_parameter_match_finite_differences(small_model):
+    x = small_model.default_parameters()
+    weights = torch.randn((1, 24, 24), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((small_model(xg) * weights).sum(), xg)
+    for k, eps in [(0, 1e-3), (3, 1e-3), (6, 1e-6), (9, 1e-6), (10, 1e-6), (11, 1e-6), (12, 1e-4)]:
+        xp, xm = x.clone(), x.clone()
+        xp[0, k] += eps
+        xm[0, k] -= eps
+        fd = ((small_model(xp) - small_model(xm)) * weights).sum() / (2 * eps)
+        assert grad[0, k].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-8), k
+
+
+def test_central_pixel_is_the_zone_axis_solve(small_model):
+    """The pixel on the optic axis of the direct disc equals a plain zone-axis solve
+    (with the crystal tilt as the incident direction), beam by beam."""
+    x = small_model.default_parameters()
+    x[0, 6:10] = torch.tensor([-0.925, 0.622, 2.697, 2.945], dtype=torch.float64)
+    x[0, 0:6] = torch.tensor([50.0, 50.0, 25.0, 50.0, 50.0, 25.0], dtype=torch.float64)
+    x[0, 10:12] = 0.0
+    from emverse_bloch.cbed import OVERRIDE_HKL
+    from emverse_bloch.structure_factors import structure_factors
+
+    iam = structure_factors(small_model.crystal, OVERRIDE_HKL, small_model.structure_from_vector(x[0]))
+    x[0, 6:10] = iam.real  # the overrides at their independent-atom values
+    pattern = small_model(x)[0]
+    n = 24
+    centre = pattern[n // 2, n // 2].item()
+
+    structure = small_model.structure_from_vector(x[0])
+    _, intensity = zone_axis_intensities(small_model.crystal, (0, 1, 0), [2800.0], g_max=0.8,
+                                         sg_max=0.05, structure=structure)
+    assert centre == pytest.approx(intensity[0, 0].item(), rel=1e-10)
+
+
+def test_pattern_is_centrosymmetric_on_the_zone_axis(small_model):
+    """MgB2 is centrosymmetric and [010] has a 2-fold axis: with no tilt the pattern has 180° symmetry."""
+    x = small_model.default_parameters()
+    x[0, 10:12] = 0.0
+    p = small_model(x)[0].numpy()
+    core = p[1:, 1:]  # pixel (i, j) <-> (n - i, n - j) about the centre pixel n//2
+    np.testing.assert_allclose(core, core[::-1, ::-1], atol=1e-9)
+
+
+def test_bad_inputs():
+    with pytest.raises(EmverseError, match=r"zone_axis \[0, 0, 0\] is not a direction"):
+        BlochCBED(zone_axis=(0, 0, 0), **SMALL)
+    with pytest.raises(EmverseError, match="leave only the direct beam"):
+        BlochCBED(detector_pixels=24, g_max=0.1)
+    model = BlochCBED(**SMALL)
+    x = model.default_parameters()
+    x[0, 12] = -10.0
+    with pytest.raises(EmverseError, match="thickness -10 Å is negative"):
+        model(x)
+    with pytest.raises(EmverseError, match=r"\(batch, 13\)"):
+        model(torch.zeros(1, 12, dtype=torch.float64))
+
+
+def test_recipe_runs_end_to_end(tmp_path):
+    from emverse.run import run_recipe
+
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "bloch-mgb2-cbed-simulate.toml"
+    run_dir = run_recipe(recipe, tmp_path / "run", overrides=[
+        "options.n=2", "forward_model.detector_pixels=24", "forward_model.detector_pixel_size_um=100.0",
+        "forward_model.g_max=0.8"])
+    assert (Path(run_dir) / "figures" / "observations.png").exists()
+    from emverse.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(Path(run_dir) / "simulated.safetensors")
+    assert ckpt.tensors["y"].shape == (2, 24, 24)
+    assert ckpt.tensors["x"].shape == (2, 13)

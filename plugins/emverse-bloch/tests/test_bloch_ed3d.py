@@ -1,0 +1,144 @@
+"""bloch.ed3d and the functional API emverse-ed3d calls."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from emverse.errors import EmverseError
+from emverse.testing import check_forward_model
+from emverse_bloch.ed3d import (
+    BlochED3D,
+    frame_intensities,
+    plan_frames,
+    rotation_series,
+    select_reflections,
+)
+from emverse_bloch.simulate import zone_axis_intensities
+from emverse_bloch.structure_factors import Overrides, StructureParameters
+
+
+@pytest.fixture(scope="module")
+def quartz_plan(quartz_crystal):
+    rots = rotation_series(quartz_crystal, 3, 0.7, (1, 0, 0))
+    hkl, frames = select_reflections(quartz_crystal, rots, g_max=0.9, rocking_semi_angle_deg=0.5)
+    plan = plan_frames(quartz_crystal, rots, hkl, frames, g_max=0.9, sg_max=0.03,
+                       rocking_semi_angle_deg=0.5, n_sub_orientations=3)
+    return plan
+
+
+def test_conformance_kit():
+    model = BlochED3D(n_frames=2, g_max=1.2, n_sub_orientations=2)
+    report = check_forward_model(model, batch=2)
+    assert report.output_shape[0] == 2 and report.output_shape[1] >= 2
+
+
+def test_single_orientation_matches_zone_axis_solver(mgb2_crystal):
+    """One frame at [010], no rocking: the requested intensities are the zone-axis solve."""
+    rots = rotation_series(mgb2_crystal, 1, 0.0, (0, 1, 0))
+    hkl = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 1], [-1, 0, 2]])
+    plan = plan_frames(mgb2_crystal, rots, hkl, np.zeros(4, dtype=int), g_max=1.2, sg_max=0.05)
+    ours = frame_intensities(plan, torch.tensor([900.0], dtype=torch.float64))
+    beams, ref = zone_axis_intensities(mgb2_crystal, (0, 1, 0), [900.0], g_max=1.2, sg_max=0.05)
+    order = {tuple(h): i for i, h in enumerate(beams)}
+    expected = ref[0, [order[tuple(h)] for h in hkl]]
+    assert torch.allclose(ours, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_kinematical_mode_is_the_thin_limit(quartz_plan):
+    t = torch.full((3,), 1.0, dtype=torch.float64)
+    dyn = frame_intensities(quartz_plan, t)
+    kin = frame_intensities(quartz_plan, t, mode="kinematical")
+    strong = kin > 1e-3 * kin.max()
+    np.testing.assert_allclose(dyn[strong].numpy(), kin[strong].numpy(), rtol=0.01)
+    t = torch.full((3,), 600.0, dtype=torch.float64)
+    dyn = frame_intensities(quartz_plan, t)
+    kin = frame_intensities(quartz_plan, t, mode="kinematical")
+    assert (dyn - kin).abs().max() > 0.1 * dyn.max()  # dynamical effects at 60 nm
+
+
+def test_eig_expm_and_batches_agree(quartz_plan, quartz_crystal):
+    t = torch.tensor([[300.0, 500.0, 700.0], [800.0, 200.0, 400.0]], dtype=torch.float64)
+    a = frame_intensities(quartz_plan, t)
+    b = frame_intensities(quartz_plan, t, method="expm")
+    assert a.shape == (2, len(quartz_plan.hkl))
+    assert torch.allclose(a, b, atol=1e-10)
+    single = frame_intensities(quartz_plan, t[1])
+    assert torch.allclose(a[1], single, atol=1e-12)
+
+
+def test_gradients_thickness_orientation_positions_overrides(quartz_plan, quartz_crystal):
+    c = quartz_crystal
+    base = StructureParameters.from_crystal(c)
+    overrides = Overrides([(1, 0, 0)])
+    plan = plan_frames(c, quartz_plan.orientations, quartz_plan.hkl, quartz_plan.frame_index,
+                       g_max=0.9, sg_max=0.03, rocking_semi_angle_deg=0.5, n_sub_orientations=3,
+                       overrides=overrides)
+    f100 = torch.tensor([1.5], dtype=torch.float64)
+    weights = torch.linspace(0.2, 1.0, len(plan.hkl), dtype=torch.float64)
+
+    def objective(thickness, angle, positions, u, f):
+        from emverse_bloch.geometry import rotation_x
+
+        rots = rotation_x(angle)[None] @ plan.orientations
+        out = frame_intensities(plan, thickness, StructureParameters(positions, u, base.occupancy),
+                                orientations=rots, override_values=f)
+        return (out * weights).sum()
+
+    args = [torch.tensor([300.0, 500.0, 700.0], dtype=torch.float64),
+            torch.tensor(0.0, dtype=torch.float64), base.positions.clone(), base.u_cif.clone(), f100]
+    args = [a.clone().requires_grad_(True) for a in args]
+    grads = torch.autograd.grad(objective(*args), args)
+    gen = torch.Generator().manual_seed(4)
+    for k, eps in enumerate([1e-3, 1e-7, 1e-7, 1e-7, 1e-6]):
+        direction = torch.randn(args[k].shape, generator=gen, dtype=torch.float64)
+        if k == 3:
+            direction = direction + direction.transpose(-1, -2)
+        plus = [a.detach().clone() for a in args]
+        minus = [a.detach().clone() for a in args]
+        plus[k] += eps * direction
+        minus[k] -= eps * direction
+        fd = (objective(*plus) - objective(*minus)) / (2 * eps)
+        an = (grads[k] * direction).sum()
+        assert an.item() == pytest.approx(fd.item(), rel=2e-5, abs=1e-10), k
+
+
+def test_precession_integration_runs_and_differs(quartz_crystal):
+    rots = rotation_series(quartz_crystal, 1, 0.0, (0, 0, 1))
+    hkl, frames = select_reflections(quartz_crystal, rots, g_max=0.9, rocking_semi_angle_deg=1.0,
+                                     integration="precession")
+    kwargs = dict(g_max=0.9, sg_max=0.05, rocking_semi_angle_deg=1.0, n_sub_orientations=6)
+    t = torch.tensor([400.0], dtype=torch.float64)
+    pre = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, integration="precession",
+                                        **kwargs), t)
+    still = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, g_max=0.9, sg_max=0.05), t)
+    assert torch.isfinite(pre).all() and (pre - still).abs().max() > 1e-3
+
+
+def test_bad_inputs(quartz_crystal, quartz_plan):
+    rots = rotation_series(quartz_crystal, 2, 1.0)
+    with pytest.raises(EmverseError, match="negative"):
+        frame_intensities(quartz_plan, torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64))
+    with pytest.raises(EmverseError, match="one thickness"):
+        frame_intensities(quartz_plan, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    with pytest.raises(EmverseError, match="frame_index"):
+        plan_frames(quartz_crystal, rots, [[1, 0, 0]], [5])
+    with pytest.raises(EmverseError, match="not rotation matrices"):
+        plan_frames(quartz_crystal, 2 * rots, [[1, 0, 0]], [0])
+    with pytest.raises(EmverseError, match="absorption"):
+        plan = plan_frames(quartz_crystal, rots, [[1, 0, 0]], [0], absorption=0.1)
+        frame_intensities(plan, torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_absorption_reduces_total_intensity(quartz_crystal):
+    rots = rotation_series(quartz_crystal, 1, 0.0, (0, 0, 1))
+    plan = plan_frames(quartz_crystal, rots, [[1, 0, 0]], [0], g_max=0.9, sg_max=0.05, absorption=0.1)
+    def total(t):
+        return frame_intensities(plan, torch.tensor([t], dtype=torch.float64), method="expm",
+                                 return_beams=True).sum().item()
+
+    # thin crystal: the mean absorption U'_0 = κU_0 alone, I = exp(-2π t U'_0 / K)
+    t = 2.0
+    expected = math.exp(-2 * math.pi * t * 0.1 * plan.u0 / plan.wavenumber)
+    assert total(t) == pytest.approx(expected, rel=1e-4)
+    assert 0.0 < total(500.0) < total(100.0) < 1.0

@@ -1,0 +1,221 @@
+"""Evaluation: Rwp between an input PDF and the PDFs of structures generated for it.
+
+For each validation PDF every method proposes weight matrices (CbLDM: ``candidates`` draws
+with the plain sampler and with the accelerated one; baselines: one deterministic
+regression each). Each matrix goes through distance-geometry recovery, its G(r) is
+computed with ``pdf.debye`` (CbLDM settings) and divided by its maximum, and
+
+    Rw = √( Σ_r (G_in − G_gen)² / Σ_r G_in² )     (r = 0 … 29.99 Å, unit weights)
+
+is recorded. A matrix with no atoms above threshold counts as a failure (Rw = 1, the
+value of predicting G = 0; Rw is unbounded above, a wrong structure with sharp
+peaks can score > 1). Tables: median Rw per structure type and per atom-count bin
+(the shape of the CbLDM paper's Tables 2–3); spread over candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from emverse.errors import EmverseError
+
+from .clusters import STRUCTURE_TYPES, from_blocks
+from .recovery import recover_positions
+from .sampler import AcceleratedSampler
+
+#: atom-count bins of the CbLDM paper's Table 3
+ATOM_BINS = ((5, 80), (81, 170), (171, 256))
+FAILED_RW = 1.0
+
+
+def structure_pdf(positions: np.ndarray) -> np.ndarray:
+    from .dataset import simulate_pdfs
+
+    return simulate_pdfs([positions])[0]
+
+
+def rw(g_in: np.ndarray, g_gen: np.ndarray) -> float:
+    return float(np.sqrt(((g_in - g_gen) ** 2).sum() / (g_in**2).sum()))
+
+
+def matrix_to_candidate(blocks: torch.Tensor, g_in: np.ndarray, maxiter: int):
+    """(positions or None, Rw, G_gen or None) for one generated block tensor (4, b, b)."""
+    try:
+        x, _ = recover_positions(blocks.double(), maxiter=maxiter, init="best")
+    except EmverseError:
+        return None, FAILED_RW, None
+    g = structure_pdf(x)
+    return x, rw(g_in, g), g
+
+
+@torch.no_grad()
+def generate_matrices(model, pdf: torch.Tensor, n: int, sampler: AcceleratedSampler, generator):
+    """(B, n, 4, b, b) weight-matrix blocks for B normalised PDFs."""
+    cond = pdf.repeat_interleave(n, dim=0)
+    x = sampler.sample(model, (cond.shape[0], *model.event_shape), cond, None, generator)
+    out = model.decode(x)
+    return out.view(pdf.shape[0], n, *out.shape[1:])
+
+
+def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -> dict:
+    """Rw of every method and candidate for the first ``opts.eval_structures`` validation PDFs."""
+    n_eval = min(opts.eval_structures, len(val["pdf"]))
+    pdf = torch.as_tensor(val["pdf"][:n_eval], dtype=torch.float32)
+    samplers = {
+        "cbldm": AcceleratedSampler(opts.sampling_steps, 1.0, 1.0),
+        "cbldm_accel": AcceleratedSampler(opts.sampling_steps, opts.accelerated_t1, opts.accelerated_t2),
+    }
+    matrices = {name: generate_matrices(model, pdf, opts.candidates, s, generator) for name, s in samplers.items()}
+    with torch.no_grad():
+        for name, net in model.baselines.items():
+            matrices[name] = net(pdf)[:, None]
+    methods = list(matrices)
+    rws = {m: np.full((n_eval, matrices[m].shape[1]), np.nan) for m in methods}
+    atoms = {m: np.zeros((n_eval, matrices[m].shape[1]), dtype=int) for m in methods}
+    examples = []
+    wrap = progress or (lambda it, **kw: it)
+    for i in wrap(range(n_eval), desc="evaluate"):
+        g_in = val["pdf"][i].astype(np.float64)
+        example = {"g_in": g_in, "truth": val["positions"][i][: val["n_atoms"][i]], "methods": {}}
+        for m in methods:
+            best = None
+            for k in range(matrices[m].shape[1]):
+                x, r, g = matrix_to_candidate(matrices[m][i, k], g_in, opts.recovery_maxiter)
+                rws[m][i, k] = r
+                atoms[m][i, k] = 0 if x is None else x.shape[0]
+                if best is None or r < best[1]:
+                    best = (x, r, g)
+            example["methods"][m] = best
+        if i < 4:
+            examples.append(example)
+    nfe = {name: s.nfe for name, s in samplers.items()}
+    return {"rw": rws, "atoms": atoms, "methods": methods, "n_eval": n_eval, "examples": examples, "nfe": nfe}
+
+
+def _median(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def summarise(results: dict, val: dict) -> dict:
+    """Tables (header, rows) by type and atom-count bin, and scalar metrics."""
+    n = results["n_eval"]
+    methods = results["methods"]
+    type_index = val["type_index"][:n]
+    n_atoms = val["n_atoms"][:n]
+    # per PDF: the median over candidates (what a user gets from one draw) and the best of them
+    per_pdf = {m: np.median(results["rw"][m], axis=1) for m in methods}
+    best = {m: np.min(results["rw"][m], axis=1) for m in methods}
+    spread = {m: np.std(results["rw"][m], axis=1) for m in methods}
+    header = ["structure type", "n", *[f"{m} median Rw" for m in methods]]
+    type_rows = []
+    for ti, st in enumerate(STRUCTURE_TYPES):
+        sel = type_index == ti
+        if sel.any():
+            type_rows.append([st, int(sel.sum()), *[round(_median(per_pdf[m][sel]), 4) for m in methods]])
+    type_rows.append(["all", n, *[round(_median(per_pdf[m]), 4) for m in methods]])
+    bin_rows = []
+    for lo, hi in ATOM_BINS:
+        sel = (n_atoms >= lo) & (n_atoms <= hi)
+        if sel.any():
+            bin_rows.append([f"{lo}-{hi}", int(sel.sum()), *[round(_median(per_pdf[m][sel]), 4) for m in methods]])
+    # the paper's Table 3 shape: rows (atom bin, method), columns structure types
+    present = [ti for ti in range(len(STRUCTURE_TYPES)) if (type_index == ti).any()]
+    grid_rows = []
+    for lo, hi in ATOM_BINS:
+        in_bin = (n_atoms >= lo) & (n_atoms <= hi)
+        if not in_bin.any():
+            continue
+        for m in methods:
+            row = [f"{lo}-{hi}", m]
+            for ti in present:
+                sel = in_bin & (type_index == ti)
+                row.append(round(_median(per_pdf[m][sel]), 4) if sel.any() else "-")
+            grid_rows.append(row)
+    grid_header = ["atoms", "method", *[STRUCTURE_TYPES[ti] for ti in present]]
+    metrics = {}
+    for m in methods:
+        metrics[f"median_rw.{m}"] = _median(per_pdf[m])
+        metrics[f"median_best_rw.{m}"] = _median(best[m])
+        metrics[f"mean_candidate_spread_rw.{m}"] = float(np.mean(spread[m]))
+        metrics[f"failure_rate.{m}"] = float(np.mean(results["atoms"][m] == 0))
+        wins = 0
+        for row in type_rows[:-1]:
+            others = [row[2 + j] for j, o in enumerate(methods) if o != m and not o.startswith("cbldm")]
+            if others and row[2 + methods.index(m)] < min(others):
+                wins += 1
+        metrics[f"types_better_than_baselines.{m}"] = float(wins)
+    for name, value in results["nfe"].items():
+        metrics[f"nfe.{name}"] = float(value)
+    return {
+        "type_table": (header, type_rows),
+        "bin_table": (["atoms", "n", *header[2:]], bin_rows),
+        "grid_table": (grid_header, grid_rows),
+        "metrics": metrics,
+    }
+
+
+def report_evaluation(ctx, results: dict, val: dict) -> dict:
+    summary = summarise(results, val)
+    ctx.add_table("median Rw by structure type (validation)", *summary["type_table"])
+    ctx.add_table("median Rw by atom count (validation)", *summary["bin_table"])
+    ctx.add_table("median Rw by atom count and type (validation)", *summary["grid_table"])
+    ctx.save_figure("rw-distribution", rw_figure(results))
+    for j, example in enumerate(results["examples"][:2]):
+        ctx.save_figure(f"pdf-fits-{j}", fits_figure(example))
+        ctx.save_figure(f"structures-{j}", structures_figure(example))
+    return summary["metrics"]
+
+
+def rw_figure(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    methods = results["methods"]
+    ax.boxplot([results["rw"][m].ravel() for m in methods])
+    ax.set_xticks(range(1, len(methods) + 1), methods)
+    ax.set_ylabel("Rw (input PDF vs generated structure's PDF)")
+    ax.set_title("validation Rw, every candidate")
+    return fig
+
+
+def fits_figure(example):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = np.arange(example["g_in"].size) * 0.01
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(r, example["g_in"], "k", lw=1.5, label="input")
+    offset = 0.0
+    for m, (x, value, g) in example["methods"].items():
+        offset -= 1.2
+        if g is not None:
+            ax.plot(r, g + offset, lw=1, label=f"{m} (Rw {value:.3f}, {x.shape[0]} atoms)")
+    ax.set_xlabel("r (Å)")
+    ax.set_ylabel("G(r) / max (offset)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def structures_figure(example):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [("truth", example["truth"])] + [
+        (m, v[0]) for m, v in example["methods"].items() if v[0] is not None
+    ]
+    fig = plt.figure(figsize=(3 * len(items), 3))
+    for k, (name, x) in enumerate(items):
+        ax = fig.add_subplot(1, len(items), k + 1, projection="3d")
+        ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=20, c=x[:, 2], cmap="viridis", depthshade=True)
+        ax.set_title(f"{name} ({x.shape[0]} atoms)", fontsize=8)
+        ax.set_axis_off()
+    return fig

@@ -1,0 +1,53 @@
+"""The experimental-PDF recipe with the shipped small model (a cut-down run: 2 candidates, one PDF)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emverse.run import read_metrics, run_recipe
+from emverse.testing import shared_data_dir
+from emverse_cbldm.prior import CbLDMPrior, shipped_checkpoint
+
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "cbldm-experimental.toml"
+
+
+def test_shipped_model_loads_and_is_small():
+    path = Path(str(shipped_checkpoint()))
+    assert path.exists(), "the shipped model emverse_cbldm/data/cbldm-small.safetensors is missing"
+    assert path.stat().st_size < 20e6
+    model = CbLDMPrior.from_checkpoint(path)
+    assert model.config["block"] == 128  # 256 × 256 matrices: room for Au144
+    assert not list(model.baselines)
+
+
+def test_experimental_recipe_gives_au144_candidates(tmp_path):
+    gr = shared_data_dir() / "pdf_nanoparticles/deepstruc/experimental/Au144PET_100K-00000.gr"
+    if not gr.exists():
+        pytest.skip("shared experimental PDFs missing")
+    run_dir = Path(
+        run_recipe(
+            RECIPE,
+            tmp_path / "run",
+            overrides=[
+                f'options.observations=["{gr}"]',
+                "options.candidates=2",
+                "options.sampler.steps=10",
+                "options.refiner.maxiter=30",
+                "options.refiner.polish_steps=5",
+            ],
+        )
+    )
+    metrics = read_metrics(run_dir)
+    name = "Au144PET_100K-00000"
+    assert metrics[f"{name}.n_candidates"] >= 1
+    assert 0.0 < metrics[f"{name}.best_rwp"] <= metrics[f"{name}.median_rwp"]
+    xyz = sorted((run_dir / "candidates").glob(f"{name}_*.xyz"))
+    assert xyz
+    n = int(xyz[0].read_text().splitlines()[0])
+    assert 5 <= n <= 256
+    lines = xyz[0].read_text().splitlines()[2:]
+    x = np.array([[float(v) for v in line.split()[1:]] for line in lines])
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1) + 1e9 * np.eye(n)
+    assert d.min() > 1.0  # Å: no two atoms on top of each other
+    assert (run_dir / "figures" / f"{name}-fits.png").exists()

@@ -1,0 +1,29 @@
+"""Declares emverse-cdi's components (imports nothing heavy)."""
+
+from emverse.components import Component
+from emverse.hookspecs import hookimpl
+
+_P = "emverse_cdi.params:"
+
+
+@hookimpl
+def emverse_components():
+    yield Component("prior", "cdi.transformer", "emverse_cdi.prior:CdiTransformerPrior",
+                    _P + "TransformerPriorParams",
+                    "CBED-conditioned DDPM over the 13 MgB2 parameters (ResNet encoder + transformer)")
+    yield Component("prior", "cdi.regression", "emverse_cdi.prior:RegressionPrior",
+                    _P + "RegressionParams",
+                    "Regression baseline ResNet-10/18/34/50 (MSE), as a point-mass posterior")
+    yield Component("forward_model", "cdi.toy_pattern", "emverse_cdi.toy:ToyPatternModel",
+                    _P + "ToyPatternParams",
+                    "Toy Gaussian-spot pattern from the 13 parameters (DW factors invisible by design)")
+    yield Component("task", "cdi.dataset", "emverse_cdi.tasks:DatasetTask", _P + "DatasetOptions",
+                    "Simulate a Zarr dataset of (pattern, parameters) with uniform parameter draws")
+    yield Component("task", "cdi.train", "emverse_cdi.tasks:TrainTask", _P + "TrainOptions",
+                    "Train a cdi.transformer or cdi.regression model on a Zarr dataset")
+    yield Component("task", "cdi.evaluate", "emverse_cdi.tasks:EvaluateTask", _P + "EvaluateOptions",
+                    "NRMSE, calibration, coverage-sharpness, histograms and posterior predictive check")
+    yield Component("task", "cdi.infer", "emverse_cdi.tasks:InferTask", _P + "InferOptions",
+                    "Posterior of one simulated pattern with a trained (or shipped) model")
+    yield Component("task", "cdi.pipeline", "emverse_cdi.tasks:PipelineTask", _P + "PipelineOptions",
+                    "Simulate, train CDI and regression, evaluate: one recipe end to end")

@@ -1,0 +1,369 @@
+"""Recipe tasks of emverse-cdi: simulate, train, evaluate, infer, and the whole pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import attrs
+import torch
+from emverse.errors import EmverseError
+from emverse.interfaces import Task
+from emverse.run import RunResult, stable_seed
+
+from . import evaluation as ev
+from .dataset import PatternDataset, simulate_dataset
+from .parameter_table import check_same_space, mgb2_parameter_space
+from .training import train_model
+
+
+def _forward_space(forward_model):
+    space = getattr(forward_model, "parameter_space", None) or mgb2_parameter_space()
+    check_same_space(mgb2_parameter_space(), space, f"forward model {type(forward_model).__name__}")
+    return space
+
+
+def _forward_table(ctx) -> dict:
+    return ctx.recipe.to_dict().get("forward_model", {})
+
+
+def _store_path(ctx, given: str, default: str) -> Path:
+    return ctx.resolve_path(given) if given else ctx.out_dir / default
+
+
+def _simulate(ctx, forward_model, n, store, *, chunk_size, seed_name, scheduler, n_workers):
+    space = _forward_space(forward_model)
+    started = time.perf_counter()
+    simulate_dataset(
+        forward_model, space, n, store, chunk_size=chunk_size,
+        seed=stable_seed(ctx.seed, seed_name), scheduler=scheduler, n_workers=n_workers,
+        dtype=ctx.dtype, forward_model_table=_forward_table(ctx), progress=ctx.show_progress,
+    )
+    seconds = time.perf_counter() - started
+    ctx.log.info("simulated %d patterns into %s in %.1f s", n, store, seconds)
+    return seconds
+
+
+def _pattern_figure(dataset: PatternDataset, n: int = 4):
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(dataset))
+    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
+    patterns = dataset.patterns_at(torch.arange(n))
+    for i in range(n):
+        axes[0, i].imshow(patterns[i].numpy(), cmap="inferno")
+        t = dataset.parameters[i]
+        axes[0, i].set_title(f"t={float(t[-1]):.0f} Å", fontsize=9)
+        axes[0, i].set_xticks([])
+        axes[0, i].set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def _loss_figure(histories: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, h in histories.items():
+        ax.semilogy(range(1, len(h.epoch_loss) + 1), h.epoch_loss, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (MSE)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _train(ctx, model, dataset, opts, *, epochs, learning_rate, stream, noise_draws=1):
+    return train_model(
+        model, dataset, epochs=epochs, batch_size=opts.batch_size,
+        learning_rate=learning_rate, generator=ctx.generator(stream),
+        steps_per_epoch=opts.steps_per_epoch, weight_decay=opts.weight_decay,
+        cosine_schedule=opts.cosine_schedule, rotation_degrees=opts.rotation_degrees,
+        resized_crop_scale=tuple(opts.resized_crop_scale), noise_draws=noise_draws,
+        progress=(lambda it, desc: ctx.progress(it, desc=desc)), log=ctx.log,
+    )
+
+
+def evaluate_posteriors(ctx, prior, sampler, dataset: PatternDataset, *, baseline=None,
+                        forward_model=None, n_samples: int, batch_size: int,
+                        n_histogram_patterns: int, n_ppc_patterns: int, n_ppc_samples: int,
+                        max_patterns: int | None = None) -> dict:
+    """Posterior samples on a test set; NRMSE, calibration, figures and a predictive check."""
+    space = prior.parameter_space
+    n = min(len(dataset), max_patterns) if max_patterns else len(dataset)
+    patterns = dataset.patterns_at(torch.arange(n))
+    truth = dataset.parameters[:n].double()
+    generator = ctx.generator("cdi.evaluate")
+    started = time.perf_counter()
+    samples = prior.sample_physical(patterns, n_samples, sampler, generator, batch_size).cpu()
+    seconds = time.perf_counter() - started
+    regression = baseline.predict_physical(patterns).cpu() if baseline is not None else None
+    header, rows, metrics, calib = ev.summary_table(space, samples, truth, regression)
+    metrics["sampling_seconds_per_pattern"] = seconds / n
+    metrics["n_test_patterns"] = n
+    metrics["n_posterior_samples"] = n_samples
+    ctx.add_table("per-parameter results (paper table 1 shape)", header, rows)
+    ctx.save_figure("nrmse", ev.nrmse_figure(space, metrics))
+    ctx.save_figure("calibration", ev.calibration_figure(calib, space))
+    ctx.save_figure("coverage_sharpness", ev.coverage_sharpness_figure(calib, space))
+    for i in range(min(n_histogram_patterns, n)):
+        ctx.save_figure(f"posterior_pattern_{i}", ev.histogram_figure(
+            samples[i], truth[i], space, regression[i] if regression is not None else None,
+            title=f"test pattern {i}"))
+    if forward_model is not None and n_ppc_patterns > 0:
+        metrics.update(posterior_predictive(ctx, forward_model, patterns[:n_ppc_patterns],
+                                            samples[:n_ppc_patterns], n_ppc_samples, space))
+    for group, idx in (("debye_waller", range(6)), ("structure_factors", range(6, 10)),
+                       ("tilt", range(10, 12)), ("thickness", range(12, 13))):
+        names = [space.names[i] for i in idx]
+        metrics[f"group/{group}/cdi_nrmse"] = sum(metrics[f"nrmse_mean/{k}"] for k in names) / len(names)
+        if regression is not None:
+            metrics[f"group/{group}/regression_nrmse"] = (
+                sum(metrics[f"regression_nrmse/{k}"] for k in names) / len(names))
+    return metrics
+
+
+def posterior_predictive(ctx, forward_model, patterns, samples, n_draws, space) -> dict:
+    """Re-simulate posterior draws with the forward model and compare with the observation.
+
+    The reference is the same number of draws from the prior (uniform in the
+    box): a posterior that has learned anything re-simulates much closer.
+    """
+    generator = ctx.generator("cdi.ppc")
+    dtype = ctx.dtype
+    metrics, post_res, prior_res = {}, [], []
+    device = next((b.device for b in forward_model.buffers()), torch.device("cpu"))
+    for i in range(patterns.shape[0]):
+        observed = patterns[i].double()
+        draws = samples[i, :n_draws].to(device, dtype)
+        mean = samples[i].mean(dim=0, keepdim=True).to(device, dtype)
+        prior_draws = space.sample_uniform(n_draws, generator=generator, dtype=dtype).to(device)
+        with torch.no_grad():
+            sim_draws = forward_model(draws).double().cpu()
+            sim_mean = forward_model(mean).double().cpu()
+            sim_prior = forward_model(prior_draws).double().cpu()
+        post_res.append(ev.relative_residual(sim_draws, observed))
+        prior_res.append(ev.relative_residual(sim_prior, observed))
+        metrics[f"ppc/pattern_{i}/posterior_mean_residual"] = float(
+            ev.relative_residual(sim_mean, observed)[0])
+        ctx.save_figure(f"ppc_pattern_{i}", ev.ppc_figure(
+            observed, sim_mean[0], sim_draws, sim_prior,
+            title=f"posterior predictive check, pattern {i}"))
+    metrics["ppc/posterior_residual_mean"] = float(torch.cat(post_res).mean())
+    metrics["ppc/prior_residual_mean"] = float(torch.cat(prior_res).mean())
+    return metrics
+
+
+def _table_text(header, rows) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = [" | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- tasks
+@attrs.define
+class DatasetTask(Task):
+    """``cdi.dataset``: uniform parameter draws rendered by ``[forward_model]`` into Zarr."""
+
+    options: object = None
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(params)
+
+    def run(self, ctx) -> RunResult:
+        opts = ctx.options
+        forward_model = ctx.build("forward_model")
+        store = _store_path(ctx, opts.store, "dataset.zarr")
+        seconds = _simulate(ctx, forward_model, opts.n_patterns, store, chunk_size=opts.chunk_size,
+                            seed_name="cdi.dataset", scheduler=opts.scheduler,
+                            n_workers=opts.n_workers)
+        dataset = PatternDataset(store)
+        ctx.save_figure("example_patterns", _pattern_figure(dataset))
+        ctx.add_text("store", str(store))
+        return RunResult({"n_patterns": len(dataset), "seconds": seconds,
+                          "seconds_per_pattern": seconds / len(dataset)})
+
+
+@attrs.define
+class TrainTask(Task):
+    """``cdi.train``: train the recipe's ``[prior]`` (CDI or regression) on a Zarr dataset."""
+
+    options: object = None
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(params)
+
+    def run(self, ctx) -> RunResult:
+        opts = ctx.options
+        model = ctx.build("prior")
+        if not hasattr(model, "training_loss"):
+            raise EmverseError(
+                f"cdi.train trains cdi.transformer or cdi.regression, not {ctx.spec('prior').type!r}; "
+                "change [prior] type"
+            )
+        dataset = PatternDataset(ctx.resolve_path(opts.dataset), space=model.parameter_space)
+        history = _train(ctx, model, dataset, opts, epochs=opts.epochs,
+                         learning_rate=opts.learning_rate, stream="cdi.train",
+                         noise_draws=opts.noise_draws)
+        path = model.save(ctx.out_dir / f"{opts.checkpoint_name}.safetensors",
+                          recipe=ctx.recipe.to_dict())
+        ctx.save_figure("training_loss", _loss_figure({model.component_name: history}))
+        ctx.add_text("checkpoint", str(path))
+        return RunResult({"final_loss": history.epoch_loss[-1], "seconds": history.seconds,
+                          "steps": history.steps})
+
+
+@attrs.define
+class EvaluateTask(Task):
+    """``cdi.evaluate``: posteriors of a trained ``[prior]`` on a held-out Zarr test set."""
+
+    options: object = None
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(params)
+
+    def run(self, ctx) -> RunResult:
+        opts = ctx.options
+        prior = ctx.build("prior")
+        sampler = ctx.build("sampler")
+        baseline = None
+        if opts.baseline.params.checkpoint:
+            baseline = ctx.build_spec(opts.baseline, "prior")
+            baseline.eval()
+        else:
+            ctx.log.warning("baseline has no checkpoint; regression columns are left out")
+        dataset = PatternDataset(ctx.resolve_path(opts.dataset), space=prior.parameter_space,
+                                 max_items=opts.max_patterns)
+        forward_model = ctx.build("forward_model") if ctx.has("forward_model") else None
+        prior.eval()
+        metrics = evaluate_posteriors(
+            ctx, prior, sampler, dataset, baseline=baseline, forward_model=forward_model,
+            n_samples=opts.n_samples, batch_size=opts.batch_size,
+            n_histogram_patterns=opts.n_histogram_patterns, n_ppc_patterns=opts.n_ppc_patterns,
+            n_ppc_samples=opts.n_ppc_samples)
+        return RunResult(metrics)
+
+
+@attrs.define
+class InferTask(Task):
+    """``cdi.infer``: posterior of one simulated pattern with a trained (e.g. shipped) model."""
+
+    options: object = None
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(params)
+
+    def run(self, ctx) -> RunResult:
+        opts = ctx.options
+        forward_model = ctx.build("forward_model")
+        prior = ctx.build("prior")
+        sampler = ctx.build("sampler")
+        space = prior.parameter_space
+        check_same_space(space, _forward_space(forward_model), "[forward_model]")
+        if opts.truth:
+            if len(opts.truth) != len(space):
+                raise EmverseError(
+                    f"options.truth has {len(opts.truth)} values; give {len(space)} in the order "
+                    f"{list(space.names)} (physical units), or leave it out for a random draw"
+                )
+            truth = torch.tensor(opts.truth, dtype=torch.float64)[None]
+            outside = ~space.contains(truth)
+            if bool(outside.any()):
+                raise EmverseError(
+                    f"options.truth {list(opts.truth)} lies outside the trained parameter box; "
+                    "the posterior is only defined inside it"
+                )
+        else:
+            truth = space.sample_uniform(1, generator=ctx.generator("cdi.truth"))
+        device = next((b.device for b in forward_model.buffers()), torch.device("cpu"))
+        pattern = forward_model.simulate(truth.to(device, ctx.dtype),
+                                         ctx.generator("cdi.noise")).float().cpu()
+        prior.eval()
+        started = time.perf_counter()
+        samples = prior.sample_physical(pattern, opts.n_samples, sampler,
+                                        ctx.generator("cdi.infer"))[0].cpu()
+        seconds = time.perf_counter() - started
+        baseline = None
+        if opts.baseline.params.checkpoint:
+            baseline = ctx.build_spec(opts.baseline, "prior")
+            baseline.eval()
+            regression = baseline.predict_physical(pattern)[0].cpu()
+        else:
+            regression = None
+        mean, std = samples.mean(dim=0), samples.std(dim=0)
+        header = ["parameter", "unit", "truth", "posterior mean", "posterior std",
+                  "regression", "|mean−truth|/std"]
+        rows, metrics = [], {"sampling_seconds": seconds}
+        for p, name in enumerate(space.names):
+            z = abs(float(mean[p] - truth[0, p])) / max(float(std[p]), 1e-12)
+            rows.append([name, space.units[p], f"{float(truth[0, p]):.4g}", f"{float(mean[p]):.4g}",
+                         f"{float(std[p]):.3g}",
+                         f"{float(regression[p]):.4g}" if regression is not None else "", f"{z:.2f}"])
+            metrics[f"posterior_mean/{name}"] = float(mean[p])
+            metrics[f"posterior_std/{name}"] = float(std[p])
+            metrics[f"truth/{name}"] = float(truth[0, p])
+        ctx.add_table("posterior of the simulated pattern", header, rows)
+        ctx.add_text("posterior", _table_text(header, rows))
+        ctx.save_figure("posterior", ev.histogram_figure(samples, truth[0], space, regression,
+                                                         title="CDI posterior vs regression"))
+        if opts.n_ppc_samples > 0:
+            metrics.update(posterior_predictive(ctx, forward_model, pattern, samples[None],
+                                                opts.n_ppc_samples, space))
+        ctx.save_checkpoint("posterior_samples", {"samples": samples, "truth": truth[0],
+                                                  "pattern": pattern[0]},
+                            metadata={"names": list(space.names), "units": list(space.units)})
+        return RunResult(metrics)
+
+
+@attrs.define
+class PipelineTask(Task):
+    """``cdi.pipeline``: simulate -> train CDI and regression -> evaluate, in one run."""
+
+    options: object = None
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(params)
+
+    def run(self, ctx) -> RunResult:
+        opts = ctx.options
+        forward_model = ctx.build("forward_model")
+        base = ctx.resolve_path(opts.dataset_dir) if opts.dataset_dir else ctx.out_dir
+        timings = {}
+        for split, n in (("train", opts.n_train), ("test", opts.n_test)):
+            timings[f"simulate_{split}_seconds"] = _simulate(
+                ctx, forward_model, n, base / f"{split}.zarr", chunk_size=opts.chunk_size,
+                seed_name=f"cdi.dataset.{split}", scheduler=opts.scheduler,
+                n_workers=opts.n_workers)
+        prior = ctx.build("prior")
+        baseline = ctx.build_spec(opts.baseline, "prior")
+        train = PatternDataset(base / "train.zarr", space=prior.parameter_space)
+        test = PatternDataset(base / "test.zarr", space=prior.parameter_space)
+        ctx.save_figure("example_patterns", _pattern_figure(train))
+        histories = {}
+        histories["CDI"] = _train(ctx, prior, train, opts, epochs=opts.epochs,
+                                  learning_rate=opts.learning_rate, stream="cdi.train",
+                                  noise_draws=opts.noise_draws)
+        prior.save(ctx.out_dir / "cdi.safetensors", recipe=ctx.recipe.to_dict())
+        histories["regression"] = _train(ctx, baseline, train, opts, epochs=opts.baseline_epochs,
+                                         learning_rate=opts.baseline_learning_rate,
+                                         stream="cdi.train_regression")
+        baseline.save(ctx.out_dir / "regression.safetensors", recipe=ctx.recipe.to_dict())
+        ctx.save_figure("training_loss", _loss_figure(histories))
+        sampler = ctx.build("sampler")
+        metrics = evaluate_posteriors(
+            ctx, prior, sampler, test, baseline=baseline, forward_model=forward_model,
+            n_samples=opts.n_samples, batch_size=opts.eval_batch_size,
+            n_histogram_patterns=opts.n_histogram_patterns, n_ppc_patterns=opts.n_ppc_patterns,
+            n_ppc_samples=opts.n_ppc_samples, max_patterns=opts.max_eval_patterns)
+        metrics.update(timings)
+        metrics["train_seconds_cdi"] = histories["CDI"].seconds
+        metrics["train_seconds_regression"] = histories["regression"].seconds
+        metrics["final_loss_cdi"] = histories["CDI"].epoch_loss[-1]
+        metrics["final_loss_regression"] = histories["regression"].epoch_loss[-1]
+        return RunResult(metrics)

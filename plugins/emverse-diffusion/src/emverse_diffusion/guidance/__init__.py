@@ -1,0 +1,1 @@
+"""Guidance: DPS (dps.py) and its weight schedules (weights.py)."""

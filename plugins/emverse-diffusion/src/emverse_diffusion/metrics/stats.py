@@ -1,0 +1,88 @@
+"""Paired bootstrap: is method A better than method B on the same test set?
+
+Given per-instance scores a_i and b_i (lower is better, e.g. MSE) on the same
+n instances, d_i = a_i − b_i. The confidence interval of mean(d) is the
+percentile interval of the means of n_boot resamples (with replacement, the
+same indices for a and b: that is what "paired" means). The two-sided p-value
+of H0: E[d] = 0 resamples the centred differences d_i − mean(d) (the null
+distribution) and counts |mean*| ≥ |mean(d)|, with the (k + 1)/(n_boot + 1)
+correction so it is never exactly 0.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import torch
+from emverse.errors import EmverseError
+from emverse.interfaces import Metric
+
+
+@attrs.frozen
+class BootstrapResult:
+    mean_a: float
+    mean_b: float
+    difference: float  # mean(a − b)
+    ci_low: float
+    ci_high: float
+    p_value: float
+    boot_means: np.ndarray = attrs.field(eq=False, repr=False)
+
+
+def paired_bootstrap(scores_a, scores_b, *, n_boot: int = 2000, confidence: float = 0.95,
+                     rng: np.random.Generator | None = None) -> BootstrapResult:
+    a = np.asarray(torch.as_tensor(scores_a).detach().double().cpu(), dtype=float).reshape(-1)
+    b = np.asarray(torch.as_tensor(scores_b).detach().double().cpu(), dtype=float).reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise EmverseError(
+            f"paired bootstrap needs the same number (≥ 2) of scores for both methods; got {a.size} and {b.size}"
+        )
+    if rng is None:
+        raise EmverseError("paired_bootstrap needs an explicit numpy Generator (rng=np.random.default_rng(seed))")
+    d = a - b
+    n = d.size
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boot = d[idx].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(boot, [tail, 1.0 - tail])
+    observed = d.mean()
+    null = (d - observed)[idx].mean(axis=1)
+    p = (np.count_nonzero(np.abs(null) >= abs(observed)) + 1) / (n_boot + 1)
+    return BootstrapResult(float(a.mean()), float(b.mean()), float(observed), float(lo), float(hi), float(p), boot)
+
+
+def instance_scores(prediction: torch.Tensor, truth: torch.Tensor, score: str = "mse") -> torch.Tensor:
+    diff = (prediction.detach().double() - truth.detach().double()).reshape(truth.shape[0], -1)
+    if score == "mse":
+        return (diff**2).mean(dim=1)
+    if score == "mae":
+        return diff.abs().mean(dim=1)
+    raise EmverseError(f"score = {score!r} is unknown; use 'mse' or 'mae'")
+
+
+class PairedBootstrap(Metric):
+    """``stats.paired_bootstrap``: ``prediction`` (2, n, ...) stacks methods A and B, ``truth`` (n, ...)."""
+
+    def __init__(self, score: str = "mse", n_boot: int = 2000, confidence: float = 0.95, seed: int = 0):
+        self.score, self.n_boot, self.confidence, self.seed = score, n_boot, confidence, seed
+
+    def _result(self, prediction, truth):
+        if prediction.ndim != truth.ndim + 1 or prediction.shape[0] != 2 or prediction.shape[1:] != truth.shape:
+            raise EmverseError(
+                f"stats.paired_bootstrap takes prediction (2, n, ...) = methods A and B stacked, and truth "
+                f"(n, ...); got {tuple(prediction.shape)} and {tuple(truth.shape)}"
+            )
+        a = instance_scores(prediction[0], truth, self.score)
+        b = instance_scores(prediction[1], truth, self.score)
+        return paired_bootstrap(a, b, n_boot=self.n_boot, confidence=self.confidence,
+                                rng=np.random.default_rng(self.seed))
+
+    def __call__(self, prediction, truth):
+        r = self._result(prediction, truth)
+        return {f"{self.score}_a": r.mean_a, f"{self.score}_b": r.mean_b, "difference": r.difference,
+                "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value}
+
+    def figure(self, prediction, truth):
+        from .figures import bootstrap_figure
+
+        return bootstrap_figure(self._result(prediction, truth), self.confidence)

@@ -1,0 +1,1 @@
+"""Samplers: one readable file each (ddpm, ddim, dpmpp_2m, euler); they hold no weights."""

@@ -1,0 +1,96 @@
+"""What every sampler shares: the time grid, the start noise, the (guided) denoiser call.
+
+Time convention: see :mod:`emverse_diffusion.schedules` (t = 1 noise → t = 0 clean,
+``x_t = α x_0 + σ ε``). A sampler walks the grid ``t_0 = 1 > … > t_n = 0``
+returned by :func:`~emverse_diffusion.schedules.sampling_times`; the last
+step always returns the clean estimate.
+"""
+
+from __future__ import annotations
+
+import torch
+from emverse.errors import EmverseError
+from emverse.interfaces import DiffusionPrior, Guidance, Sampler
+
+from ..schedules import SPACINGS, check_steps, sampling_times
+
+
+class DiffusionSampler(Sampler):
+    """Base of the samplers here: ``steps`` and the placement of the steps.
+
+    ``spacing`` is ``"uniform"`` (in t), ``"logsnr"`` (uniform in λ), ``"karras"``
+    or ``"polyexponential"`` (σ-ladders with ``rho``, ``sigma_min``, ``sigma_max``
+    in the variance-exploding σ = exp(−λ/2)).
+    """
+
+    def __init__(
+        self,
+        steps: int = 50,
+        spacing: str = "uniform",
+        rho: float | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+    ):
+        self.steps = check_steps(steps)
+        if spacing not in SPACINGS:
+            raise EmverseError(f"spacing = {spacing!r} is unknown; use one of {', '.join(SPACINGS)}")
+        self.spacing, self.rho, self.sigma_min, self.sigma_max = spacing, rho, sigma_min, sigma_max
+
+    def times(self, prior: DiffusionPrior) -> torch.Tensor:
+        return sampling_times(
+            prior.schedule, self.steps, self.spacing,
+            rho=self.rho, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
+        )
+
+
+def device_dtype(prior, condition):
+    """Where and in which dtype to sample: the prior's parameters, else the condition's."""
+    for p in prior.parameters():
+        return p.device, p.dtype
+    for b in prior.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    if condition is not None and torch.is_tensor(condition):
+        return condition.device, (condition.dtype if condition.is_floating_point() else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+def start_noise(shape, generator, device, dtype) -> torch.Tensor:
+    """x at t = 1: standard normal (VP schedules have σ(1) ≈ 1)."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def fresh_noise(like: torch.Tensor, generator) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(like.shape, generator=generator, device=gen_device, dtype=like.dtype).to(like.device)
+
+
+def clean_estimate(
+    prior: DiffusionPrior,
+    x: torch.Tensor,
+    t: float,
+    condition: torch.Tensor | None,
+    guidance: Guidance | None,
+) -> torch.Tensor:
+    """x₀-hat at time ``t`` (detached); with guidance, the corrected estimate.
+
+    The guidance differentiates through the denoiser, so x₀-hat is computed
+    from an ``x`` that requires grad.
+    """
+    times = torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+    if guidance is None:
+        with torch.no_grad():
+            return prior.denoise(x, times, condition)
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        x0 = prior.denoise(x_in, times, condition)
+        corrected = guidance.correct(x_in, x0, times, prior.schedule)
+    return corrected.detach()
+
+
+def alpha_sigma_logsnr(schedule, t: float):
+    """Python floats α(t), σ(t), λ(t) (float64 accuracy)."""
+    tt = torch.tensor(float(t), dtype=torch.float64)
+    lam = schedule.logsnr(tt)
+    return float(torch.sigmoid(lam).sqrt()), float(torch.sigmoid(-lam).sqrt()), float(lam)

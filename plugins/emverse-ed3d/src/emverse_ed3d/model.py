@@ -1,0 +1,250 @@
+"""The refinable hybrid model: structure (ASU) + thickness model + Bloch physics.
+
+* :class:`RefinableStructure` — asymmetric-unit positions and ADPs with the
+  space group kept. A position moves only inside its site-symmetry subspace
+  (``x = x₀ + P δ`` with ``P = mean_{s ∈ site group} R_s``, the projector onto
+  the fixed space), so atoms on special positions stay there. ADPs are
+  ``U = L Lᵀ + εI`` (``L`` lower triangular, ε = 1e-6 Å², so ``U`` is
+  positive definite), symmetrised over the site group
+  (``mean R_c U R_cᵀ`` — an average of positive-definite matrices stays
+  positive definite) and rotated onto every image in the cell.
+* :class:`Ed3dForwardModel` — the physics as an emverse ForwardModel: the
+  unknown is a batch of per-frame thicknesses (Å), the observation the
+  reflections' tilt-integrated intensities (structure fixed).
+* :class:`HybridEd3dModel` — what the refiners optimise: structure +
+  thickness model t(θ) + per-frame scale (closed-form least squares on
+  amplitudes) + optional per-frame orientation corrections.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from emverse.errors import EmverseError
+from emverse.interfaces import ForwardModel
+from emverse.parameter_space import Parameter, ParameterSpace
+from emverse_ed3d import dynamical
+from emverse_ed3d.crystal import AsymmetricUnit, cell_volume, direct_matrix, reciprocal_matrix
+from emverse_ed3d.metrics import amplitude_weights, optimal_frame_scale, wr_all
+
+_TRIL = torch.tril_indices(3, 3)
+ADP_FLOOR = 1e-6  # Å², keeps U strictly positive definite
+
+
+class RefinableStructure(nn.Module):
+    def __init__(self, asu: AsymmetricUnit, *, anisotropic: bool | None = None, dtype=torch.float64):
+        super().__init__()
+        asu = asu.snapped()
+        self.asu = asu
+        self.elements = list(asu.elements)
+        A = direct_matrix(asu.cell)
+        A_inv = np.linalg.inv(A)
+        self.register_buffer("A", torch.as_tensor(A, dtype=dtype))
+        self.register_buffer("x0", torch.as_tensor(asu.frac, dtype=dtype))
+        projectors, site_rot_cart, op_rot, op_trans, op_atom = [], [], [], [], []
+        max_site = 1
+        for i in range(asu.n_atoms):
+            site = asu.site_symmetry(i)
+            max_site = max(max_site, len(site))
+        site_stack = np.zeros((asu.n_atoms, max_site, 3, 3))
+        site_count = np.zeros(asu.n_atoms)
+        for i in range(asu.n_atoms):
+            site = asu.site_symmetry(i)
+            projectors.append(np.mean([asu.rotations[s] for s in site], axis=0))
+            for k, s in enumerate(site):
+                site_stack[i, k] = A @ asu.rotations[s] @ A_inv
+            site_count[i] = len(site)
+            for s in asu.orbit_ops(i):
+                op_rot.append(asu.rotations[s])
+                op_trans.append(asu.translations[s])
+                op_atom.append(i)
+        self.register_buffer("projector", torch.as_tensor(np.array(projectors), dtype=dtype))
+        self.register_buffer("site_rot_cart", torch.as_tensor(site_stack, dtype=dtype))
+        self.register_buffer("site_count", torch.as_tensor(site_count, dtype=dtype))
+        self.register_buffer("op_rot", torch.as_tensor(np.array(op_rot), dtype=dtype))
+        self.register_buffer("op_rot_cart", torch.as_tensor(np.array([A @ R @ A_inv for R in op_rot]), dtype=dtype))
+        self.register_buffer("op_trans", torch.as_tensor(np.array(op_trans), dtype=dtype))
+        self.register_buffer("op_atom", torch.as_tensor(np.array(op_atom), dtype=torch.long))
+        self.register_buffer("occupancy", torch.as_tensor(asu.occupancy, dtype=dtype))
+        self.cell_elements = [self.elements[i] for i in op_atom]
+        self.anisotropic = bool(asu.anisotropic.any()) if anisotropic is None else bool(anisotropic)
+        self.delta = nn.Parameter(torch.zeros(asu.n_atoms, 3, dtype=dtype))
+        self.set_adp(torch.as_tensor(asu.u_cart, dtype=dtype))
+
+    # ------------------------------------------------------------------ ADPs
+    def set_adp(self, u_cart: torch.Tensor) -> None:
+        """Set the ADP parameters from Cartesian tensors (N, 3, 3) (Å²)."""
+        u_cart = 0.5 * (u_cart + u_cart.transpose(-1, -2))
+        eye = torch.eye(3, dtype=u_cart.dtype, device=u_cart.device)
+        u_cart = u_cart - ADP_FLOOR * eye
+        if self.anisotropic:
+            L = torch.linalg.cholesky(u_cart)
+            self.adp = nn.Parameter(L[:, _TRIL[0], _TRIL[1]].clone())
+        else:
+            u_iso = torch.diagonal(u_cart, dim1=-2, dim2=-1).mean(-1).clamp_min(0)
+            self.adp = nn.Parameter(torch.sqrt(u_iso).unsqueeze(-1))
+
+    def u_asu(self) -> torch.Tensor:
+        """Site-symmetric, positive-definite Cartesian ADPs of the ASU atoms (N, 3, 3), Å².
+
+        ``U = L Lᵀ + ε I`` (ε = 1e-6 Å² keeps it strictly positive definite), averaged over
+        the site-symmetry group (``mean R_c U R_cᵀ``, still positive definite).
+        """
+        n = self.x0.shape[0]
+        eye = torch.eye(3, dtype=self.adp.dtype, device=self.adp.device)
+        if self.anisotropic:
+            L = torch.zeros(n, 3, 3, dtype=self.adp.dtype, device=self.adp.device)
+            L[:, _TRIL[0], _TRIL[1]] = self.adp
+            U = L @ L.transpose(-1, -2) + ADP_FLOOR * eye
+            sym = torch.einsum("nkij,njl,nkml->nkim", self.site_rot_cart, U, self.site_rot_cart)
+            return sym.sum(1) / self.site_count[:, None, None]
+        return (self.adp**2 + ADP_FLOOR)[:, :, None] * eye
+
+    # ------------------------------------------------------------ positions
+    def frac_asu(self) -> torch.Tensor:
+        return self.x0 + torch.einsum("nij,nj->ni", self.projector, self.delta)
+
+    def cell_atoms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unit-cell fractional positions (M, 3), Cartesian ADPs (M, 3, 3), occupancies (M,)."""
+        x = self.frac_asu()[self.op_atom]
+        frac = torch.einsum("mij,mj->mi", self.op_rot, x) + self.op_trans
+        U = self.u_asu()[self.op_atom]
+        U = self.op_rot_cart @ U @ self.op_rot_cart.transpose(-1, -2)
+        return frac, U, self.occupancy[self.op_atom]
+
+    @torch.no_grad()
+    def perturb(self, max_shift_angstrom: float, generator: torch.Generator) -> None:
+        """Move every atom by a random shift, uniform in [−Δ, Δ] Å per Cartesian
+        component, projected onto its site-symmetry subspace (special positions kept)."""
+        n = self.x0.shape[0]
+        shift_cart = (torch.rand(n, 3, generator=generator, dtype=self.x0.dtype) * 2 - 1) * max_shift_angstrom
+        shift_frac = torch.linalg.solve(self.A, shift_cart.T).T
+        self.delta.add_(torch.einsum("nij,nj->ni", self.projector, shift_frac))
+
+    def parameters_dict(self) -> dict[str, torch.Tensor]:
+        return {"frac_asu": self.frac_asu().detach(), "u_asu": self.u_asu().detach()}
+
+
+class Ed3dForwardModel(ForwardModel):
+    """Bloch-wave 3D-ED intensities of fixed atoms as a function of per-frame thickness.
+
+    ``forward(x)``: ``x`` (batch, F) thicknesses in Å -> (batch, N) tilt-integrated
+    intensities of the N observed reflections (incident beam = 1, unscaled).
+    The structure is held by ``physics.structure`` (refined by :class:`HybridEd3dModel`).
+    """
+
+    def __init__(self, physics, *, t_min: float = 10.0, t_max: float = 2000.0):
+        super().__init__()
+        self.physics = physics
+        self.structure = physics.structure
+        self.parameter_space = ParameterSpace(
+            [Parameter(f"thickness_{f}", "Å", t_min, t_max) for f in range(physics.n_frames)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != self.physics.n_frames:
+            raise ValueError(
+                f"thickness batch has shape {tuple(x.shape)}; give (batch, {self.physics.n_frames}) in Å"
+            )
+        return torch.stack([self.physics.intensities(t) for t in x]).to(x.dtype)
+
+
+class HybridEd3dModel(nn.Module):
+    """Structure + thickness model + physics + per-frame scale, refined against (I, σ).
+
+    ``theta_rad`` (F,) is the goniometer angle of each frame (the ThicknessNN input);
+    ``frame_index`` (N,) the frame of each reflection (0-based).
+    """
+
+    def __init__(self, physics, thickness_model: nn.Module, theta_rad: np.ndarray, frame_index: np.ndarray,
+                 intensity: np.ndarray, sigma: np.ndarray, *, instability: float = 0.01,
+                 kinematical: bool = False):
+        super().__init__()
+        self.physics = physics
+        self.structure = physics.structure
+        self.thickness_model = thickness_model
+        self.kinematical = kinematical
+        dtype = self.structure.x0.dtype
+        self.register_buffer("theta", torch.as_tensor(theta_rad, dtype=dtype))
+        self.register_buffer("frame_index", torch.as_tensor(frame_index, dtype=torch.long))
+        self.register_buffer("i_obs", torch.as_tensor(intensity, dtype=dtype))
+        self.register_buffer("sigma", torch.as_tensor(sigma, dtype=dtype))
+        self.instability = instability
+        f_obs, w = amplitude_weights(self.i_obs, self.sigma, instability)
+        self.register_buffer("f_obs", f_obs)
+        self.register_buffer("weight", w)
+        self.n_frames = physics.n_frames
+        self.register_buffer("orientation_delta", torch.eye(3, dtype=dtype).repeat(self.n_frames, 1, 1))
+
+    def thickness(self) -> torch.Tensor:
+        return self.thickness_model(self.theta)
+
+    def unscaled(self) -> torch.Tensor:
+        return self.physics.intensities(self.thickness(), orientation_delta=self.orientation_delta,
+                                        kinematical=self.kinematical)
+
+    def scales(self, i_calc: torch.Tensor) -> torch.Tensor:
+        return optimal_frame_scale(self.f_obs, torch.sqrt(i_calc.clamp_min(0)), self.weight,
+                                   self.frame_index, self.n_frames)
+
+    def calculated(self) -> torch.Tensor:
+        """Scaled calculated intensities of every reflection (N,)."""
+        i_calc = self.unscaled()
+        return self.scales(i_calc)[self.frame_index] ** 2 * i_calc
+
+    def loss(self, i_calc: torch.Tensor | None = None) -> torch.Tensor:
+        if i_calc is None:
+            i_calc = self.calculated()
+        return wr_all(i_calc, self.i_obs, self.sigma, self.instability)
+
+    def frame_wr(self, frame: int, rotation: torch.Tensor | None = None) -> float:
+        """wR(all) of one frame with an optional corrective rotation (no gradients)."""
+        with torch.no_grad():
+            delta = self.orientation_delta.clone()
+            if rotation is not None:
+                delta[frame] = rotation.to(delta.dtype)
+            i_calc = self.physics.intensities(self.thickness(), orientation_delta=delta, frames=[frame],
+                                              kinematical=self.kinematical)
+            rows = self.frame_index == frame
+            f_calc = torch.sqrt(i_calc.clamp_min(0))
+            w2 = self.weight[rows] ** 2
+            k = (w2 * self.f_obs[rows] * f_calc).sum() / (w2 * f_calc**2).sum().clamp_min(1e-30)
+            return float(wr_all(k**2 * i_calc, self.i_obs[rows], self.sigma[rows], self.instability))
+
+
+def check_reflections_in_range(hkl: np.ndarray, reciprocal: np.ndarray, g_max: float) -> np.ndarray:
+    """Mask of reflections with |g| ≤ g_max (Å⁻¹)."""
+    g = np.linalg.norm(np.asarray(hkl) @ np.asarray(reciprocal).T, axis=1)
+    return g <= g_max + 1e-9
+
+
+def frame_orientations(data, cell) -> tuple[np.ndarray, np.ndarray]:
+    """Crystal-Cartesian -> lab rotations of each PETS frame, and the lab rotation axes.
+
+    ``M_i = R_z(ω) R_x(α) R_y(β) U₀`` with ``U₀`` the rotation part (polar
+    decomposition) of ``UB·B⁻¹``; the goniometer axis of frame i is ``R_z(ω) x̂``.
+    Checked in the tests against the zone axes the file lists.
+    """
+    B = reciprocal_matrix(cell)
+    M0 = data.ub @ np.linalg.inv(B)
+    u, _, vt = np.linalg.svd(M0)
+    U0 = u @ vt
+    if np.linalg.det(U0) < 0:
+        raise EmverseError(f"{data.source}: UB·B⁻¹ is not a proper rotation; the UB matrix or cell is wrong")
+    fr = data.frames
+    orientations, axes = [], []
+    for a, b, o in zip(np.radians(fr.alpha_deg), np.radians(fr.beta_deg), np.radians(fr.omega_deg)):
+        rz = dynamical._np_rz(o)
+        orientations.append(rz @ dynamical._np_rx(a) @ _np_ry(b) @ U0)
+        axes.append(rz @ np.array([1.0, 0.0, 0.0]))
+    return np.array(orientations), np.array(axes)
+
+
+def _np_ry(a):
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])

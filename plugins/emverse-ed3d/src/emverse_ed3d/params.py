@@ -1,0 +1,94 @@
+"""Parameters of the emverse-ed3d components (attrs only; no torch here)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+from emverse.params import in_range, non_negative, one_of, positive
+
+
+@attrs.frozen
+class RefineParams:
+    """Options of ``ed3d.refine``: a dynamical refinement of a structure against 3D-ED data.
+
+    Data: ``data`` is a PETS2 ``.cif_pets`` file. With ``synthetic = true`` only its frame
+    geometry is used and the intensities are simulated from ``structure`` with the
+    thickness profile below (dynamic range, drop < 1 count, Poisson, σ = √I).
+    Start model: ``start_structure`` if given, else ``structure`` perturbed by up to
+    ``perturbation_angstrom`` (symmetry-aware); ``enantiomer`` ("P3121"/"P3221")
+    inverts the structure into the other hand before refining.
+    Units: Å, Å⁻¹, degrees.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("refiner",)
+
+    data: str = "shared:ed3d_pets/quartz/quartz_exp.cif_pets"
+    structure: str = "shared:ed3d_pets/quartz/quartz_refined_P3221.cif"
+    start_structure: str = ""
+    enantiomer: str = attrs.field(default="", validator=one_of("", "P3121", "P3221"))
+    # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
+    frame_stride: int = attrs.field(default=1, validator=positive)
+    max_frames: int = attrs.field(default=0, validator=non_negative)
+    # synthetic data
+    synthetic: bool = False
+    thickness_profile: str = attrs.field(default="sinusoidal",
+                                         validator=one_of("constant", "sinusoidal", "smooth_random"))
+    profile_mean_angstrom: float = attrs.field(default=600.0, validator=positive)
+    profile_amplitude_angstrom: float = attrs.field(default=200.0, validator=non_negative)
+    dynamic_range: float = attrs.field(default=1e6, validator=positive)
+    # start model
+    perturbation_angstrom: float = attrs.field(default=0.2, validator=in_range(0.0, 1.0))
+    start_u_iso_angstrom2: float = attrs.field(default=0.0, validator=non_negative)
+    adp: str = attrs.field(default="auto", validator=one_of("auto", "iso", "aniso"))
+    # thickness model
+    thickness_model: str = attrs.field(default="nn", validator=one_of("nn", "single", "kinematical"))
+    t_min_angstrom: float = attrs.field(default=50.0, validator=positive)
+    t_max_angstrom: float = attrs.field(default=2000.0, validator=positive)
+    t_init_angstrom: float = attrs.field(default=500.0, validator=positive)
+    quadratic_prior: bool = False
+    # physics
+    physics_backend: str = attrs.field(default="bloch", validator=one_of("bloch", "native"))
+    method: str = attrs.field(default="eig", validator=one_of("eig", "expm"))
+    g_max: float = attrs.field(default=1.4, validator=positive)
+    sg_max: float = attrs.field(default=0.01, validator=positive)
+    rsg_max: float = attrs.field(default=0.66, validator=non_negative)
+    n_tilts: int = attrs.field(default=7, validator=positive)
+    rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
+    # refinement
+    epochs: int = attrs.field(default=0, validator=non_negative)  # 0: the refiner's own default
+    refine_orientation: bool = False
+    orientation_max_iter: int = attrs.field(default=40, validator=positive)
+    metrics_every: int = attrs.field(default=1, validator=positive)
+    # where the parameters' gradients flow: positions, ADPs, thickness model
+    refine_positions: bool = True
+    refine_adp: bool = True
+
+
+@attrs.frozen
+class AdamParams:
+    """Adam over all parameters (paper: lr 1e-3, 200 epochs, full batch)."""
+
+    epochs: int = attrs.field(default=200, validator=positive)
+    lr: float = attrs.field(default=1e-3, validator=positive)
+    lr_thickness: float = attrs.field(default=0.0, validator=non_negative)  # 0: same as lr
+    target_wr: float = attrs.field(default=0.0, validator=non_negative)  # stop early below this wR
+
+
+@attrs.frozen
+class LBFGSParams:
+    """L-BFGS with strong-Wolfe line search (comparison refiner)."""
+
+    epochs: int = attrs.field(default=50, validator=positive)
+    lr: float = attrs.field(default=1.0, validator=positive)
+    max_iter: int = attrs.field(default=5, validator=positive)
+    history_size: int = attrs.field(default=20, validator=positive)
+    target_wr: float = attrs.field(default=0.0, validator=non_negative)
+
+
+@attrs.frozen
+class WRParams:
+    """wR(all)/R(obs): instability factor u of the weights w = 1/sqrt(σ(F)² + (uF)²)."""
+
+    instability: float = attrs.field(default=0.01, validator=non_negative)

@@ -1,0 +1,112 @@
+"""Assemble a refinement problem from PETS2 data and a structure."""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import numpy as np
+import torch
+
+from emverse.errors import EmverseError
+from emverse_ed3d.crystal import AsymmetricUnit, check_cell_matches, reciprocal_matrix
+from emverse_ed3d.model import HybridEd3dModel, RefinableStructure, frame_orientations
+from emverse_ed3d.pets import PetsData
+from emverse_ed3d.physics import make_physics
+from emverse_ed3d.thickness import build_thickness_model
+
+log = logging.getLogger(__name__)
+
+
+def restrict_resolution(data: PetsData, g_max: float) -> PetsData:
+    """Keep reflections with |g| ≤ g_max (Å⁻¹); frames left empty are dropped (counted)."""
+    B = reciprocal_matrix(data.cell)
+    g = np.linalg.norm(data.hkl @ B.T, axis=1)
+    keep = g <= g_max + 1e-9
+    out = attrs.evolve(data, hkl=data.hkl[keep], intensity=data.intensity[keep], sigma=data.sigma[keep],
+                       frame_index=data.frame_index[keep])
+    counts = np.bincount(out.frame_index, minlength=out.n_frames)
+    if (counts == 0).any():
+        n_empty = int((counts == 0).sum())
+        out = out.select_frames(np.flatnonzero(counts > 0))
+        out = attrs.evolve(out, skipped={**out.skipped, "frames_empty_after_resolution_cut": n_empty})
+    if out.n_reflections == 0:
+        raise EmverseError(f"g_max = {g_max} Å⁻¹ leaves no reflections in {data.source}; raise g_max")
+    return out
+
+
+def filter_excitation(data: PetsData, rsg_max: float | None, semi_angle: np.ndarray) -> PetsData:
+    """Keep reflections excited near the frame centre: ``|S_g| / ΔS_g < rsg_max`` with
+    ``ΔS_g = |g ⊥ axis| · θ_semi`` (Klar et al. 2023; beam along −z)."""
+    if rsg_max is None or rsg_max <= 0:
+        return data
+    orientations, axes = frame_orientations(data, data.cell)
+    B = reciprocal_matrix(data.cell)
+    k0 = 1.0 / data.wavelength_angstrom
+    g = np.einsum("nij,jk,nk->ni", orientations[data.frame_index], B, data.hkl)
+    s_g = (2 * k0 * g[:, 2] - (g**2).sum(1)) / (2 * k0)
+    ax = axes[data.frame_index]
+    g_perp = np.linalg.norm(g - (g * ax).sum(1, keepdims=True) * ax, axis=1)
+    delta = g_perp * np.radians(semi_angle[data.frame_index])
+    keep = np.abs(s_g) < rsg_max * delta
+    out = attrs.evolve(data, hkl=data.hkl[keep], intensity=data.intensity[keep], sigma=data.sigma[keep],
+                       frame_index=data.frame_index[keep])
+    out = attrs.evolve(out, skipped={**out.skipped, "rsg_filtered": int((~keep).sum())})
+    counts = np.bincount(out.frame_index, minlength=out.n_frames)
+    if (counts == 0).any():
+        out = out.select_frames(np.flatnonzero(counts > 0))
+    return out
+
+
+def frame_theta(data: PetsData) -> np.ndarray:
+    """Goniometer angle of each frame (rad), the ThicknessNN input."""
+    return np.radians(data.frames.alpha_deg)
+
+
+def semi_angle_deg(data: PetsData, override: float | None) -> np.ndarray:
+    if override is not None and override > 0:
+        return np.full(data.n_frames, float(override))
+    return np.asarray(data.frames.precession_angle_deg, float)
+
+
+def build_model(
+    data: PetsData,
+    structure: AsymmetricUnit,
+    *,
+    thickness_model: str = "nn",
+    t_min: float = 50.0,
+    t_max: float = 2000.0,
+    t_init: float = 500.0,
+    quadratic_prior: bool = False,
+    anisotropic: bool | None = None,
+    backend: str = "bloch",
+    g_max: float = 1.4,
+    sg_max: float = 0.01,
+    n_tilts: int = 5,
+    rocking_semi_angle_deg: float | None = None,
+    rsg_max: float | None = None,
+    method: str = "eig",
+    generator: torch.Generator | None = None,
+    check_cell: bool = True,
+) -> HybridEd3dModel:
+    if check_cell:
+        check_cell_matches(structure, data.cell)
+    data = restrict_resolution(data, g_max)
+    data = filter_excitation(data, rsg_max, semi_angle_deg(data, rocking_semi_angle_deg))
+    st = RefinableStructure(structure, anisotropic=anisotropic)
+    orientations, axes = frame_orientations(data, data.cell)
+    physics = make_physics(
+        backend, st, orientations, axes, data.wavelength_angstrom, semi_angle_deg(data, rocking_semi_angle_deg),
+        data.hkl, data.frame_index, g_max=g_max, sg_max=sg_max, n_tilts=n_tilts,
+        precession=data.geometry.startswith("precession"), method=method,
+    )
+    theta = frame_theta(data)
+    span = float(np.ptp(theta)) / 2 if theta.size > 1 else 1.0
+    thickness = build_thickness_model(
+        thickness_model, t_min=t_min, t_max=t_max, t_init=t_init, quadratic_prior=quadratic_prior,
+        theta_scale_rad=max(span, 1e-3), generator=generator,
+    ).to(torch.float64)
+    model = HybridEd3dModel(physics, thickness, theta, data.frame_index, data.intensity, data.sigma,
+                            kinematical=False)
+    model.data = data  # the data actually refined (after the resolution cut)
+    return model

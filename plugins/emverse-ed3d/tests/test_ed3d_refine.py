@@ -1,0 +1,140 @@
+"""Synthetic data, refiners, orientation refinement and the ed3d.refine recipe end to end."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emverse_ed3d.crystal import direct_matrix
+from emverse_ed3d.metrics import asu_rmsd
+from emverse_ed3d.problem import build_model
+from emverse_ed3d.refiners import Ed3dAdam, Ed3dLBFGS, refine_orientations, small_rotation
+from emverse_ed3d.synthetic import make_synthetic, thickness_profile
+from emverse_ed3d.thickness import ProfileThickness
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(quartz_exp, quartz_structure):
+    geometry = quartz_exp.select_frames(range(0, 99, 9))
+    data, t_true = make_synthetic(geometry, quartz_structure, profile="constant", mean_angstrom=350.0,
+                                  amplitude_angstrom=0.0, dynamic_range=1e6, g_max=1.2, n_tilts=3,
+                                  backend="native", method="expm",
+                                  generator=torch.Generator().manual_seed(5), rng=np.random.default_rng(5))
+    return data, t_true
+
+
+def test_profiles():
+    theta = np.linspace(-0.8, 0.8, 40)
+    rng = np.random.default_rng(0)
+    sin = thickness_profile("sinusoidal", theta, mean_angstrom=400, amplitude_angstrom=100, rng=rng)
+    assert sin.max() == pytest.approx(500, abs=1) and sin.min() == pytest.approx(300, abs=1)
+    const = thickness_profile("constant", theta, mean_angstrom=400, amplitude_angstrom=100, rng=rng)
+    assert np.all(const == 400)
+    smooth = thickness_profile("smooth_random", theta, mean_angstrom=400, amplitude_angstrom=100, rng=rng)
+    assert np.abs(np.diff(smooth)).max() < 40 and smooth.std() > 5
+    from emverse.errors import EmverseError
+
+    with pytest.raises(EmverseError, match="below 0"):
+        thickness_profile("sinusoidal", theta, mean_angstrom=50, amplitude_angstrom=100, rng=rng)
+
+
+def test_synthetic_data_follow_the_recipe(tiny_synthetic, quartz_exp, quartz_structure):
+    data, t_true = tiny_synthetic
+    assert data.n_reflections > 40 and np.allclose(t_true, 350.0)
+    assert np.all(data.intensity >= 1) and np.allclose(data.sigma, np.sqrt(data.intensity))
+    # brightest reflection ≈ the dynamic range (Poisson: within a few σ)
+    assert abs(data.intensity.max() - 1e6) < 5e3
+    # the same seed gives the same data; another seed other noise
+    geometry = quartz_exp.select_frames(range(0, 99, 9))
+    kwargs = dict(profile="constant", mean_angstrom=350.0, amplitude_angstrom=0.0, dynamic_range=1e6, g_max=1.2,
+                  n_tilts=3, backend="native", method="expm")
+    again, _ = make_synthetic(geometry, quartz_structure, generator=torch.Generator().manual_seed(5),
+                              rng=np.random.default_rng(5), **kwargs)
+    assert np.array_equal(again.intensity, data.intensity)
+    other, _ = make_synthetic(geometry, quartz_structure, generator=torch.Generator().manual_seed(6),
+                              rng=np.random.default_rng(6), **kwargs)
+    assert not np.array_equal(other.intensity, data.intensity)
+    # low dynamic range drops reflections below one count
+    low, _ = make_synthetic(geometry, quartz_structure, generator=torch.Generator().manual_seed(5),
+                            rng=np.random.default_rng(5), **{**kwargs, "dynamic_range": 1e2})
+    assert low.n_reflections < data.n_reflections and low.skipped["below_one_count"] > 0
+
+
+def _model(data, structure, t_true, **kw):
+    m = build_model(data, structure, thickness_model="single", t_init=float(np.mean(t_true)), backend="native",
+                    g_max=1.2, n_tilts=3, method="expm", check_cell=False, **kw)
+    return m
+
+
+def test_lbfgs_recovers_positions_from_a_perturbed_start(tiny_synthetic, quartz_structure):
+    """Known answer: the true structure. L-BFGS from 0.05 Å displacements gets back to < 0.005 Å."""
+    data, t_true = tiny_synthetic
+    m = _model(data, quartz_structure, t_true)
+    m.structure.adp.requires_grad_(False)
+    m.structure.perturb(0.05, torch.Generator().manual_seed(2))
+    A = direct_matrix(quartz_structure.cell)
+    rmsd = lambda: asu_rmsd(m.structure.frac_asu().detach().numpy(), m.structure.x0.numpy(), A,  # noqa: E731
+                            quartz_structure.rotations, quartz_structure.translations)
+    start = rmsd()
+    with torch.no_grad():
+        start_wr = m.loss().item()
+    result = Ed3dLBFGS(epochs=8, max_iter=5).refine(m, None)
+    assert start > 0.02
+    assert rmsd() < 0.005 and result.final_loss < 0.5 * start_wr
+    assert result.final_loss < 0.03  # Poisson floor at 1e6 counts is ~0.01
+    assert len(result.history["loss"]) == result.iterations
+
+
+def test_adam_lowers_wr_and_records_history(tiny_synthetic, quartz_structure):
+    data, t_true = tiny_synthetic
+    m = _model(data, quartz_structure, t_true)
+    m.structure.perturb(0.1, torch.Generator().manual_seed(3))
+    calls = []
+    result = Ed3dAdam(epochs=15, lr=1e-3).refine(m, None, callback=lambda e, model, loss: calls.append(e) or {"x": e})
+    losses = result.history["loss"]
+    assert calls == list(range(1, 16)) and result.history["x"] == [float(e) for e in calls]
+    assert losses[-1] < 0.8 * losses[0]
+    assert "thickness_angstrom" in result.parameters and "frac_asu" in result.parameters
+
+
+def test_nelder_mead_orientation_refinement_undoes_a_misorientation(quartz_exp, quartz_structure):
+    """Known answer: frame 5 turned by (0.05°, −0.03°, 0.05°) about lab (x, y, z). The simplex finds the
+    tilts about x and y back to 0.005°; the rotation about the beam (z) barely changes S_g and stays loose."""
+    geometry = quartz_exp.select_frames(range(0, 99, 9))
+    data, t_true = make_synthetic(geometry, quartz_structure, profile="constant", mean_angstrom=350.0,
+                                  amplitude_angstrom=0.0, g_max=1.3, n_tilts=9, backend="native", method="expm",
+                                  generator=torch.Generator().manual_seed(5), rng=np.random.default_rng(5))
+    m = build_model(data, quartz_structure, thickness_model="single", backend="native", g_max=1.3, n_tilts=9,
+                    method="expm", check_cell=False)
+    m.thickness_model = ProfileThickness(t_true)
+    frame = 5
+    good = m.frame_wr(frame)
+    with torch.no_grad():
+        m.orientation_delta[frame] = small_rotation(np.radians([0.05, -0.03, 0.05]))
+    bad = m.frame_wr(frame)
+    info = refine_orientations(m, frames=[frame], max_iter=150, initial_step_deg=0.02)
+    assert bad > 5 * good
+    assert info["wr_after"][0] < 1.2 * good
+    assert info["angles_deg"][0][:2] == pytest.approx([-0.05, 0.03], abs=0.006)
+
+
+def test_refine_recipe_end_to_end(tmp_path):
+    """The shipped quartz recipe, shrunk: 9 frames, |g| ≤ 1.2 Å⁻¹, 3 sub-orientations, 6 epochs."""
+    from emverse.run import run_recipe
+
+    run = run_recipe(REPO / "recipes" / "ed3d-quartz-synthetic.toml", tmp_path / "run",
+                     overrides=["options.frame_stride=12", "options.g_max=1.2", "options.n_tilts=3",
+                                "options.epochs=6", "options.physics_backend=native", "options.method=expm"])
+    metrics = json.loads((Path(run) / "metrics.json").read_text())
+    assert metrics["epochs"] == 6
+    assert metrics["wr_all"] < metrics["start_wr_all"]
+    assert metrics["metric.wr_all"] == pytest.approx(metrics["wr_all"])
+    assert 0 < metrics["n_obs"] <= metrics["n_all"]
+    for name in ("history", "thickness_profile", "iobs_vs_icalc"):
+        assert (Path(run) / "figures" / f"{name}.png").is_file()
+    assert (Path(run) / "refined.safetensors").is_file() or list(Path(run).glob("**/refined*.safetensors"))

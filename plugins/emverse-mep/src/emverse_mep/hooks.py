@@ -1,0 +1,33 @@
+"""Component records of emverse-mep (no heavy imports)."""
+
+from emverse.components import Component
+from emverse.hookspecs import hookimpl
+
+
+@hookimpl
+def emverse_components():
+    yield Component(
+        kind="task", name="mep.dataset", impl="emverse_mep.dataset:DatasetTask",
+        params="emverse_mep.params:DatasetParams",
+        summary="Render random or CIF crystals into (depth, H, W) phase volumes (Zarr, Dask, resumable)",
+    )
+    yield Component(
+        kind="prior", name="mep.unet3d", impl="emverse_mep.unet3d:UNet3DPrior",
+        params="emverse_mep.params:UNet3DParams",
+        summary="3D UNet diffusion prior over phase volumes (anisotropic resampling, v-prediction in logSNR)",
+    )
+    yield Component(
+        kind="task", name="mep.train", impl="emverse_mep.train:TrainTask",
+        params="emverse_mep.params:TrainParams",
+        summary="Train the mep.unet3d prior: v-loss, Gaussian logSNR weighting, adaptive noise schedule, EMA",
+    )
+    yield Component(
+        kind="task", name="mep.reconstruct", impl="emverse_mep.reconstruct:ReconstructTask",
+        params="emverse_mep.params:ReconstructParams",
+        summary="DPS-guided sampling of volumes from diffraction stacks, with per-voxel uncertainty maps",
+    )
+    yield Component(
+        kind="task", name="mep.evaluate", impl="emverse_mep.evaluate:EvaluateTask",
+        params="emverse_mep.params:EvaluateParams",
+        summary="Guided prior vs Adam / L-BFGS: PSNR, SSIM (volume, depth sum), bootstrap, schedules, steps",
+    )

@@ -1,0 +1,244 @@
+"""Parameters of the MEP-Diffusion components (attrs only: no torch, no numpy).
+
+Units are in the field names: Å (``_angstrom``), kV, mrad. Volumes are
+(depth, H, W) voxels; the default sampling is the paper's (1.6, 0.2, 0.2) Å.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from emverse.params import ComponentSpec, in_range, nested, non_negative, positive
+
+
+def _to_tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _int_tuple(length: int):
+    def check(instance, attribute, value):
+        if (
+            not isinstance(value, tuple)
+            or len(value) != length
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ):
+            raise ValueError(f"{attribute.name} must be {length} positive integers, got {value!r}")
+
+    return check
+
+
+def _float_tuple(length: int):
+    def check(instance, attribute, value):
+        if not isinstance(value, tuple) or len(value) != length or not all(
+            isinstance(v, (int, float)) and v > 0 for v in value
+        ):
+            raise ValueError(f"{attribute.name} must be {length} positive numbers, got {value!r}")
+
+    return check
+
+
+def _str_tuple(instance, attribute, value):
+    if not isinstance(value, tuple) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{attribute.name} must be a non-empty list of chemical symbols, got {value!r}")
+
+
+def _axes(instance, attribute, value):
+    if not isinstance(value, tuple) or not value or not set(value) <= {0, 1, 2}:
+        raise ValueError(f"{attribute.name} must list major axes among 0 (a), 1 (b), 2 (c), got {value!r}")
+
+
+@attrs.frozen
+class DatasetParams:
+    """Options of the ``mep.dataset`` task: render crystals into phase volumes.
+
+    * ``n_train_materials`` / ``n_test_materials``: crystals drawn (or read)
+      for each split; each gives one volume per entry of ``axes`` (the
+      paper renders along a, b and c);
+    * ``cif_directory``: a folder of CIFs (empty = the built-in generator of
+      random symmetric crystals with ``elements``);
+    * ``train_shape`` (crop, e.g. the paper's (8, 64, 64)) and
+      ``test_shape`` (the evaluation volume, paper (16, 100, 100)) in voxels;
+    * ``sampling_angstrom`` (depth, H, W) voxel size (Å);
+    * ``voltage_kv`` sets σ in φ = σ·V (rad);
+    * ``vacancy_fraction`` of atoms removed at random (paper: 1 %);
+    * ``rotate`` random in-plane rotation of the training crops;
+    * ``phase_scale``: the constant the phase (rad) is multiplied by so the
+      data std ≈ 1; 0 = estimate it from ``scale_pilot`` training volumes;
+    * ``chunk_size`` volumes per Zarr chunk / Dask task;
+      ``scheduler`` a Dask scheduler address (empty = embedded cluster),
+      ``n_workers`` for the embedded cluster.
+    """
+
+    n_train_materials: int = attrs.field(default=64, validator=positive)
+    n_test_materials: int = attrs.field(default=8, validator=non_negative)
+    cif_directory: str = ""
+    elements: tuple[str, ...] = attrs.field(
+        default=(
+            "O", "C", "N", "F", "Si", "Al", "Mg", "Ti", "V", "Fe", "Co", "Ni", "Cu", "Zn",
+            "Ga", "As", "S", "Se", "Sr", "Ba", "La", "Mo", "W", "Pb", "Bi", "Nb", "Zr", "Ca",
+        ),
+        converter=_to_tuple,
+        validator=_str_tuple,
+    )
+    axes: tuple[int, ...] = attrs.field(default=(0, 1, 2), converter=_to_tuple, validator=_axes)
+    train_shape: tuple[int, int, int] = attrs.field(
+        default=(8, 64, 64), converter=_to_tuple, validator=_int_tuple(3)
+    )
+    test_shape: tuple[int, int, int] = attrs.field(
+        default=(16, 100, 100), converter=_to_tuple, validator=_int_tuple(3)
+    )
+    sampling_angstrom: tuple[float, float, float] = attrs.field(
+        default=(1.6, 0.2, 0.2), converter=_to_tuple, validator=_float_tuple(3)
+    )
+    voltage_kv: float = attrs.field(default=300.0, validator=positive)
+    vacancy_fraction: float = attrs.field(default=0.01, validator=in_range(0.0, 0.5))
+    rotate: bool = True
+    min_distance_angstrom: float = attrs.field(default=1.7, validator=positive)
+    max_lattice_angstrom: float = attrs.field(default=20.0, validator=positive)
+    phase_scale: float = attrs.field(default=0.0, validator=non_negative)
+    scale_pilot: int = attrs.field(default=16, validator=positive)
+    chunk_size: int = attrs.field(default=16, validator=positive)
+    scheduler: str = ""
+    n_workers: int = attrs.field(default=1, validator=positive)
+    output: str = "mep-data"
+
+
+@attrs.frozen
+class UNet3DParams:
+    """The ``mep.unet3d`` prior: a 3D UNet with anisotropic resampling.
+
+    * ``event_shape`` (depth, H, W) voxels of one volume;
+    * ``sampling_angstrom`` voxel size; the number of lateral-only (2D)
+      down-sampling stages is the number of ×2 steps that make the lateral
+      sampling reach the depth sampling (0.2 → 1.6 Å: three stages);
+    * ``channels``: width of each stage, lateral stages first then the 3D
+      stages; ``blocks_per_stage`` residual blocks per stage;
+      ``attention_from_stage`` index of the first stage with self-attention
+      (the deep ones);
+    * ``checkpoint``: a safetensors file written by ``mep.train`` (empty =
+      untrained weights);
+    * ``logsnr_min`` / ``logsnr_max`` the range of λ the network is trained on.
+    """
+
+    event_shape: tuple[int, int, int] = attrs.field(
+        default=(8, 64, 64), converter=_to_tuple, validator=_int_tuple(3)
+    )
+    sampling_angstrom: tuple[float, float, float] = attrs.field(
+        default=(1.6, 0.2, 0.2), converter=_to_tuple, validator=_float_tuple(3)
+    )
+    channels: tuple[int, ...] = attrs.field(
+        default=(16, 32, 64, 128, 256), converter=_to_tuple, validator=attrs.validators.min_len(1)
+    )
+    blocks_per_stage: int = attrs.field(default=2, validator=positive)
+    attention_from_stage: int = attrs.field(default=3, validator=non_negative)
+    attention_heads: int = attrs.field(default=4, validator=positive)
+    groups: int = attrs.field(default=8, validator=positive)
+    checkpoint: str = ""
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+
+
+@attrs.frozen
+class TrainParams:
+    """Options of the ``mep.train`` task (v-prediction in continuous logSNR).
+
+    * ``data``: the Zarr store of training volumes (``mep.dataset`` output,
+      relative to the recipe, e.g. ``"runs/data/train.zarr"``);
+    * ``steps`` optimiser steps, ``batch_size``, AdamW ``learning_rate`` and
+      ``weight_decay``, ``ema_decay`` of the weight average used to sample;
+    * loss weighting: Gaussian in λ, ``weight_mean`` / ``weight_std``
+      (the paper concentrates it at high noise, λ < 0);
+    * ``adaptive_bins`` bins of the adaptive λ sampler over
+      [logsnr_min, logsnr_max] (Kingma & Gao 2023); 0 = uniform λ;
+    * ``flip_augment`` random flips/90° rotations in-plane.
+    """
+
+    data: str = "mep-data/train.zarr"
+    steps: int = attrs.field(default=2000, validator=positive)
+    batch_size: int = attrs.field(default=16, validator=positive)
+    learning_rate: float = attrs.field(default=1e-4, validator=positive)
+    weight_decay: float = attrs.field(default=0.01, validator=non_negative)
+    ema_decay: float = attrs.field(default=0.999, validator=in_range(0.0, 1.0))
+    grad_clip: float = attrs.field(default=1.0, validator=positive)
+    weight_mean: float = -2.0
+    weight_std: float = attrs.field(default=3.0, validator=positive)
+    adaptive_bins: int = attrs.field(default=100, validator=non_negative)
+    flip_augment: bool = True
+    log_every: int = attrs.field(default=50, validator=positive)
+
+
+def _schedule_name(instance, attribute, value):
+    if value not in ("shifted_sigmoid", "alpha", "constant"):
+        raise ValueError(
+            f"{attribute.name} must be 'shifted_sigmoid', 'alpha' or 'constant', got {value!r}"
+        )
+
+
+@attrs.frozen
+class ReconstructParams:
+    """Options of ``mep.reconstruct``: guided sampling of volumes from diffraction stacks.
+
+    * ``data``: Zarr store of test volumes (``mep.dataset``'s ``test.zarr``);
+      ``first`` / ``count`` pick the volumes; their diffraction stacks are
+      simulated with the recipe's ``[forward_model]`` (with its Poisson noise);
+    * ``samples`` draws per measurement (≥ 2 gives a per-voxel uncertainty map);
+    * guided sampling (DPM-Solver++(2M) SDE + DPS, :mod:`emverse_mep.guided`;
+      the recipe's ``[sampler]`` + ``[guidance]`` are used instead when both
+      are given): ``steps`` on a polyexponential σ-ladder from ``sigma_max``
+      to ``sigma_min`` (σ = e^{−λ/2}); ``schedule`` of the guidance weight
+      ("shifted_sigmoid", "alpha", "constant"), its peak ``guidance_weight``,
+      and for the shifted sigmoid its centre ``guidance_centre_logsnr`` and
+      ``guidance_sharpness`` (per unit λ); ``through_denoiser`` differentiates
+      the data misfit w.r.t. x_t through the denoiser (DPS) or, when false,
+      w.r.t. x̂₀ directly.
+    """
+
+    data: str = "mep-data/test.zarr"
+    first: int = attrs.field(default=0, validator=non_negative)
+    count: int = attrs.field(default=4, validator=positive)
+    samples: int = attrs.field(default=4, validator=positive)
+    steps: int = attrs.field(default=100, validator=positive)
+    schedule: str = attrs.field(default="shifted_sigmoid", validator=_schedule_name)
+    guidance_weight: float = attrs.field(default=1.0, validator=non_negative)
+    guidance_centre_logsnr: float = -4.0
+    guidance_sharpness: float = attrs.field(default=1.0, validator=positive)
+    sigma_min: float = attrs.field(default=0.1, validator=positive)
+    sigma_max: float = attrs.field(default=800.0, validator=positive)
+    through_denoiser: bool = True
+
+
+@attrs.frozen
+class EvaluateParams:
+    """Options of ``mep.evaluate``: guided sampling vs Adam and L-BFGS on one test set.
+
+    * ``data`` / ``first`` / ``count``: the test volumes; diffraction stacks
+      are simulated with the recipe's ``[forward_model]``;
+    * guided sampling as in ``mep.reconstruct`` (``steps``, ``schedule``,
+      ``guidance_weight``, ...); ``samples`` draws per measurement (each is
+      scored, their spread is the uncertainty map);
+    * ``ablation_schedules``: also sample with the other two guidance
+      schedules (the paper's Table 2), same weight;
+    * ``adam`` / ``lbfgs``: the gradient-reconstruction baselines (refiners
+      of emverse-multislice) run on the same diffraction stacks;
+    * ``steps_sweep``: extra sampler step counts for the quality-vs-steps /
+      wall-time curve (empty = none);
+    * ``bootstrap`` paired-bootstrap resamples.
+    """
+
+    data: str = "mep-data/test.zarr"
+    first: int = attrs.field(default=0, validator=non_negative)
+    count: int = attrs.field(default=8, validator=positive)
+    samples: int = attrs.field(default=2, validator=positive)
+    steps: int = attrs.field(default=100, validator=positive)
+    schedule: str = attrs.field(default="shifted_sigmoid", validator=_schedule_name)
+    guidance_weight: float = attrs.field(default=1.0, validator=non_negative)
+    guidance_centre_logsnr: float = -4.0
+    guidance_sharpness: float = attrs.field(default=1.0, validator=positive)
+    sigma_min: float = attrs.field(default=0.1, validator=positive)
+    sigma_max: float = attrs.field(default=800.0, validator=positive)
+    through_denoiser: bool = True
+    ablation_schedules: bool = True
+    adam: ComponentSpec = nested("refiner", "multislice.adam")
+    lbfgs: ComponentSpec = nested("refiner", "multislice.lbfgs")
+    steps_sweep: tuple[int, ...] = attrs.field(default=(), converter=_to_tuple)
+    bootstrap: int = attrs.field(default=2000, validator=positive)

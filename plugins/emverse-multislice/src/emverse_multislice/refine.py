@@ -1,0 +1,345 @@
+"""Gradient-based multislice ptychography: ``multislice.adam`` and ``multislice.lbfgs``.
+
+Both reconstruct the phase volume x (B, depth, H, W) (radians) of a
+:class:`~emverse_multislice.ptychography.MultislicePtychography` model from
+an observed diffraction stack (B, n_scan, kH, kW) by minimising
+
+    L(x) = mean over objects and scan positions of D(I_pred, I_obs) + λ₁·mean|x|
+
+with D the "amplitude" misfit Σ_k (√I_pred − √I_obs)² (default; the
+Gaussian approximation to Poisson counting noise, well conditioned in dark
+pixels), the "intensity" misfit Σ_k (I_pred − I_obs)², or "model": the
+forward model's own negative log-likelihood (Poisson at its dose).
+
+Usage::
+
+    refiner = AdamReconstruction(epochs=300, batch_size=16, learning_rate=0.02)
+    result = refiner.refine(model, y, generator=torch.Generator().manual_seed(0))
+    volume = result.parameters["object"]         # (B, depth, H, W), rad
+    result.history["loss"]                       # one value per epoch
+
+``callback(iteration, model, loss)`` runs once per epoch / iteration; the
+current volume is ``refiner.current_object`` at that moment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from emverse.errors import EmverseError
+from emverse.interfaces import RefinementResult, Refiner
+
+_AMPLITUDE_EPS = 1e-12
+
+
+def _as_stack(model, observation) -> torch.Tensor:
+    if not isinstance(observation, torch.Tensor):
+        raise EmverseError(
+            f"observation must be a torch.Tensor diffraction stack, got {type(observation).__name__}"
+        )
+    y = observation
+    if y.ndim == 3:
+        y = y[None]
+    expected = tuple(model.observation_shape)
+    if y.ndim != 4 or tuple(y.shape[1:]) != expected:
+        raise EmverseError(
+            f"observation has shape {tuple(observation.shape)} but the model predicts "
+            f"(B, {', '.join(map(str, expected))}) = (B, n_scan, kH, kW); simulate the data with "
+            "the same scan and probe window, or rebuild the model to match"
+        )
+    if not torch.isfinite(y).all():
+        raise EmverseError("observation holds NaN or infinite values; clean the data first")
+    return y
+
+
+def data_misfit(model, y_pred: torch.Tensor, y_obs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Misfit per object and scan position, averaged: a scalar."""
+    if kind == "amplitude":
+        diff = torch.sqrt(y_pred.clamp_min(0) + _AMPLITUDE_EPS) - torch.sqrt(
+            y_obs.clamp_min(0) + _AMPLITUDE_EPS
+        )
+        return (diff**2).sum(dim=(-2, -1)).mean()
+    if kind == "intensity":
+        return ((y_pred - y_obs) ** 2).sum(dim=(-2, -1)).mean()
+    if kind == "model":
+        flat_pred = y_pred.reshape(-1, 1, *y_pred.shape[-2:])
+        flat_obs = y_obs.reshape(-1, 1, *y_obs.shape[-2:])
+        return -model.log_likelihood(flat_pred, flat_obs).mean()
+    raise EmverseError(f"loss {kind!r} is unknown; use 'amplitude', 'intensity' or 'model'")
+
+
+class _GradientReconstruction(Refiner):
+    """Shared set-up of the two refiners."""
+
+    loss: str
+    l1_weight: float
+    positivity: bool
+    object_bandlimit: bool
+    batch_size: int | None
+
+    current_object: torch.Tensor | None = None
+
+    def _initial(self, model, y: torch.Tensor, initial) -> torch.Tensor:
+        real = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+        shape = (y.shape[0], *model.object_shape)
+        if initial is None:
+            return torch.zeros(shape, dtype=real, device=y.device)
+        initial = torch.as_tensor(initial, dtype=real, device=y.device)
+        if initial.ndim == 3:
+            initial = initial[None].expand(shape)
+        if tuple(initial.shape) != shape:
+            raise EmverseError(
+                f"initial volume has shape {tuple(initial.shape)}, expected {shape} "
+                "(B, depth, H, W) matching the observation batch and the model's object_shape"
+            )
+        return initial.clone()
+
+    def _objective(self, model, x, y, indices) -> torch.Tensor:
+        x = self._volume(model, x)
+        y_pred = model(x, scan_indices=indices)
+        loss = data_misfit(model, y_pred, y[:, indices], self.loss)
+        if self.l1_weight > 0:
+            loss = loss + self.l1_weight * x.abs().mean()
+        return loss
+
+    def _volume(self, model, x: torch.Tensor) -> torch.Tensor:
+        """The volume the optimised variable stands for: with ``object_bandlimit`` the
+        variable low-passed to the model's antialias band (a reparametrisation, so the
+        optimiser sees a smooth objective and leaves the band's null space at zero)."""
+        if self.object_bandlimit and getattr(model, "antialias", False):
+            aperture = model.object_aperture.to(x.dtype)
+            return torch.fft.ifft2(torch.fft.fft2(x) * aperture).real
+        return x
+
+    @torch.no_grad()
+    def _project(self, model, x: torch.Tensor):
+        """Positivity (a projection after each step)."""
+        if self.positivity:
+            x.clamp_(min=0.0)
+
+    def _chunks(self, n: int, generator: torch.Generator | None, shuffle: bool):
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        size = n if self.batch_size is None else min(int(self.batch_size), n)
+        return list(torch.split(order, size))
+
+    def _result(self, model, x, history, converged, iterations, message, extra):
+        parameters = {"object": self._volume(model, x.detach()).clone()}
+        for name in extra:
+            parameters[name] = getattr(model, name).detach().clone()
+        return RefinementResult(
+            parameters=parameters,
+            history=history,
+            converged=converged,
+            iterations=iterations,
+            message=message,
+        )
+
+
+class AdamReconstruction(_GradientReconstruction):
+    """``multislice.adam``: stochastic mini-batches of scan positions, Adam steps.
+
+    Parameters as in :class:`emverse_multislice.params.AdamParams`.
+    """
+
+    def __init__(
+        self,
+        epochs: int = 200,
+        batch_size: int | None = None,
+        learning_rate: float = 0.02,
+        loss: str = "amplitude",
+        l1_weight: float = 0.0,
+        positivity: bool = False,
+        object_bandlimit: bool = True,
+        refine_probe: bool = False,
+        refine_positions: bool = False,
+        probe_learning_rate: float = 1e-3,
+        positions_learning_rate: float = 1e-3,
+        tolerance: float = 0.0,
+        patience: int = 10,
+        schedule: str = "constant",
+    ):
+        if int(epochs) <= 0:
+            raise EmverseError(f"epochs must be a positive integer, got {epochs!r}")
+        if batch_size is not None and int(batch_size) <= 0:
+            raise EmverseError(f"batch_size must be a positive integer or omitted, got {batch_size!r}")
+        if not learning_rate > 0:
+            raise EmverseError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if loss not in ("amplitude", "intensity", "model"):
+            raise EmverseError(f"loss {loss!r} is unknown; use 'amplitude', 'intensity' or 'model'")
+        if not l1_weight >= 0:
+            raise EmverseError(f"l1_weight must be >= 0, got {l1_weight!r}")
+        self.epochs = int(epochs)
+        self.batch_size = batch_size
+        self.learning_rate = float(learning_rate)
+        self.loss = loss
+        self.l1_weight = float(l1_weight)
+        self.positivity = bool(positivity)
+        self.object_bandlimit = bool(object_bandlimit)
+        self.refine_probe = bool(refine_probe)
+        self.refine_positions = bool(refine_positions)
+        self.probe_learning_rate = float(probe_learning_rate)
+        self.positions_learning_rate = float(positions_learning_rate)
+        self.tolerance = float(tolerance)
+        self.patience = int(patience)
+        if schedule not in ("constant", "cosine"):
+            raise EmverseError(f"schedule {schedule!r} is unknown; use 'constant' or 'cosine'")
+        self.schedule = schedule
+
+    def _model_groups(self, model):
+        groups, names = [], []
+        for flag, name, lr, field in (
+            (self.refine_probe, "probe_fourier_ri", self.probe_learning_rate, "learn_probe"),
+            (self.refine_positions, "positions_angstrom", self.positions_learning_rate, "learn_positions"),
+        ):
+            if not flag:
+                continue
+            param = getattr(model, name, None)
+            if not isinstance(param, torch.nn.Parameter):
+                raise EmverseError(
+                    f"refine_{'probe' if 'probe' in name else 'positions'} = true needs a model "
+                    f"built with {field} = true"
+                )
+            groups.append({"params": [param], "lr": lr})
+            names.append(name)
+        return groups, names
+
+    def refine(self, model, observation, *, generator=None, callback=None, initial=None):
+        """Reconstruct; ``initial`` (B, depth, H, W) or (depth, H, W) starts from a given volume
+        (default zeros). Returns parameters {"object", + refined model tensors}."""
+        y = _as_stack(model, observation).detach()
+        x = self._initial(model, y, initial).requires_grad_(True)
+        groups, extra = self._model_groups(model)
+        optimiser = torch.optim.Adam([{"params": [x], "lr": self.learning_rate}, *groups])
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=self.epochs)
+            if self.schedule == "cosine"
+            else None
+        )
+        history: dict[str, list[float]] = {"loss": []}
+        n_scan = model.n_scan
+        converged, calm, message = False, 0, "reached the epoch limit"
+        for epoch in range(self.epochs):
+            total = 0.0
+            for indices in self._chunks(n_scan, generator, shuffle=True):
+                optimiser.zero_grad(set_to_none=True)
+                loss = self._objective(model, x, y, indices)
+                loss.backward()
+                optimiser.step()
+                self._project(model, x)
+                total += float(loss.detach()) * len(indices)
+            epoch_loss = total / n_scan
+            if scheduler is not None:
+                scheduler.step()
+            if not math.isfinite(epoch_loss):
+                message = f"loss became {epoch_loss} at epoch {epoch}; lower learning_rate"
+                break
+            previous = history["loss"][-1] if history["loss"] else None
+            history["loss"].append(epoch_loss)
+            self.current_object = self._volume(model, x.detach())
+            if callback is not None:
+                extra_values = callback(epoch, model, epoch_loss)
+                for key, value in (extra_values or {}).items():
+                    history.setdefault(key, []).append(float(value))
+            if self.tolerance > 0 and previous is not None:
+                change = abs(previous - epoch_loss) / max(abs(previous), 1e-30)
+                calm = calm + 1 if change < self.tolerance else 0
+                if calm >= self.patience:
+                    converged, message = True, f"relative loss change < {self.tolerance} for {self.patience} epochs"
+                    break
+        return self._result(model, x, history, converged, len(history["loss"]), message, extra)
+
+
+class LbfgsReconstruction(_GradientReconstruction):
+    """``multislice.lbfgs``: full-batch L-BFGS with a strong-Wolfe line search.
+
+    ``batch_size`` splits each objective evaluation over scan positions
+    (gradients accumulated), so memory is bounded while the objective stays
+    exact. Parameters as in :class:`emverse_multislice.params.LbfgsParams`.
+    """
+
+    def __init__(
+        self,
+        iterations: int = 50,
+        batch_size: int | None = None,
+        learning_rate: float = 1.0,
+        history_size: int = 20,
+        max_evaluations_per_iteration: int = 25,
+        loss: str = "amplitude",
+        l1_weight: float = 0.0,
+        positivity: bool = False,
+        object_bandlimit: bool = False,
+        tolerance: float = 1e-10,
+    ):
+        if int(iterations) <= 0:
+            raise EmverseError(f"iterations must be a positive integer, got {iterations!r}")
+        if batch_size is not None and int(batch_size) <= 0:
+            raise EmverseError(f"batch_size must be a positive integer or omitted, got {batch_size!r}")
+        if loss not in ("amplitude", "intensity", "model"):
+            raise EmverseError(f"loss {loss!r} is unknown; use 'amplitude', 'intensity' or 'model'")
+        if not l1_weight >= 0:
+            raise EmverseError(f"l1_weight must be >= 0, got {l1_weight!r}")
+        self.iterations = int(iterations)
+        self.batch_size = batch_size
+        self.learning_rate = float(learning_rate)
+        self.history_size = int(history_size)
+        self.max_evaluations_per_iteration = int(max_evaluations_per_iteration)
+        self.loss = loss
+        self.l1_weight = float(l1_weight)
+        self.positivity = bool(positivity)
+        self.object_bandlimit = bool(object_bandlimit)
+        self.tolerance = float(tolerance)
+
+    def refine(self, model, observation, *, generator=None, callback=None, initial=None):
+        """Reconstruct; see :class:`AdamReconstruction.refine`."""
+        y = _as_stack(model, observation).detach()
+        x = self._initial(model, y, initial).requires_grad_(True)
+        n_scan = model.n_scan
+        chunks = self._chunks(n_scan, generator, shuffle=False)
+        optimiser = torch.optim.LBFGS(
+            [x],
+            lr=self.learning_rate,
+            max_iter=1,
+            max_eval=self.max_evaluations_per_iteration,
+            history_size=self.history_size,
+            tolerance_grad=self.tolerance,
+            tolerance_change=self.tolerance,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure():
+            optimiser.zero_grad(set_to_none=True)
+            total = torch.zeros((), dtype=x.dtype)
+            for indices in chunks:
+                weight = len(indices) / n_scan
+                loss = self._objective(model, x, y, indices) * weight
+                loss.backward()
+                total = total + loss.detach()
+            return total
+
+        history: dict[str, list[float]] = {"loss": []}
+        converged, message = False, "reached the iteration limit"
+        for iteration in range(self.iterations):
+            optimiser.step(closure)
+            self._project(model, x)
+            with torch.no_grad():
+                value = float(
+                    sum(
+                        self._objective(model, x, y, indices) * (len(indices) / n_scan)
+                        for indices in chunks
+                    )
+                )
+            if not math.isfinite(value):
+                message = f"loss became {value} at iteration {iteration}; lower learning_rate"
+                break
+            previous = history["loss"][-1] if history["loss"] else None
+            history["loss"].append(value)
+            self.current_object = self._volume(model, x.detach())
+            if callback is not None:
+                extra_values = callback(iteration, model, value)
+                for key, val in (extra_values or {}).items():
+                    history.setdefault(key, []).append(float(val))
+            if previous is not None and abs(previous - value) <= self.tolerance * max(abs(previous), 1e-30):
+                converged, message = True, "loss stopped changing"
+                break
+        return self._result(model, x, history, converged, len(history["loss"]), message, [])
