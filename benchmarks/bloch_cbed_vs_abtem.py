@@ -145,7 +145,12 @@ def main(argv=None):
     axes[2].set_ylabel("disc intensity fraction, bloch.cbed")
     axes[2].set_title(f"MgB2 [010], t = {thickness / 10:.1f} nm, α = {args.alpha} mrad")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    import os
+    from pathlib import Path
+
+    tmp = Path(args.out).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, args.out)  # atomic: never a half-written figure
     print("figure:", args.out)
     _ = extent_a
 

@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-
 from emverse.testing import shared_data_dir
 from emverse_ed3d.crystal import read_structure
 from emverse_ed3d.pets import read_pets

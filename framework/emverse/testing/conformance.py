@@ -39,7 +39,9 @@ def check_forward_model(
     2. batching is consistent: each element alone gives the batched result;
     3. it is deterministic: two calls give identical output;
     4. the gradient along a random direction agrees with a central finite
-       difference (run in float64: ``eps`` and ``grad_rtol`` assume it);
+       difference (run in float64: ``eps`` and ``grad_rtol`` assume it); with a
+       parameter space, each component of the direction is scaled by its
+       parameter's half-range so parameters of very different units are probed evenly;
     5. :meth:`simulate` with a seeded generator is reproducible and keeps the shape.
     """
     assert isinstance(model, ForwardModel), f"{type(model).__name__} is not an emverse ForwardModel"
@@ -67,6 +69,11 @@ def check_forward_model(
     directional = fd = rel = float("nan")
     if check_grad:
         direction = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        space = model.parameter_space
+        if space is not None and x.shape[-1] == len(space):
+            # perturb each parameter in proportion to its own range (Å next to pm² next to deg)
+            low, high = space.bounds(dtype=x.dtype)
+            direction = direction * (0.5 * (high - low)).to(x.device)
         weights = torch.randn(y.shape, generator=gen, dtype=y.real.dtype)
 
         def objective(inp):

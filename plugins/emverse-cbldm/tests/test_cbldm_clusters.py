@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from emverse.errors import EmverseError
 from emverse.testing import shared_data_dir
 from emverse_cbldm.clusters import (
@@ -19,7 +18,15 @@ from emverse_cbldm.clusters import (
     weight_matrix,
 )
 
-SIZES = {"SC": (2, 2, 3), "FCC": (2, 2, 3), "BCC": (2, 3, 3), "HCP": (2, 3, 3), "Ico": (3,), "Dec": (2, 2, 1), "Oct": (4,)}
+SIZES = {
+    "SC": (2, 2, 3),
+    "FCC": (2, 2, 3),
+    "BCC": (2, 3, 3),
+    "HCP": (2, 3, 3),
+    "Ico": (3,),
+    "Dec": (2, 2, 1),
+    "Oct": (4,),
+}
 
 
 def _pair_distances(x):
@@ -32,7 +39,9 @@ def test_nearest_neighbour_distance_is_twice_the_metallic_radius(structure_type)
     d = nn_distance("Pt")
     x = build_cluster(ClusterSpec(structure_type, SIZES[structure_type], "Pt", d))
     # icosahedra are strained: ase keeps the shell spacing, so the intra-shell distance is 5 % longer
-    assert _pair_distances(x).min() == pytest.approx(d, rel=0.06 if structure_type == "Ico" else 1e-6)
+    assert _pair_distances(x).min() == pytest.approx(
+        d, rel=0.06 if structure_type == "Ico" else 1e-6
+    )
     assert np.allclose(x.mean(0), 0.0, atol=1e-9)
     r = np.linalg.norm(x, axis=1)
     assert np.all(np.diff(r) >= -1e-6)  # canonical order: by distance from the centroid
@@ -64,7 +73,9 @@ def test_rebuilds_deepstruc_clusters(name):
     lc = float(name.rsplit("_lc_", 1)[1].removesuffix(".xyz"))
     x = build_cluster(ClusterSpec(kind, size, "Au", lc))
     assert x.shape == ref.shape
-    np.testing.assert_allclose(np.sort(_pair_distances(x)), np.sort(_pair_distances(ref)), atol=1e-3)
+    np.testing.assert_allclose(
+        np.sort(_pair_distances(x)), np.sort(_pair_distances(ref)), atol=1e-3
+    )
 
 
 def test_weight_matrix_and_blocks_round_trip():

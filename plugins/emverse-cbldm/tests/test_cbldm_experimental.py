@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from emverse.run import read_metrics, run_recipe
 from emverse.testing import shared_data_dir
 from emverse_cbldm.prior import CbLDMPrior, shipped_checkpoint

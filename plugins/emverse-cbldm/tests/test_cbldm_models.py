@@ -2,21 +2,35 @@
 
 import pytest
 import torch
-
 from emverse.errors import EmverseError
-from emverse_cbldm.models import CNNBaseline, MatrixDecoder, MatrixVAE, MLPBaseline, PdfVAE, gaussian_kl
+from emverse_cbldm.models import (
+    CNNBaseline,
+    MatrixDecoder,
+    MatrixVAE,
+    MLPBaseline,
+    PdfVAE,
+    gaussian_kl,
+)
 from emverse_cbldm.prior import CbLDMPrior
 
 
 def test_gaussian_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
-    mu_q, lv_q, mu_p, lv_p = (torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    mu_q, lv_q, mu_p, lv_p = (
+        torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(4)
+    )
     q = torch.distributions.Normal(mu_q, (0.5 * lv_q).exp())
     p = torch.distributions.Normal(mu_p, (0.5 * lv_p).exp())
     ref = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
     torch.testing.assert_close(gaussian_kl(mu_q, lv_q, mu_p, lv_p), ref)
-    torch.testing.assert_close(gaussian_kl(mu_q, lv_q), torch.distributions.kl_divergence(
-        q, torch.distributions.Normal(torch.zeros_like(mu_q), torch.ones_like(mu_q))).flatten(1).sum(1))
+    torch.testing.assert_close(
+        gaussian_kl(mu_q, lv_q),
+        torch.distributions.kl_divergence(
+            q, torch.distributions.Normal(torch.zeros_like(mu_q), torch.ones_like(mu_q))
+        )
+        .flatten(1)
+        .sum(1),
+    )
 
 
 @pytest.mark.parametrize("block", [32, 64])
@@ -31,7 +45,11 @@ def test_shapes(block):
     mu, logvar, mu_p, logvar_p = mvae.encode(blocks, pdf)
     assert mu.shape == mu_p.shape == (2, 1, 8, 8)
     out = mvae.decode(mu)
-    assert out.shape == blocks.shape and float(out.detach().min()) >= 0 and float(out.detach().max()) <= 1
+    assert (
+        out.shape == blocks.shape
+        and float(out.detach().min()) >= 0
+        and float(out.detach().max()) <= 1
+    )
     assert MLPBaseline(block, 8, 4)(pdf).shape == blocks.shape
     assert CNNBaseline(block, 8, 4)(pdf).shape == blocks.shape
     with pytest.raises(EmverseError, match="power of two"):
@@ -42,9 +60,18 @@ def test_checkpoint_round_trip(tmp_path):
     from emverse.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = CbLDMPrior(block=32, latent_size=8, pdf_channels=4, matrix_channels=4, unet_channels=8, baselines=("mlp",))
+    model = CbLDMPrior(
+        block=32,
+        latent_size=8,
+        pdf_channels=4,
+        matrix_channels=4,
+        unet_channels=8,
+        baselines=("mlp",),
+    )
     model.latent_scale.fill_(2.5)
-    path = save_checkpoint(tmp_path / "m.safetensors", model.checkpoint_tensors(), metadata=model.checkpoint_metadata())
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model.checkpoint_tensors(), metadata=model.checkpoint_metadata()
+    )
     loaded = CbLDMPrior.from_checkpoint(path)
     assert float(loaded.latent_scale) == 2.5
     pdf = torch.rand(2, 3000)

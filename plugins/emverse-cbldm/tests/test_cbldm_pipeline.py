@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from emverse.errors import EmverseError
 from emverse.run import read_metrics, run_recipe
 from emverse_cbldm.clusters import from_blocks, weight_matrix
@@ -70,7 +69,6 @@ def test_tiny_training_run_writes_checkpoint_tables_and_metrics(tiny_run):
 
 def test_dataset_store_is_consistent(tiny_run):
     import zarr
-
     from emverse_pdf.debye import cbldm_gr
 
     group = zarr.open_group(str(tiny_run / "dataset.zarr"), mode="r")
@@ -102,7 +100,7 @@ name = "cbldm-infer-tiny"
 seed = 1
 task = "cbldm.infer"
 [options]
-checkpoint = "{tiny_run / 'cbldm.safetensors'}"
+checkpoint = "{tiny_run / "cbldm.safetensors"}"
 observations = ["{gr}"]
 candidates = 2
 [options.sampler]

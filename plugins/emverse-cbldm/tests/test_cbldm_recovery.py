@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from emverse.errors import EmverseError
 from emverse_cbldm.clusters import ClusterSpec, build_cluster, nn_distance, to_blocks, weight_matrix
 from emverse_cbldm.recovery import DistanceGeometry, kabsch_rmsd, recover_positions
@@ -66,13 +65,14 @@ def test_refiner_interface_and_bad_input():
 
 
 def test_pdf_polish_lowers_rw():
-    from emverse_pdf.debye import cbldm_gr
-
     from emverse_cbldm.recovery import polish_against_pdf, rwp
+    from emverse_pdf.debye import cbldm_gr
 
     x = torch.as_tensor(build_cluster(ClusterSpec("Ico", (2,), "Au", 2.88)))
     g_obs = cbldm_gr(x[None])[0]
-    start = x + 0.08 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    start = x + 0.08 * torch.randn(
+        x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype
+    )
     model = lambda pos: cbldm_gr(pos)  # noqa: E731
     before = float(rwp(model(start[None])[0] / model(start[None])[0].max(), g_obs / g_obs.max()))
     polished, hist = polish_against_pdf(model, start, g_obs, steps=40, lr=0.005)

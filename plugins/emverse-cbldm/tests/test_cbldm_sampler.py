@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from emverse.errors import EmverseError
 from emverse_cbldm.prior import cosine_schedule
 from emverse_cbldm.sampler import AcceleratedSampler
@@ -75,7 +74,9 @@ def test_plain_sampler_is_deterministic_map_of_the_noise():
     b = sampler.sample(prior, (8, 1, 4, 4), cond, None, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     # with eta = 0 the probability-flow map is linear for zero-mean Gaussian data: x0 = c · noise
-    noise = torch.randn((8, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    noise = torch.randn(
+        (8, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     ratio = a / noise
     assert float(ratio.std()) < 1e-6 * float(ratio.mean().abs())
     assert float(ratio.mean()) == pytest.approx(2.0, rel=0.1)

@@ -1,8 +1,5 @@
-import os
 
-import numpy as np
 import pytest
-
 from emverse.testing import shared_data_dir
 
 

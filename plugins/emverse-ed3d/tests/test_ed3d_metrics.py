@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from emverse_ed3d.crystal import direct_matrix
 from emverse_ed3d.metrics import (
     AdpError,

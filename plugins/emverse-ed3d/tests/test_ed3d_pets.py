@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from emverse.errors import EmverseError
 from emverse_ed3d.crystal import direct_matrix, reciprocal_matrix
 from emverse_ed3d.model import frame_orientations

@@ -1,16 +1,14 @@
 """Bloch-wave physics: against abTEM, between the two engines, weak-scattering limit, gradients."""
 
-import math
 
 import attrs
 import numpy as np
 import pytest
 import torch
-
 from emverse_ed3d import dynamical
 from emverse_ed3d.crystal import direct_matrix, reciprocal_matrix
 from emverse_ed3d.model import Ed3dForwardModel, RefinableStructure
-from emverse_ed3d.physics import NativePhysics, bloch_available
+from emverse_ed3d.physics import bloch_available
 from emverse_ed3d.problem import build_model
 
 
@@ -27,7 +25,7 @@ def _native_single(structure, R, wavelength, g_max, sg_max, thickness, gamma):
     out = {}
     for t in thickness:
         inten = dynamical.frame_intensities(geo, u, torch.tensor([t], dtype=torch.float64))[0]
-        out[t] = {tuple(h): float(v) for h, v in zip(geo.beams[0].tolist(), inten.detach())}
+        out[t] = {tuple(h): float(v) for h, v in zip(geo.beams[0].tolist(), inten.detach(), strict=False)}
     return out
 
 

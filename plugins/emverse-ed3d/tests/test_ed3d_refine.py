@@ -1,13 +1,11 @@
 """Synthetic data, refiners, orientation refinement and the ed3d.refine recipe end to end."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from emverse_ed3d.crystal import direct_matrix
 from emverse_ed3d.metrics import asu_rmsd
 from emverse_ed3d.problem import build_model

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from emverse.errors import EmverseError
 from emverse_ed3d.crystal import (
     check_cell_matches,

@@ -1,14 +1,17 @@
 """Thickness models: architecture, ranges, and learning a known profile (ML check with a known answer)."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from emverse_ed3d.synthetic import thickness_profile
-from emverse_ed3d.thickness import FixedThickness, SingleThickness, ThicknessNN, build_thickness_model
+from emverse_ed3d.thickness import (
+    FixedThickness,
+    SingleThickness,
+    ThicknessNN,
+    build_thickness_model,
+)
+from torch import nn
 
 
 def test_architecture_and_output_range():

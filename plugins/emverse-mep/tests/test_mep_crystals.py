@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 from ase import Atoms
-
 from emverse.errors import EmverseError
 from emverse_mep.crystals import orient_along, random_crystal, read_cif_directory
 from emverse_mep.render import interaction_parameter, render_volume

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from emverse.errors import EmverseError
 from emverse.run import read_metrics, run_recipe
 
@@ -23,7 +22,7 @@ def tiny_pipeline(tmp_path_factory):
     ])
     prior_overrides = ["prior.event_shape=[4, 16, 16]", "prior.channels=[4, 8, 8, 8]", "prior.groups=4"]
     train_dir = run_recipe(RECIPES / "mep-cpu-train.toml", root / "train", overrides=[
-        f"options.data={data / 'train.zarr'}", "options.steps=6", "options.batch_size=2", "options.log_every=2",
+        f"options.data={data / 'train.zarr'}", "options.steps=3", "options.batch_size=2", "options.log_every=1",
         *prior_overrides,
     ])
     return root, data, train_dir, prior_overrides
@@ -31,8 +30,8 @@ def tiny_pipeline(tmp_path_factory):
 
 def _eval_overrides(data, train_dir, prior_overrides):
     return [
-        f"options.data={data / 'test.zarr'}", "options.count=2", "options.samples=2", "options.steps=3",
-        "options.steps_sweep=[2]", "options.bootstrap=50", "options.adam.epochs=2", "options.lbfgs.iterations=2",
+        f"options.data={data / 'test.zarr'}", "options.count=2", "options.samples=2", "options.steps=2",
+        "options.steps_sweep=[2]", "options.bootstrap=50", "options.adam.epochs=2", "options.lbfgs.iterations=1",
         "forward_model.object_shape=[4, 16, 16]", "forward_model.scan_shape=[2, 2]",
         f"prior.checkpoint={train_dir / 'prior.safetensors'}", *prior_overrides,
     ]

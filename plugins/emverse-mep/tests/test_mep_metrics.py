@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from emverse_mep import metrics as M
 
 
@@ -71,3 +70,15 @@ def test_paired_bootstrap():
     assert same["p_value"] > 0.05
     with pytest.raises(ValueError, match="equal-length"):
         M.paired_bootstrap(b, b[:5], 10, np.random.default_rng(0))
+
+
+def test_psnr_agrees_with_emverse_diffusion():
+    """Same definition in the shared toolkit (instance-normalised, data range 1)."""
+    torch = pytest.importorskip("torch")
+    image = pytest.importorskip("emverse_diffusion.metrics.image")
+    rng = np.random.default_rng(5)
+    truth = rng.random((3, 4, 16, 16))
+    pred = truth + 0.1 * rng.standard_normal(truth.shape)
+    ours = M.volume_scores(pred, truth)["psnr"]
+    theirs = image.psnr(torch.as_tensor(pred), torch.as_tensor(truth), spatial_dims=3)  # per instance, dB
+    np.testing.assert_allclose(theirs.numpy(), ours, rtol=1e-9)

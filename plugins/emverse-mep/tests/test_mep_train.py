@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from emverse_mep.train import AdaptiveLogSNRSampler, gaussian_weight, train_prior
 from emverse_mep.unet3d import UNet3DPrior
 
@@ -54,6 +53,7 @@ class _Ctx:
             pass
 
 
+@pytest.mark.slow
 def test_short_training_beats_the_zero_denoiser():
     """Known answer: volumes that are ±1 blocks (the sign is the only unknown).
     After a short fit the x̂₀ error at λ = +2 must be well below the trivial

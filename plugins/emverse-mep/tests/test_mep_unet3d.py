@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from emverse.checkpoint import save_checkpoint
 from emverse.errors import EmverseError
 from emverse_mep.unet3d import UNet3D, UNet3DPrior, count_parameters, lateral_stages

@@ -147,6 +147,7 @@ def test_recipe_with_an_observation_file(tmp_path):
         overrides=[
             "options.observation=shared:pdf_nanoparticles/deepstruc/simulated/Icosahedron_shell_2.gr",
             "options.structure=shared:pdf_nanoparticles/deepstruc/structures_xyz/Icosahedron_shell_2_atom_Mn_lc_2.36.xyz",
+            "options.perturb_angstrom=0.0",
             "forward_model.elements=Mn",
             "forward_model.qmin=0.79",
             "forward_model.qdamp=0.0",

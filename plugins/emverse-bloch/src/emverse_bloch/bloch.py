@@ -84,12 +84,7 @@ def propagate(
     if method not in METHODS:
         raise EmverseError(f"method {method!r} is unknown; use 'eig' or 'expm'")
     thickness = torch.as_tensor(thickness, dtype=matrix.real.dtype, device=matrix.device)
-    if not torch.is_grad_enabled() or not thickness.requires_grad:
-        if torch.any(thickness < 0):
-            raise EmverseError(
-                f"thickness {thickness.min().item():.4g} Å is negative; give thicknesses >= 0 Å"
-            )
-    elif torch.any(thickness.detach() < 0):
+    if torch.any(thickness.detach() < 0):
         raise EmverseError(
             f"thickness {thickness.detach().min().item():.4g} Å is negative; give thicknesses >= 0 Å"
         )

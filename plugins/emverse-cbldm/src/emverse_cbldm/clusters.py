@@ -25,7 +25,6 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-
 from emverse.errors import EmverseError
 
 #: t in W_ij = exp(-d_ij^2 / t), Å²
@@ -95,7 +94,9 @@ def build_cluster(spec: ClusterSpec) -> np.ndarray:
     if st == "SC":
         atoms = SimpleCubic(el, cubic_surfaces, list(spec.size), latticeconstant=d)
     elif st == "BCC":
-        atoms = BodyCenteredCubic(el, cubic_surfaces, list(spec.size), latticeconstant=2 * d / 3**0.5)
+        atoms = BodyCenteredCubic(
+            el, cubic_surfaces, list(spec.size), latticeconstant=2 * d / 3**0.5
+        )
     elif st == "FCC":
         atoms = FaceCenteredCubic(el, cubic_surfaces, list(spec.size), latticeconstant=d * 2**0.5)
     elif st == "HCP":
@@ -142,7 +143,7 @@ def _size_grid(structure_type: str) -> list[tuple[int, ...]]:
     raise EmverseError(f"structure_type {structure_type!r} is unknown")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _atom_counts(structure_type: str) -> tuple[tuple[tuple[int, ...], int], ...]:
     """(size, N) for every size of the grid (atom counts do not depend on the element)."""
     return tuple(

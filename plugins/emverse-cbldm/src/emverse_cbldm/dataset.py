@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from emverse.errors import EmverseError
 from emverse.interfaces import Configurable
 
@@ -43,7 +42,6 @@ def simulate_pdfs(positions_list: list[np.ndarray], element: str | list[str] = "
     One-element particles: the form factor cancels, so ``element`` does not matter.
     """
     import torch
-
     from emverse_pdf.debye import cbldm_gr
 
     n_max = max(p.shape[0] for p in positions_list)
@@ -61,17 +59,23 @@ def simulate_pdfs(positions_list: list[np.ndarray], element: str | list[str] = "
 class ChunkMaker:
     """``fn(start, stop, seed)`` for :func:`map_to_zarr` (picklable: plain data only)."""
 
-    def __init__(self, specs: list[tuple], matrix_size: int, t_angstrom2: float, elements: list[str]):
+    def __init__(
+        self, specs: list[tuple], matrix_size: int, t_angstrom2: float, elements: list[str]
+    ):
         self.specs = specs
         self.matrix_size = matrix_size
         self.t = t_angstrom2
         self.elements = elements
 
     def __call__(self, start: int, stop: int, seed: int) -> dict[str, np.ndarray]:
-        clusters = [ClusterSpec(st, tuple(size), el, nn) for st, size, el, nn in self.specs[start:stop]]
+        clusters = [
+            ClusterSpec(st, tuple(size), el, nn) for st, size, el, nn in self.specs[start:stop]
+        ]
         positions = [build_cluster(c) for c in clusters]
         n = len(clusters)
-        blocks = np.stack([to_blocks(weight_matrix(p, self.t, self.matrix_size)) for p in positions])
+        blocks = np.stack(
+            [to_blocks(weight_matrix(p, self.t, self.matrix_size)) for p in positions]
+        )
         padded = np.zeros((n, self.matrix_size, 3), dtype=np.float32)
         for i, p in enumerate(positions):
             padded[i, : p.shape[0]] = p
@@ -80,9 +84,15 @@ class ChunkMaker:
             "blocks": blocks.astype(np.float32),
             "positions": padded,
             "n_atoms": np.array([p.shape[0] for p in positions], dtype=np.int32),
-            "type_index": np.array([STRUCTURE_TYPES.index(c.structure_type) for c in clusters], dtype=np.int16),
-            "element_index": np.array([self.elements.index(c.element) for c in clusters], dtype=np.int16),
-            "nn_distance_angstrom": np.array([c.nn_distance_angstrom for c in clusters], dtype=np.float32),
+            "type_index": np.array(
+                [STRUCTURE_TYPES.index(c.structure_type) for c in clusters], dtype=np.int16
+            ),
+            "element_index": np.array(
+                [self.elements.index(c.element) for c in clusters], dtype=np.int16
+            ),
+            "nn_distance_angstrom": np.array(
+                [c.nn_distance_angstrom for c in clusters], dtype=np.float32
+            ),
         }
 
 
@@ -129,7 +139,6 @@ class CbldmDataset(Configurable):
     def ensure(self, log=None) -> Path:
         """Write the store if it is missing or incomplete; return its path."""
         import zarr
-
         from emverse.parallel import is_complete, map_to_zarr
 
         p = self.params
@@ -146,9 +155,16 @@ class CbldmDataset(Configurable):
         entries = catalogue(p.structure_types, tuple(elements), p.min_atoms, p.max_atoms)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 95005]))
         chosen = choose_structures(entries, p.n_structures, rng, p.structure_types)
-        specs = [(c.structure_type, list(c.size), c.element, c.nn_distance_angstrom) for c, _ in chosen]
+        specs = [
+            (c.structure_type, list(c.size), c.element, c.nn_distance_angstrom) for c, _ in chosen
+        ]
         if log:
-            log.info("cbldm.dataset: %d structures from a catalogue of %d -> %s", len(specs), len(entries), self.store_path)
+            log.info(
+                "cbldm.dataset: %d structures from a catalogue of %d -> %s",
+                len(specs),
+                len(entries),
+                self.store_path,
+            )
         map_to_zarr(
             ChunkMaker(specs, p.matrix_size, p.t_angstrom2, elements),
             len(specs),
@@ -191,7 +207,15 @@ class CbldmDataset(Configurable):
             idx = np.arange(is_val.size)
         else:
             raise EmverseError(f"split {split!r} is unknown; use 'train', 'val' or 'all'")
-        names = ["pdf", "blocks", "positions", "n_atoms", "type_index", "element_index", "nn_distance_angstrom"]
+        names = [
+            "pdf",
+            "blocks",
+            "positions",
+            "n_atoms",
+            "type_index",
+            "element_index",
+            "nn_distance_angstrom",
+        ]
         out = {name: np.asarray(group[name][:])[idx] for name in names}
         out["index"] = idx
         out["elements"] = list(group.attrs["elements"])

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
 
-from .clusters import STRUCTURE_TYPES, from_blocks
+from .clusters import STRUCTURE_TYPES
 from .recovery import recover_positions
 from .sampler import AcceleratedSampler
 
@@ -64,9 +63,14 @@ def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -
     pdf = torch.as_tensor(val["pdf"][:n_eval], dtype=torch.float32)
     samplers = {
         "cbldm": AcceleratedSampler(opts.sampling_steps, 1.0, 1.0),
-        "cbldm_accel": AcceleratedSampler(opts.sampling_steps, opts.accelerated_t1, opts.accelerated_t2),
+        "cbldm_accel": AcceleratedSampler(
+            opts.sampling_steps, opts.accelerated_t1, opts.accelerated_t2
+        ),
     }
-    matrices = {name: generate_matrices(model, pdf, opts.candidates, s, generator) for name, s in samplers.items()}
+    matrices = {
+        name: generate_matrices(model, pdf, opts.candidates, s, generator)
+        for name, s in samplers.items()
+    }
     with torch.no_grad():
         for name, net in model.baselines.items():
             matrices[name] = net(pdf)[:, None]
@@ -90,7 +94,14 @@ def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -
         if i < 4:
             examples.append(example)
     nfe = {name: s.nfe for name, s in samplers.items()}
-    return {"rw": rws, "atoms": atoms, "methods": methods, "n_eval": n_eval, "examples": examples, "nfe": nfe}
+    return {
+        "rw": rws,
+        "atoms": atoms,
+        "methods": methods,
+        "n_eval": n_eval,
+        "examples": examples,
+        "nfe": nfe,
+    }
 
 
 def _median(values) -> float:
@@ -113,13 +124,21 @@ def summarise(results: dict, val: dict) -> dict:
     for ti, st in enumerate(STRUCTURE_TYPES):
         sel = type_index == ti
         if sel.any():
-            type_rows.append([st, int(sel.sum()), *[round(_median(per_pdf[m][sel]), 4) for m in methods]])
+            type_rows.append(
+                [st, int(sel.sum()), *[round(_median(per_pdf[m][sel]), 4) for m in methods]]
+            )
     type_rows.append(["all", n, *[round(_median(per_pdf[m]), 4) for m in methods]])
     bin_rows = []
     for lo, hi in ATOM_BINS:
         sel = (n_atoms >= lo) & (n_atoms <= hi)
         if sel.any():
-            bin_rows.append([f"{lo}-{hi}", int(sel.sum()), *[round(_median(per_pdf[m][sel]), 4) for m in methods]])
+            bin_rows.append(
+                [
+                    f"{lo}-{hi}",
+                    int(sel.sum()),
+                    *[round(_median(per_pdf[m][sel]), 4) for m in methods],
+                ]
+            )
     # the paper's Table 3 shape: rows (atom bin, method), columns structure types
     present = [ti for ti in range(len(STRUCTURE_TYPES)) if (type_index == ti).any()]
     grid_rows = []
@@ -140,9 +159,14 @@ def summarise(results: dict, val: dict) -> dict:
         metrics[f"median_best_rw.{m}"] = _median(best[m])
         metrics[f"mean_candidate_spread_rw.{m}"] = float(np.mean(spread[m]))
         metrics[f"failure_rate.{m}"] = float(np.mean(results["atoms"][m] == 0))
+        recovered = results["rw"][m][results["atoms"][m] > 0]
+        # Rw over the candidates that decoded to a structure (failures excluded)
+        metrics[f"median_rw_recovered.{m}"] = _median(recovered)
         wins = 0
         for row in type_rows[:-1]:
-            others = [row[2 + j] for j, o in enumerate(methods) if o != m and not o.startswith("cbldm")]
+            others = [
+                row[2 + j] for j, o in enumerate(methods) if o != m and not o.startswith("cbldm")
+            ]
             if others and row[2 + methods.index(m)] < min(others):
                 wins += 1
         metrics[f"types_better_than_baselines.{m}"] = float(wins)

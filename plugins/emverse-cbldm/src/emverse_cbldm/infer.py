@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
 from emverse.interfaces import Task
 from emverse.io import write_text
@@ -30,9 +29,13 @@ def resample_to_model_grid(r: np.ndarray, g: np.ndarray, *, source: str = "G(r)"
     r = np.asarray(r, dtype=float)
     g = np.asarray(g, dtype=float)
     if r.ndim != 1 or r.shape != g.shape or r.size < 2:
-        raise EmverseError(f"{source}: r and G must be 1D arrays of the same length ≥ 2, got {r.shape} and {g.shape}")
+        raise EmverseError(
+            f"{source}: r and G must be 1D arrays of the same length ≥ 2, got {r.shape} and {g.shape}"
+        )
     if not np.all(np.diff(r) > 0):
-        raise EmverseError(f"{source}: r must increase strictly; sort the file or remove duplicate rows")
+        raise EmverseError(
+            f"{source}: r must increase strictly; sort the file or remove duplicate rows"
+        )
     step = float(np.median(np.diff(r)))
     if step > 0.05:
         raise EmverseError(
@@ -98,7 +101,9 @@ class InferTask(Task):
             g_in = resample_to_model_grid(data.r, data.g, source=str(obs_path))
             cond = torch.as_tensor(g_in, dtype=torch.float32)[None].repeat(opts.candidates, 1)
             with torch.no_grad():
-                latents = sampler.sample(model, (opts.candidates, *model.event_shape), cond, None, generator)
+                latents = sampler.sample(
+                    model, (opts.candidates, *model.event_shape), cond, None, generator
+                )
                 blocks = model.decode(latents)
             candidates = []
             for k in range(opts.candidates):
@@ -114,21 +119,39 @@ class InferTask(Task):
                 x = result.parameters["positions"].numpy()
                 g = simulate_pdfs([x], opts.element)[0]
                 value = float(
-                    rwp(torch.as_tensor(g), torch.as_tensor(g_in), r=r_t, rmin=opts.fit_rmin, rmax=opts.fit_rmax)
+                    rwp(
+                        torch.as_tensor(g),
+                        torch.as_tensor(g_in),
+                        r=r_t,
+                        rmin=opts.fit_rmin,
+                        rmax=opts.fit_rmax,
+                    )
                 )
                 candidates.append((value, x, g))
                 if opts.write_xyz:
-                    write_xyz(ctx.out_dir / "candidates" / f"{name}_{k}.xyz", x, opts.element, f"Rwp={value:.4f}")
+                    write_xyz(
+                        ctx.out_dir / "candidates" / f"{name}_{k}.xyz",
+                        x,
+                        opts.element,
+                        f"Rwp={value:.4f}",
+                    )
                 rows.append([name, k, x.shape[0], round(value, 4)])
             if not candidates:
-                raise EmverseError(f"{name}: no candidate had atoms above threshold; the model failed on this PDF")
+                raise EmverseError(
+                    f"{name}: no candidate had atoms above threshold; the model failed on this PDF"
+                )
             values = np.array([c[0] for c in candidates])
             metrics[f"{name}.best_rwp"] = float(values.min())
             metrics[f"{name}.median_rwp"] = float(np.median(values))
             metrics[f"{name}.spread_rwp"] = float(values.std())
             metrics[f"{name}.n_candidates"] = float(len(candidates))
-            ctx.save_figure(f"{name}-fits", _fits_figure(name, g_in, sorted(candidates, key=lambda c: c[0])))
-            ctx.save_figure(f"{name}-structures", _structures_figure(name, sorted(candidates, key=lambda c: c[0])))
+            ctx.save_figure(
+                f"{name}-fits", _fits_figure(name, g_in, sorted(candidates, key=lambda c: c[0]))
+            )
+            ctx.save_figure(
+                f"{name}-structures",
+                _structures_figure(name, sorted(candidates, key=lambda c: c[0])),
+            )
         ctx.add_table("candidates", ["observation", "candidate", "atoms", "Rwp"], rows)
         metrics["nfe"] = float(getattr(sampler, "nfe", float("nan")))
         return RunResult(metrics)
@@ -144,7 +167,12 @@ def _fits_figure(name, g_in, candidates):
     ax.plot(R_GRID, g_in, "k", lw=1.5, label=f"{name} (measured, /max)")
     for j, (value, x, g) in enumerate(candidates[:3]):
         scale = float(np.dot(g, g_in) / max(np.dot(g, g), 1e-30))
-        ax.plot(R_GRID, scale * g - 1.2 * (j + 1), lw=1, label=f"candidate {j}: {x.shape[0]} atoms, Rwp {value:.3f}")
+        ax.plot(
+            R_GRID,
+            scale * g - 1.2 * (j + 1),
+            lw=1,
+            label=f"candidate {j}: {x.shape[0]} atoms, Rwp {value:.3f}",
+        )
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("G(r) (offset)")
     ax.legend(fontsize=7)

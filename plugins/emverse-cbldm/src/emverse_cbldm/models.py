@@ -21,9 +21,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from emverse.errors import EmverseError
+from torch import nn
 
 N_POINTS = 3000
 PDF_LATENT = (2, 125)
@@ -53,15 +52,21 @@ class PdfVAE(nn.Module):
         c = channels
         lc = PDF_LATENT[0]
         self.encoder = nn.Sequential(
-            nn.Conv1d(1, c, 7, stride=2, padding=3), nn.GELU(),  # 1500
-            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GELU(),  # 750
-            nn.Conv1d(2 * c, 2 * c, 5, stride=2, padding=2), nn.GELU(),  # 375
+            nn.Conv1d(1, c, 7, stride=2, padding=3),
+            nn.GELU(),  # 1500
+            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2),
+            nn.GELU(),  # 750
+            nn.Conv1d(2 * c, 2 * c, 5, stride=2, padding=2),
+            nn.GELU(),  # 375
             nn.Conv1d(2 * c, 2 * lc, 3, stride=3),  # 125
         )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose1d(lc, 2 * c, 3, stride=3), nn.GELU(),  # 375
-            nn.ConvTranspose1d(2 * c, 2 * c, 4, stride=2, padding=1), nn.GELU(),  # 750
-            nn.ConvTranspose1d(2 * c, c, 4, stride=2, padding=1), nn.GELU(),  # 1500
+            nn.ConvTranspose1d(lc, 2 * c, 3, stride=3),
+            nn.GELU(),  # 375
+            nn.ConvTranspose1d(2 * c, 2 * c, 4, stride=2, padding=1),
+            nn.GELU(),  # 750
+            nn.ConvTranspose1d(2 * c, c, 4, stride=2, padding=1),
+            nn.GELU(),  # 1500
             nn.ConvTranspose1d(c, 1, 4, stride=2, padding=1),  # 3000
         )
 
@@ -93,7 +98,10 @@ class ConditionalPrior(nn.Module):
         super().__init__()
         self.latent_size = latent_size
         self.net = nn.Sequential(
-            nn.Linear(N_POINTS, 128), nn.GELU(), nn.Linear(128, 256), nn.GELU(),
+            nn.Linear(N_POINTS, 128),
+            nn.GELU(),
+            nn.Linear(128, 256),
+            nn.GELU(),
             nn.Linear(256, 2 * latent_size**2),
         )
 
@@ -114,7 +122,11 @@ class MatrixDecoder(nn.Module):
                 "choose latent_size so that block / latent_size is 2, 4, 8 …"
             )
         widths = [channels * min(2 ** (n_up - i), 8) for i in range(n_up + 1)]
-        layers = [nn.Conv2d(1, widths[0], 3, padding=1), nn.GroupNorm(_groups(widths[0]), widths[0]), nn.GELU()]
+        layers = [
+            nn.Conv2d(1, widths[0], 3, padding=1),
+            nn.GroupNorm(_groups(widths[0]), widths[0]),
+            nn.GELU(),
+        ]
         for i in range(n_up):
             layers += [
                 nn.Upsample(scale_factor=2, mode="nearest"),
@@ -184,7 +196,9 @@ class MatrixVAE(nn.Module):
 def timestep_embedding(t, dim: int):
     """Sinusoidal embedding of 1000·t (t ∈ [0, 1])."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     args = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -213,7 +227,9 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int, token_dim: int, heads: int = 4):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(channels), channels)
-        self.attn = nn.MultiheadAttention(channels, heads, kdim=token_dim, vdim=token_dim, batch_first=True)
+        self.attn = nn.MultiheadAttention(
+            channels, heads, kdim=token_dim, vdim=token_dim, batch_first=True
+        )
 
     def forward(self, x, tokens):
         b, c, h, w = x.shape
@@ -226,7 +242,9 @@ class LatentUNet(nn.Module):
     """ε-prediction UNet on (B, 1, L, L) latents: two resolutions down, FiLM on (time + condition),
     cross-attention to 10 condition tokens at the two coarser resolutions."""
 
-    def __init__(self, channels: int = 32, cond_dim: int = 250, n_tokens: int = 10, token_dim: int = 32):
+    def __init__(
+        self, channels: int = 32, cond_dim: int = 250, n_tokens: int = 10, token_dim: int = 32
+    ):
         super().__init__()
         c = channels
         emb = 4 * c
@@ -248,7 +266,9 @@ class LatentUNet(nn.Module):
         self.dec2_attn = CrossAttention(2 * c, token_dim)
         self.up1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
         self.dec1 = ResBlock(2 * c, c, emb)
-        self.out = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1)
+        )
         self.c = c
 
     def forward(self, x, t, cond):
@@ -269,7 +289,10 @@ class MLPBaseline(nn.Module):
         super().__init__()
         self.latent_size = latent_size
         self.net = nn.Sequential(
-            nn.Linear(N_POINTS, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
+            nn.Linear(N_POINTS, 512),
+            nn.GELU(),
+            nn.Linear(512, 512),
+            nn.GELU(),
             nn.Linear(512, latent_size**2),
         )
         self.decoder = MatrixDecoder(block, latent_size, channels)
@@ -286,11 +309,16 @@ class CNNBaseline(nn.Module):
         c = channels
         self.latent_size = latent_size
         self.net = nn.Sequential(
-            nn.Conv1d(1, c, 7, stride=2, padding=3), nn.GELU(),
-            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv1d(2 * c, 2 * c, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv1d(2 * c, 4, 3, stride=3), nn.GELU(),
-            nn.Flatten(), nn.Linear(4 * 125, latent_size**2),
+            nn.Conv1d(1, c, 7, stride=2, padding=3),
+            nn.GELU(),
+            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv1d(2 * c, 2 * c, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv1d(2 * c, 4, 3, stride=3),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(4 * 125, latent_size**2),
         )
         self.decoder = MatrixDecoder(block, latent_size, channels)
 

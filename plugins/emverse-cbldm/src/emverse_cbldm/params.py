@@ -7,7 +7,6 @@ times in [0, 1] (0 = clean, 1 = noise; the emverse-diffusion convention).
 from __future__ import annotations
 
 import attrs
-
 from emverse.params import ComponentSpec, in_range, nested, non_negative, positive
 
 ALL_TYPES = ("SC", "FCC", "BCC", "HCP", "Ico", "Dec", "Oct")
@@ -70,7 +69,9 @@ class DistanceGeometryParams:
 
     t_angstrom2: float = attrs.field(default=260.0, validator=positive)
     cutoff_angstrom: float = attrs.field(default=8.0, validator=positive)
-    init: str = attrs.field(default="best", validator=attrs.validators.in_(("laplacian", "mds", "best")))
+    init: str = attrs.field(
+        default="best", validator=attrs.validators.in_(("laplacian", "mds", "best"))
+    )
     maxiter: int = attrs.field(default=200, validator=positive)
     polish_steps: int = attrs.field(default=0, validator=non_negative)
     polish_lr: float = attrs.field(default=0.005, validator=positive)
@@ -169,7 +170,9 @@ class InferParams:
     """
 
     checkpoint: str = ""
-    observations: tuple[str, ...] = ("shared:pdf_nanoparticles/deepstruc/experimental/Au144PET_100K-00000.gr",)
+    observations: tuple[str, ...] = (
+        "shared:pdf_nanoparticles/deepstruc/experimental/Au144PET_100K-00000.gr",
+    )
     element: str = "Au"
     candidates: int = attrs.field(default=5, validator=positive)
     fit_rmin: float = attrs.field(default=1.5, validator=non_negative)

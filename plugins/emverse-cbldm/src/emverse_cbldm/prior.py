@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 
 import torch
-from torch import nn
-
 from emverse.checkpoint import load_checkpoint, load_state_dict_strict
 from emverse.errors import EmverseError
 from emverse.interfaces import DiffusionPrior
+from torch import nn
 
 from .models import BASELINES, LatentUNet, MatrixVAE, PdfVAE
 
@@ -62,7 +61,9 @@ class CbLDMPrior(DiffusionPrior):
         self.unet = LatentUNet(unet_channels)
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
-            raise EmverseError(f"baselines {unknown} are unknown; use some of {', '.join(BASELINES)}")
+            raise EmverseError(
+                f"baselines {unknown} are unknown; use some of {', '.join(BASELINES)}"
+            )
         self.baselines = nn.ModuleDict(
             {name: BASELINES[name](block, latent_size, matrix_channels) for name in baselines}
         )
@@ -136,8 +137,10 @@ def shipped_checkpoint():
 
 
 def _from_params(cls, params, ctx=None):
-    path = ctx.resolve_path(params.checkpoint) if (params.checkpoint and ctx) else (
-        params.checkpoint or shipped_checkpoint()
+    path = (
+        ctx.resolve_path(params.checkpoint)
+        if (params.checkpoint and ctx)
+        else (params.checkpoint or shipped_checkpoint())
     )
     return cls.from_checkpoint(path)
 

@@ -26,7 +26,6 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 import torch
-
 from emverse.errors import EmverseError
 from emverse.interfaces import RefinementResult, Refiner
 
@@ -81,7 +80,9 @@ def mds_init(w: np.ndarray, t: float) -> np.ndarray:
     return coords
 
 
-def weight_loss(x: torch.Tensor, w: torch.Tensor, t: float, min_distance: float = 0.0) -> torch.Tensor:
+def weight_loss(
+    x: torch.Tensor, w: torch.Tensor, t: float, min_distance: float = 0.0
+) -> torch.Tensor:
     """Σ_ij (exp(−d_ij²/t) − W_ij)², plus a hard-core term Σ_{i≠j} max(0, d_min² − d_ij²)² (Å⁴)
     that keeps atoms of a generated (imperfect) matrix from collapsing onto each other; it is
     zero for any real metal cluster when d_min is below its nearest-neighbour distance."""
@@ -159,7 +160,9 @@ def recover_positions(
 
     def hessp(v, p):
         x = torch.as_tensor(v).reshape(n, 3).requires_grad_(True)
-        (g,) = torch.autograd.grad(weight_loss(x, wt, t, min_distance_angstrom), x, create_graph=True)
+        (g,) = torch.autograd.grad(
+            weight_loss(x, wt, t, min_distance_angstrom), x, create_graph=True
+        )
         (hp,) = torch.autograd.grad(g, x, grad_outputs=torch.as_tensor(p).reshape(n, 3))
         return hp.numpy().ravel().copy()
 
@@ -172,7 +175,9 @@ def recover_positions(
             hessp=hessp,
             method="trust-constr",
             options={"maxiter": maxiter, "gtol": gtol, "xtol": 1e-12},
-            callback=(lambda xk, state: callback(state.nit, float(state.fun))) if callback else None,
+            callback=(lambda xk, state: callback(state.nit, float(state.fun)))
+            if callback
+            else None,
         )
         if best is None or res.fun < best[1].fun:
             best = (name, res)
@@ -222,7 +227,9 @@ class DistanceGeometry(Refiner):
             w = observation.get("weight_matrix")
             pdf = observation.get("pdf")
             if w is None:
-                raise EmverseError("observation dict has no 'weight_matrix'; add the generated matrix")
+                raise EmverseError(
+                    "observation dict has no 'weight_matrix'; add the generated matrix"
+                )
         else:
             w, pdf = observation, None
         history: dict[str, list[float]] = {"loss": []}
@@ -261,7 +268,9 @@ def rwp(pred: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(((obs - pred) ** 2).sum(-1) / (obs**2).sum(-1).clamp_min(1e-30))
 
 
-def polish_against_pdf(pdf_model, positions: torch.Tensor, g_obs: torch.Tensor, *, steps=100, lr=0.005):
+def polish_against_pdf(
+    pdf_model, positions: torch.Tensor, g_obs: torch.Tensor, *, steps=100, lr=0.005
+):
     """Adam on the positions (Å) to lower Rw between ``pdf_model(positions)`` and ``g_obs``,
     both normalised by their maximum (the scale of a measured G(r) is arbitrary)."""
     dtype = torch.float64

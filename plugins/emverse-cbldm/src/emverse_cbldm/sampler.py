@@ -19,7 +19,6 @@ plain DDIM latent diffusion. The prior must provide ``denoise`` and
 from __future__ import annotations
 
 import torch
-
 from emverse.errors import EmverseError
 from emverse.interfaces import Sampler
 
@@ -27,12 +26,16 @@ from emverse.interfaces import Sampler
 class AcceleratedSampler(Sampler):
     def __init__(self, steps: int = 50, t1: float = 1.0, t2: float = 1.0, eta: float = 0.0):
         if t2 > t1:
-            raise EmverseError(f"t2 = {t2} must be ≤ t1 = {t1}; re-noising goes back to an earlier time")
+            raise EmverseError(
+                f"t2 = {t2} must be ≤ t1 = {t1}; re-noising goes back to an earlier time"
+            )
         self.steps, self.t1, self.t2, self.eta = int(steps), float(t1), float(t2), float(eta)
         self.n_before = int(round((1.0 - self.t1) * self.steps))
         self.n_after = int(round(self.t2 * self.steps))
         if self.n_after < 1:
-            raise EmverseError(f"t2 = {t2} with steps = {steps} leaves no step after the jump; raise t2")
+            raise EmverseError(
+                f"t2 = {t2} with steps = {steps} leaves no step after the jump; raise t2"
+            )
 
     @property
     def nfe(self) -> int:
@@ -64,9 +67,13 @@ class AcceleratedSampler(Sampler):
     @torch.no_grad()
     def sample(self, prior, shape, condition=None, guidance=None, generator=None):
         if guidance is not None:
-            raise EmverseError("cbldm.accelerated does not take guidance; remove the [guidance] table")
+            raise EmverseError(
+                "cbldm.accelerated does not take guidance; remove the [guidance] table"
+            )
         if condition is None:
-            raise EmverseError("cbldm.accelerated needs the PDF condition (normalised G(r), shape (B, 3000))")
+            raise EmverseError(
+                "cbldm.accelerated needs the PDF condition (normalised G(r), shape (B, 3000))"
+            )
         device = condition.device
         dtype = condition.dtype
         x = torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -85,7 +92,7 @@ class AcceleratedSampler(Sampler):
             a2, s2 = prior.schedule.alpha_sigma(torch.tensor(t2, dtype=torch.float64))
             x = float(a2) * z_c + float(s2 / s1) * (x - float(a1) * z_c)
             t = t2
-        for k in range(self.n_after):
+        for _ in range(self.n_after):
             s = t - dt
             x = self._step(prior, x, t, max(s, 0.0), condition, embedding, generator)
             t = s

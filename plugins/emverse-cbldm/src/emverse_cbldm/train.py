@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 import torch
-
 from emverse.interfaces import Task
 from emverse.run import RunResult
 
@@ -81,11 +80,18 @@ def train_model(
         "matrix_vae",
         mat_params,
         opts.epochs_matrix_vae,
-        lambda idx, e, E: model.matrix_vae.loss(blocks[idx], pdf[idx], generator, _warmup(e, E, opts.kl_weight))[0],
+        lambda idx, e, E: model.matrix_vae.loss(
+            blocks[idx], pdf[idx], generator, _warmup(e, E, opts.kl_weight)
+        )[0],
     )
     # latent statistics for standardisation
     with torch.no_grad():
-        mus = torch.cat([model.matrix_vae.encode(blocks[i : i + 256], pdf[i : i + 256])[0] for i in range(0, n, 256)])
+        mus = torch.cat(
+            [
+                model.matrix_vae.encode(blocks[i : i + 256], pdf[i : i + 256])[0]
+                for i in range(0, n, 256)
+            ]
+        )
         model.latent_shift.fill_(float(mus.mean()))
         model.latent_scale.fill_(float(mus.std().clamp_min(1e-3)))
         embeddings = torch.cat([model.embed(pdf[i : i + 256]) for i in range(0, n, 256)])
@@ -95,7 +101,9 @@ def train_model(
     def ldm_step(idx, e, E):
         with torch.no_grad():
             mu, logvar, _, _ = model.matrix_vae.encode(blocks[idx], pdf[idx])
-            z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, device=mu.device)
+            z = mu + (0.5 * logvar).exp() * torch.randn(
+                mu.shape, generator=generator, device=mu.device
+            )
             x0 = model.to_standard(z)
         t = t_min + (1 - t_min) * torch.rand(len(idx), generator=generator, device=x0.device)
         alpha, sigma = model.schedule.alpha_sigma(t)
@@ -111,7 +119,9 @@ def train_model(
             f"baseline_{name}",
             list(net.parameters()),
             opts.epochs_baselines,
-            lambda idx, e, E, net=net: ((1000.0 * (net(pdf[idx]) - blocks[idx])) ** 2).mean() * 1e-3,
+            lambda idx, e, E, net=net: (
+                ((1000.0 * (net(pdf[idx]) - blocks[idx])) ** 2).mean() * 1e-3
+            ),
         )
     model.eval()
     return losses
@@ -157,7 +167,12 @@ class TrainTask(Task):
             ckpt = load_checkpoint(ctx.resolve_path(opts.init_checkpoint))
             load_state_dict_strict(model, ckpt.tensors, opts.init_checkpoint)
         n_params = sum(p.numel() for p in model.parameters())
-        ctx.log.info("cbldm.train: %d training / %d validation structures, %d parameters", len(pdf), len(val["pdf"]), n_params)
+        ctx.log.info(
+            "cbldm.train: %d training / %d validation structures, %d parameters",
+            len(pdf),
+            len(val["pdf"]),
+            n_params,
+        )
         model = model.to(ctx.device)
         losses = train_model(
             model,
@@ -170,7 +185,9 @@ class TrainTask(Task):
             order_generator=ctx.generator("batch-order"),
         )
         model = model.cpu()
-        ctx.save_checkpoint(opts.checkpoint_name, model.checkpoint_tensors(), metadata=model.checkpoint_metadata())
+        ctx.save_checkpoint(
+            opts.checkpoint_name, model.checkpoint_tensors(), metadata=model.checkpoint_metadata()
+        )
         metrics = {f"train_loss.{k}": v for k, v in losses.items()}
         metrics["n_train"] = float(len(pdf))
         metrics["n_val"] = float(len(val["pdf"]))
@@ -178,9 +195,13 @@ class TrainTask(Task):
         if opts.eval_structures > 0 and len(val["pdf"]) > 0:
             from .evaluate import evaluate_model, report_evaluation
 
-            results = evaluate_model(model, val, opts, ctx.generator("evaluate"), ctx.log, ctx.progress)
+            results = evaluate_model(
+                model, val, opts, ctx.generator("evaluate"), ctx.log, ctx.progress
+            )
             metrics.update(report_evaluation(ctx, results, val))
-        return RunResult({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))})
+        return RunResult(
+            {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        )
 
 
 class SimulateTask(Task):
@@ -206,7 +227,14 @@ class SimulateTask(Task):
         for ti, st in enumerate(STRUCTURE_TYPES):
             sel = data["type_index"] == ti
             if sel.any():
-                rows.append([st, int(sel.sum()), int(data["n_atoms"][sel].min()), int(data["n_atoms"][sel].max())])
+                rows.append(
+                    [
+                        st,
+                        int(sel.sum()),
+                        int(data["n_atoms"][sel].min()),
+                        int(data["n_atoms"][sel].max()),
+                    ]
+                )
         ctx.add_table("structures by type", ["type", "count", "min atoms", "max atoms"], rows)
         ctx.add_text("store", str(path))
         return RunResult(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-
 from emverse.errors import EmverseError
+
 from emverse_ed3d.cif import cif_number, read_cif
 
 
@@ -116,11 +116,11 @@ class AsymmetricUnit:
         x = self.frac[atom]
         return [
             s
-            for s, (R, t) in enumerate(zip(self.rotations, self.translations))
+            for s, (R, t) in enumerate(zip(self.rotations, self.translations, strict=False))
             if _frac_dist(R @ x + t, x, A) < tol
         ]
 
-    def snapped(self, tol: float = 1e-3) -> "AsymmetricUnit":
+    def snapped(self, tol: float = 1e-3) -> AsymmetricUnit:
         """The same structure with atoms near a special position moved exactly onto it
         (the average of the site-symmetry images; CIFs round 5/6 to 0.833333)."""
         frac = self.frac.copy()
@@ -139,7 +139,7 @@ class AsymmetricUnit:
         x = self.frac[atom]
         images: list[np.ndarray] = []
         ops: list[int] = []
-        for s, (R, t) in enumerate(zip(self.rotations, self.translations)):
+        for s, (R, t) in enumerate(zip(self.rotations, self.translations, strict=False)):
             y = _wrap(R @ x + t)
             if all(_frac_dist(y, z, A) > tol for z in images):
                 images.append(y)
@@ -155,7 +155,7 @@ class AsymmetricUnit:
                 elements.append(self.elements[i])
         return np.array(positions), elements
 
-    def enantiomer(self, space_group: str) -> "AsymmetricUnit":
+    def enantiomer(self, space_group: str) -> AsymmetricUnit:
         """The inverted structure (x -> -x) described in ``space_group`` (e.g. P3221 -> P3121)."""
         if space_group not in SPACE_GROUP_OPS:
             raise EmverseError(
@@ -215,7 +215,7 @@ def read_structure(path: str | Path, space_group: str | None = None) -> Asymmetr
         raise EmverseError(f"{src}: no _atom_site_fract_x loop; the file holds no atoms")
     labels = tuple(atoms["_atom_site_label"])
     symbols = atoms.get("_atom_site_type_symbol", [None] * len(labels))
-    elements = tuple(_element_from(lab, sym) for lab, sym in zip(labels, symbols))
+    elements = tuple(_element_from(lab, sym) for lab, sym in zip(labels, symbols, strict=False))
     frac = np.array(
         [[cif_number(atoms[f"_atom_site_fract_{c}"][i]) for c in "xyz"] for i in range(len(labels))]
     )
@@ -255,7 +255,7 @@ def check_cell_matches(structure: AsymmetricUnit, data_cell, *, rel_tol: float =
     bad = [
         name for k, name in enumerate(("a", "b", "c"))
         if abs(s[k] - d[k]) > rel_tol * d[k]
-    ] + [name for k, name in zip(range(3, 6), ("alpha", "beta", "gamma")) if abs(s[k] - d[k]) > angle_tol]
+    ] + [name for k, name in zip(range(3, 6), ("alpha", "beta", "gamma"), strict=False) if abs(s[k] - d[k]) > angle_tol]
     if bad:
         raise EmverseError(
             f"structure cell {tuple(round(x, 4) for x in s)} ({structure.space_group}) disagrees with the "

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
 
 ELECTRON_REST_KEV = 510.99895
@@ -46,7 +45,7 @@ def lorentz_factor_from_wavelength(wavelength_angstrom: float) -> float:
     return math.sqrt(1.0 + (compton / wavelength_angstrom) ** 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lobato_table() -> dict:
     text = resources.files("emverse_ed3d").joinpath("data/lobato_subset.json").read_text()
     return json.loads(text)

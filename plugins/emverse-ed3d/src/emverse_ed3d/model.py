@@ -22,13 +22,13 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
-
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.parameter_space import Parameter, ParameterSpace
+from torch import nn
+
 from emverse_ed3d import dynamical
-from emverse_ed3d.crystal import AsymmetricUnit, cell_volume, direct_matrix, reciprocal_matrix
+from emverse_ed3d.crystal import AsymmetricUnit, direct_matrix, reciprocal_matrix
 from emverse_ed3d.metrics import amplitude_weights, optimal_frame_scale, wr_all
 
 _TRIL = torch.tril_indices(3, 3)
@@ -45,7 +45,7 @@ class RefinableStructure(nn.Module):
         A_inv = np.linalg.inv(A)
         self.register_buffer("A", torch.as_tensor(A, dtype=dtype))
         self.register_buffer("x0", torch.as_tensor(asu.frac, dtype=dtype))
-        projectors, site_rot_cart, op_rot, op_trans, op_atom = [], [], [], [], []
+        projectors, _site_rot_cart, op_rot, op_trans, op_atom = [], [], [], [], []
         max_site = 1
         for i in range(asu.n_atoms):
             site = asu.site_symmetry(i)
@@ -238,7 +238,7 @@ def frame_orientations(data, cell) -> tuple[np.ndarray, np.ndarray]:
         raise EmverseError(f"{data.source}: UB·B⁻¹ is not a proper rotation; the UB matrix or cell is wrong")
     fr = data.frames
     orientations, axes = [], []
-    for a, b, o in zip(np.radians(fr.alpha_deg), np.radians(fr.beta_deg), np.radians(fr.omega_deg)):
+    for a, b, o in zip(np.radians(fr.alpha_deg), np.radians(fr.beta_deg), np.radians(fr.omega_deg), strict=False):
         rz = dynamical._np_rz(o)
         orientations.append(rz @ dynamical._np_rx(a) @ _np_ry(b) @ U0)
         axes.append(rz @ np.array([1.0, 0.0, 0.0]))

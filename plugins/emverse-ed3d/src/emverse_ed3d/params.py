@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-
 from emverse.params import in_range, non_negative, one_of, positive
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-
 from emverse.errors import EmverseError
+
 from emverse_ed3d.cif import cif_number, read_cif
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class PetsData:
         """Row indices of the reflections of frame ``frame`` (0-based)."""
         return np.flatnonzero(self.frame_index == frame)
 
-    def select_frames(self, frames) -> "PetsData":
+    def select_frames(self, frames) -> PetsData:
         """A copy keeping only the frames at the given 0-based rows (re-indexed)."""
         frames = np.asarray(sorted(set(int(f) for f in frames)), dtype=int)
         if frames.size == 0 or frames.min() < 0 or frames.max() >= self.n_frames:

@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
+
 from emverse_ed3d import dynamical
 from emverse_ed3d.crystal import cell_volume, direct_matrix, reciprocal_matrix
 
@@ -84,6 +84,7 @@ class BlochPhysics:
     def __init__(self, structure, orientations, axes, wavelength, semi_angle_deg, hkl, frame_index, *,
                  g_max, sg_max, n_tilts, precession=False, method="eig"):
         from emverse_bloch.crystal import Crystal
+
         from emverse_ed3d.pets import wavelength_to_voltage_kv
 
         self.structure = structure
@@ -96,10 +97,10 @@ class BlochPhysics:
             )
         sites = [
             {"label": lab, "element": el, "position": pos, "occupancy": float(occ), "u_iso": 0.01}
-            for lab, el, pos, occ in zip(asu.labels, asu.elements, asu.frac, asu.occupancy)
+            for lab, el, pos, occ in zip(asu.labels, asu.elements, asu.frac, asu.occupancy, strict=False)
         ]
         ops = []
-        for R, t in zip(asu.rotations, asu.translations):
+        for R, t in zip(asu.rotations, asu.translations, strict=False):
             ops.append(",".join(_op_row(R[k], t[k]) for k in range(3)))
         self.crystal = Crystal.from_sites(asu.cell[:3], asu.cell[3:], sites, spacegroup=ops, name=asu.space_group)
         flip = np.diag([1.0, -1.0, -1.0])
@@ -155,7 +156,7 @@ class BlochPhysics:
 
 def _op_row(r, t) -> str:
     terms = []
-    for coeff, var in zip(r, "xyz"):
+    for coeff, var in zip(r, "xyz", strict=False):
         if abs(coeff) < 1e-9:
             continue
         sign = "-" if coeff < 0 else "+"

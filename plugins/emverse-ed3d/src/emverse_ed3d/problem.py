@@ -7,8 +7,8 @@ import logging
 import attrs
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
+
 from emverse_ed3d.crystal import AsymmetricUnit, check_cell_matches, reciprocal_matrix
 from emverse_ed3d.model import HybridEd3dModel, RefinableStructure, frame_orientations
 from emverse_ed3d.pets import PetsData

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import torch
+from emverse.interfaces import RefinementResult, Refiner
 
-from emverse.interfaces import Refiner, RefinementResult
 from emverse_ed3d.dynamical import rotation_x, rotation_y, rotation_z
 
 

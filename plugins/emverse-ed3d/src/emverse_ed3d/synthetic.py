@@ -18,8 +18,8 @@ import math
 import attrs
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
+
 from emverse_ed3d.crystal import AsymmetricUnit, reciprocal_matrix
 from emverse_ed3d.model import frame_orientations
 from emverse_ed3d.pets import PetsData

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import torch
-
 from emverse.interfaces import Task
+
 from emverse_ed3d import metrics as M
 from emverse_ed3d.crystal import check_cell_matches, direct_matrix, read_structure
 from emverse_ed3d.pets import read_pets, summary
@@ -194,7 +194,7 @@ class Ed3dRefineTask(Task):
         if "thickness_rms" in history:
             keys.append(("thickness_rms", "thickness RMS error (Å)"))
         fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
-        for ax, (key, label) in zip(np.atleast_1d(axes), keys):
+        for ax, (key, label) in zip(np.atleast_1d(axes), keys, strict=False):
             values = history.get(key, [])
             if values:
                 ax.semilogy(np.arange(1, len(values) + 1) * (len(history["loss"]) // max(len(values), 1)), values)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-
 from emverse.errors import EmverseError
 
 #: (space group number, lattice family) — orthogonal cells render along a, b, c directly

@@ -24,7 +24,6 @@ import functools
 
 import attrs
 import numpy as np
-
 from emverse.errors import EmverseError
 from emverse.interfaces import Task
 
@@ -95,7 +94,6 @@ def estimate_phase_scale(params: dict, n_pilot: int, cifs=None) -> float:
 def load_volumes(path, first: int = 0, count: int | None = None):
     """(volumes float32 (n, D, H, W), attrs dict) from a ``mep.dataset`` store."""
     import zarr
-
     from emverse.parallel import is_complete
 
     try:

@@ -61,7 +61,10 @@ def curves_figure(curves: dict[str, tuple[list[float], list[float]]], xlabel: st
     for name, (x, y) in curves.items():
         ax.plot(x, y, marker="o", ms=3, label=name)
     if logx:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)

@@ -30,9 +30,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
-
 from emverse.errors import EmverseError
+from torch import nn
 
 SCHEDULES = ("shifted_sigmoid", "alpha", "constant")
 

@@ -69,10 +69,10 @@ def volume_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     p, t = instance_normalise(pred), instance_normalise(truth)
     ps, ts = instance_normalise(np.asarray(pred).sum(1)), instance_normalise(np.asarray(truth).sum(1))
     return {
-        "psnr": np.array([psnr(a, b) for a, b in zip(p, t)]),
-        "ssim": np.array([ssim(a, b) for a, b in zip(p, t)]),
-        "psnr_depth_sum": np.array([psnr(a, b) for a, b in zip(ps, ts)]),
-        "ssim_depth_sum": np.array([ssim(a, b) for a, b in zip(ps, ts)]),
+        "psnr": np.array([psnr(a, b) for a, b in zip(p, t, strict=True)]),
+        "ssim": np.array([ssim(a, b) for a, b in zip(p, t, strict=True)]),
+        "psnr_depth_sum": np.array([psnr(a, b) for a, b in zip(ps, ts, strict=True)]),
+        "ssim_depth_sum": np.array([ssim(a, b) for a, b in zip(ps, ts, strict=True)]),
     }
 
 

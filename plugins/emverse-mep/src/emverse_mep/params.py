@@ -7,7 +7,6 @@ Units are in the field names: Å (``_angstrom``), kV, mrad. Volumes are
 from __future__ import annotations
 
 import attrs
-
 from emverse.params import ComponentSpec, in_range, nested, non_negative, positive
 
 
@@ -199,8 +198,8 @@ class ReconstructParams:
     samples: int = attrs.field(default=4, validator=positive)
     steps: int = attrs.field(default=100, validator=positive)
     schedule: str = attrs.field(default="shifted_sigmoid", validator=_schedule_name)
-    guidance_weight: float = attrs.field(default=1.0, validator=non_negative)
-    guidance_centre_logsnr: float = -4.0
+    guidance_weight: float = attrs.field(default=0.3, validator=non_negative)
+    guidance_centre_logsnr: float = 2.0
     guidance_sharpness: float = attrs.field(default=1.0, validator=positive)
     sigma_min: float = attrs.field(default=0.1, validator=positive)
     sigma_max: float = attrs.field(default=800.0, validator=positive)
@@ -231,8 +230,8 @@ class EvaluateParams:
     samples: int = attrs.field(default=2, validator=positive)
     steps: int = attrs.field(default=100, validator=positive)
     schedule: str = attrs.field(default="shifted_sigmoid", validator=_schedule_name)
-    guidance_weight: float = attrs.field(default=1.0, validator=non_negative)
-    guidance_centre_logsnr: float = -4.0
+    guidance_weight: float = attrs.field(default=0.3, validator=non_negative)
+    guidance_centre_logsnr: float = 2.0
     guidance_sharpness: float = attrs.field(default=1.0, validator=positive)
     sigma_min: float = attrs.field(default=0.1, validator=positive)
     sigma_max: float = attrs.field(default=800.0, validator=positive)

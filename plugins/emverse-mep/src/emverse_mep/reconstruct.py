@@ -13,13 +13,12 @@ import time
 
 import numpy as np
 import torch
-
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel, Task
 
+from emverse_mep import metrics as M
 from emverse_mep.dataset import load_volumes
 from emverse_mep.guided import guided_sample
-from emverse_mep import metrics as M
 
 
 class ScaledPhysics(ForwardModel):
@@ -113,7 +112,6 @@ def _recipe_components(ctx, prior, physics, y, schedule, steps, generator):
     the guidance's weight schedule swapped for ``schedule`` and the sampler's
     steps for ``steps``."""
     import attrs
-
     from emverse.params import ComponentSpec
 
     sampler_spec = ctx.spec("sampler")

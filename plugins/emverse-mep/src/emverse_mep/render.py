@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 from ase import Atoms
-
 from emverse.errors import EmverseError
 
 from emverse_mep.crystals import orient_along

@@ -16,7 +16,6 @@ import copy
 import math
 
 import torch
-
 from emverse.errors import EmverseError
 from emverse.interfaces import Task
 
@@ -143,7 +142,7 @@ def train_prior(prior, volumes: torch.Tensor, opts, ctx) -> dict:
         optimiser.step()
         with torch.no_grad():
             decay = min(opts.ema_decay, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), network.parameters()):
+            for p_ema, p in zip(ema.parameters(), network.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         if sampler is not None:
             sampler.update(bins, weight * mse)

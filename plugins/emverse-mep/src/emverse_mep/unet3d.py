@@ -22,10 +22,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from emverse.errors import EmverseError
 from emverse.interfaces import DiffusionPrior
+from torch import nn
 
 
 def lateral_stages(sampling_angstrom) -> int:
