@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from emverse.run import read_metrics, run_recipe
 from emverse.testing import shared_data_dir
 from emverse_cbldm.prior import CbLDMPrior, shipped_checkpoint
@@ -50,3 +51,20 @@ def test_experimental_recipe_gives_au144_candidates(tmp_path):
     d = np.linalg.norm(x[:, None] - x[None], axis=-1) + 1e9 * np.eye(n)
     assert d.min() > 1.0  # Å: no two atoms on top of each other
     assert (run_dir / "figures" / f"{name}-fits.png").exists()
+
+
+def test_ldm_prior_component_loads_the_shipped_model():
+    from emverse_cbldm.params import LdmPriorParams
+    from emverse_cbldm.sampler import AcceleratedSampler
+
+    prior = CbLDMPrior.from_params(LdmPriorParams(), None)
+    pdf = torch.zeros(1, 3000)
+    pdf[0, 288] = 1.0  # a single sharp peak at 2.88 Å stands in for a normalised G(r)
+    draws = prior.sample(
+        2,
+        condition=pdf,
+        sampler=AcceleratedSampler(steps=4),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert draws.shape == (1, 2, *prior.event_shape)
+    assert torch.isfinite(draws).all()

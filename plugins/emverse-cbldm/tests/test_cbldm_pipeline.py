@@ -135,3 +135,49 @@ def test_resampling_rules():
         resample_to_model_grid(r[::-1], g)
     with pytest.raises(EmverseError, match="at least 2–10"):
         resample_to_model_grid(np.arange(0, 5, 0.01), np.ones(500))
+
+
+def test_simulate_task_tabulates_the_store(tmp_path):
+    recipe = tmp_path / "sim.toml"
+    recipe.write_text(
+        """
+schema_version = 1
+name = "cbldm-sim"
+seed = 9
+task = "cbldm.simulate"
+[dataset]
+type = "cbldm.dataset"
+n_structures = 6
+structure_types = ["Ico", "Oct"]
+elements = ["Au", "Pt"]
+max_atoms = 64
+matrix_size = 64
+chunk_size = 3
+val_fraction = 0.2
+"""
+    )
+    metrics = read_metrics(run_recipe(recipe, tmp_path / "run"))
+    assert metrics["n_structures"] == 6 and metrics["n_val"] == 1
+    # Ico with ≤ 64 atoms: 13 and 55; Oct: 6, 19 and 44 atoms (× 2 metals = 10 clusters)
+    assert 6 <= metrics["mean_atoms"] <= 55
+
+
+def test_simulate_refuses_more_structures_than_the_catalogue(tmp_path):
+    recipe = tmp_path / "sim.toml"
+    recipe.write_text(
+        """
+schema_version = 1
+name = "cbldm-sim"
+seed = 9
+task = "cbldm.simulate"
+[dataset]
+type = "cbldm.dataset"
+n_structures = 50
+structure_types = ["Ico"]
+elements = ["Au"]
+max_atoms = 64
+matrix_size = 64
+"""
+    )
+    with pytest.raises(EmverseError, match="exceeds the"):
+        run_recipe(recipe, tmp_path / "run")

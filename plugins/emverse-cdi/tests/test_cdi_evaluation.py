@@ -55,3 +55,17 @@ def test_table_matches_bloch_cbed_parameter_space():
     assert ours.units == theirs.units
     for a, b in zip(ours.parameters, theirs.parameters, strict=True):
         assert math.isclose(a.low, b.low) and math.isclose(a.high, b.high)
+
+
+def test_calibration_agrees_with_emverse_diffusion_uq():
+    uq = pytest.importorskip("emverse_diffusion.metrics.uq")
+    space = mgb2_parameter_space()
+    g = torch.Generator().manual_seed(2)
+    truth = space.sample_uniform(300, generator=g)
+    samples = space.sample_uniform(300 * 40, generator=g).reshape(300, 40, 13)
+    ours = calibration(samples, truth, space)
+    low, high = space.bounds()
+    torch.testing.assert_close(ours["error"], uq.calibration_error(samples, truth, 19))
+    i90 = int(torch.argmin((ours["levels"] - 0.9).abs()))
+    torch.testing.assert_close(ours["sharpness"][i90], uq.sharpness(samples, truth, 0.9, low, high))
+    torch.testing.assert_close(nrmse(samples.mean(1), truth, space), uq.nrmse(samples, truth, low, high))

@@ -79,7 +79,7 @@ def test_bloch_cpu_recipe_runs_end_to_end_tiny(tmp_path):
 @pytest.mark.slow
 def test_toy_known_answer_identifiable_sharp_unidentifiable_uniform(tmp_path):
     """The paper's identifiability picture on a problem where it holds by construction."""
-    run = run_recipe(TOY, tmp_path / "run", overrides=["options.noise_draws=8", "options.epochs=12"])
+    run = run_recipe(TOY, tmp_path / "run", overrides=["options.noise_draws=8", "options.epochs=10"])
     m = _metrics(run)
     dw = ["Mg_U11", "Mg_U33", "Mg_U12", "B_U11", "B_U33", "B_U12"]
     # regression collapses to the mean of the invisible parameters ...

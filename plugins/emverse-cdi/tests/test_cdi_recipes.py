@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from emverse.errors import EmverseError
 from emverse.recipe import load_recipe
 from emverse.run import run_recipe

@@ -98,6 +98,7 @@ def _dps_errors(prior, linear_problem, weight, n_obs=4, n=200, prior_mean=None):
     return torch.stack(guided).mean().item(), torch.stack(unguided).mean().item()
 
 
+@pytest.mark.slow  # same check as the trained-prior test below, with the exact denoiser
 def test_dps_with_exact_gaussian_prior(linear_problem):
     prior = GaussianDiffusionPrior(torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64),
                                    CosineSchedule())

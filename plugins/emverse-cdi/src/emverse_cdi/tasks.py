@@ -154,6 +154,17 @@ def posterior_predictive(ctx, forward_model, patterns, samples, n_draws, space) 
     return metrics
 
 
+def _build_baseline(ctx, spec):
+    baseline = ctx.build_spec(spec, "prior")
+    if not hasattr(baseline, "predict_physical"):
+        raise EmverseError(
+            f"options.baseline must be a regression model (type = \"cdi.regression\"), "
+            f"not {spec.type!r}"
+        )
+    baseline.eval()
+    return baseline
+
+
 def _table_text(header, rows) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     lines = [" | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
@@ -232,8 +243,7 @@ class EvaluateTask(Task):
         sampler = ctx.build("sampler")
         baseline = None
         if opts.baseline.params.checkpoint:
-            baseline = ctx.build_spec(opts.baseline, "prior")
-            baseline.eval()
+            baseline = _build_baseline(ctx, opts.baseline)
         else:
             ctx.log.warning("baseline has no checkpoint; regression columns are left out")
         dataset = PatternDataset(ctx.resolve_path(opts.dataset), space=prior.parameter_space,
@@ -290,8 +300,7 @@ class InferTask(Task):
         seconds = time.perf_counter() - started
         baseline = None
         if opts.baseline.params.checkpoint:
-            baseline = ctx.build_spec(opts.baseline, "prior")
-            baseline.eval()
+            baseline = _build_baseline(ctx, opts.baseline)
             regression = baseline.predict_physical(pattern)[0].cpu()
         else:
             regression = None
@@ -342,6 +351,9 @@ class PipelineTask(Task):
                 n_workers=opts.n_workers)
         prior = ctx.build("prior")
         baseline = ctx.build_spec(opts.baseline, "prior")
+        if not hasattr(baseline, "training_loss") or not hasattr(baseline, "predict_physical"):
+            raise EmverseError(f"options.baseline must be type = \"cdi.regression\", not "
+                               f"{opts.baseline.type!r}")
         train = PatternDataset(base / "train.zarr", space=prior.parameter_space)
         test = PatternDataset(base / "test.zarr", space=prior.parameter_space)
         ctx.save_figure("example_patterns", _pattern_figure(train))

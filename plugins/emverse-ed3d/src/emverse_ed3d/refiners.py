@@ -133,7 +133,7 @@ class Ed3dLBFGS(Refiner):
             _record(history, "time_s", time.perf_counter() - start)
             _record(history, "evaluations", evaluations[0])
             stop = _run_callback(history, callback, epoch, model, current)
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 break
             if self.target_wr > 0 and current <= self.target_wr:
                 converged = True
