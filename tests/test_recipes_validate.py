@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from emverse.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
