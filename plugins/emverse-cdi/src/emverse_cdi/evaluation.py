@@ -22,34 +22,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from emverse.parameter_space import ParameterSpace  # noqa: E402
+from emverse_diffusion.metrics import uq  # noqa: E402
 
 LEVELS = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
 
 
 def nrmse(prediction: torch.Tensor, truth: torch.Tensor, space: ParameterSpace) -> torch.Tensor:
-    """RMSE / (high − low) per parameter, shape (P,)."""
-    low, high = space.bounds(torch.float64)
-    err = (prediction.double().cpu() - truth.double().cpu()) / (high - low)
-    return err.pow(2).mean(dim=0).sqrt()
-
-
-def central_intervals(samples: torch.Tensor, levels: torch.Tensor = LEVELS):
-    """Quantile intervals: lower, upper of shape (L, N, P) for the levels (L,)."""
-    s = samples.double().cpu()
-    lo_q = (1.0 - levels) / 2.0
-    hi_q = (1.0 + levels) / 2.0
-    lower = torch.quantile(s, lo_q, dim=1)
-    upper = torch.quantile(s, hi_q, dim=1)
-    return lower, upper
+    """RMSE / (high − low) per parameter, shape (P,) (emverse-diffusion's ``uq.nrmse``)."""
+    return uq.nrmse(prediction, truth, *space.bounds(torch.float64))
 
 
 def calibration(samples, truth, space: ParameterSpace, levels: torch.Tensor = LEVELS) -> dict:
-    """Coverage (L, P), sharpness (L, P; width / range) and calibration error (P,)."""
-    lower, upper = central_intervals(samples, levels)
-    t = truth.double().cpu()[None]
-    covered = ((t >= lower) & (t <= upper)).double().mean(dim=1)
+    """Coverage (L, P), sharpness (L, P; width / range) and calibration error (P,).
+
+    Coverage and sharpness are emverse-diffusion's ``uq`` measures at each level.
+    """
+    covered = uq.central_interval_coverage(samples, truth, levels)
     low, high = space.bounds(torch.float64)
-    sharpness = ((upper - lower) / (high - low)).mean(dim=1)
+    sharpness = torch.stack([uq.sharpness(samples, truth, float(c), low, high) for c in levels])
     error = (covered - levels[:, None]).abs().mean(dim=0)
     return {"levels": levels, "coverage": covered, "sharpness": sharpness, "error": error}
 
