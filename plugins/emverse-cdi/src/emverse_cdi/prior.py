@@ -137,6 +137,17 @@ class PatternConditioned(nn.Module):
         metadata = self.checkpoint_metadata() | (extra or {})
         return save_checkpoint(path, self.weights_for_checkpoint(), recipe=recipe, metadata=metadata)
 
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        """Build from recipe parameters; ``checkpoint`` resolves relative to the recipe
+        (or ``builtin:NAME`` for a shipped model) before loading."""
+        kwargs = attrs.asdict(params, recurse=False)
+        path = kwargs.pop("checkpoint")
+        prior = cls(**kwargs)
+        if path:
+            prior.load(resolve_checkpoint(path, ctx), source=path)
+        return prior
+
     def load(self, path: Path, source: str | None = None) -> None:
         source = source or str(path)
         ckpt = load_checkpoint(path)
@@ -226,15 +237,6 @@ class CdiTransformerPrior(PatternConditioned, DiffusionPrior):
         self._cache: tuple | None = None
         if checkpoint:
             self.load(Path(checkpoint))
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        kwargs = attrs.asdict(params, recurse=False)
-        path = kwargs.pop("checkpoint")
-        prior = cls(**kwargs)
-        if path:
-            prior.load(resolve_checkpoint(path, ctx), source=path)
-        return prior
 
     # -- the denoiser ------------------------------------------------------------------------
     def integer_step(self, t: torch.Tensor) -> torch.Tensor:
@@ -365,15 +367,6 @@ class RegressionPrior(PatternConditioned, Prior):
         self.network = RegressionNet(len(self.parameter_space), depth, width, stem)
         if checkpoint:
             self.load(Path(checkpoint))
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        kwargs = attrs.asdict(params, recurse=False)
-        path = kwargs.pop("checkpoint")
-        prior = cls(**kwargs)
-        if path:
-            prior.load(resolve_checkpoint(path, ctx), source=path)
-        return prior
 
     @torch.no_grad()
     def predict(self, patterns: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
