@@ -67,6 +67,42 @@ def test_poisson_likelihood_gradient():
     torch.testing.assert_close(corrected, expected)
 
 
+def test_amplitude_likelihood_gradient_and_poisson_noise_level():
+    """ℓ = ‖√(A x) − √y‖²/(2σ_a²) with σ_a = 1/(2√dose) for Poisson counts:
+    dℓ/dx = (√x − √y)/(2√x) / σ_a² = 2·dose·(√x − √y)/√x for A = identity."""
+    dose = 400.0
+    model = _Scale(1.0, out=2, noise=PoissonNoise(dose))
+    y = torch.tensor([0.5, 0.2], dtype=torch.float64)
+    dps = DPSGuidance(ConstantWeight(1.0), likelihood="amplitude", tweedie=False).bind(model, y)
+    x = torch.tensor([[0.4, 0.3]], dtype=torch.float64, requires_grad=True)
+    corrected = dps.correct(x, x * 1.0, torch.tensor([0.5]), CosineSchedule())
+    xd = x.detach()
+    expected = xd - 2.0 * dose * (xd.sqrt() - y.sqrt()) / xd.sqrt()
+    torch.testing.assert_close(corrected, expected)
+    # and σ_a is the std of √(counts/dose) for Poisson counts (variance stabilisation)
+    counts = torch.poisson(torch.full((200_000,), 0.3 * dose, dtype=torch.float64),
+                           generator=torch.Generator().manual_seed(1))
+    assert (counts / dose).sqrt().std().item() == pytest.approx(0.5 / math.sqrt(dose), rel=0.02)
+
+
+def test_rms_normalisation_makes_the_weight_the_rms_step():
+    """With normalize="rms" the correction has RMS = w per sample, whatever the gradient's scale,
+    and points along the raw gradient."""
+    model = _Scale(1e-4, out=3)
+    y = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    x = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    t = torch.full((3,), 0.5, dtype=torch.float64)
+    raw = DPSGuidance(ConstantWeight(1.0), tweedie=False).bind(model, y).correct(x, x * 1.0, t, CosineSchedule())
+    rms = DPSGuidance(ConstantWeight(0.25), tweedie=False, normalize="rms").bind(model, y)
+    step = x.detach() - rms.correct(x, x * 1.0, t, CosineSchedule())
+    torch.testing.assert_close(step.pow(2).mean(1).sqrt(), torch.full((3,), 0.25, dtype=torch.float64))
+    raw_step = x.detach() - raw
+    cos = (step * raw_step).sum(1) / (step.norm(dim=1) * raw_step.norm(dim=1))
+    torch.testing.assert_close(cos, torch.ones(3, dtype=torch.float64))
+    with pytest.raises(EmverseError, match="normalize = 'unit'"):
+        DPSGuidance(normalize="unit")
+
+
 def test_observation_shape_mismatch_is_an_error():
     dps = DPSGuidance().bind(_Scale(out=3), torch.zeros(5))
     x = torch.zeros(2, 4, requires_grad=True)

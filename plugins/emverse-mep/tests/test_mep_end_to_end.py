@@ -17,6 +17,7 @@ def tiny_pipeline(tmp_path_factory):
     data = root / "data"
     run_recipe(RECIPES / "mep-cpu-dataset.toml", root / "ds", overrides=[
         f"options.output={data}", "options.n_train_materials=3", "options.n_test_materials=2",
+        "options.n_val_materials=1",
         "options.train_shape=[4, 16, 16]", "options.test_shape=[4, 16, 16]", "options.chunk_size=4",
         "options.scale_pilot=4",
     ])
@@ -30,7 +31,7 @@ def tiny_pipeline(tmp_path_factory):
 
 def _eval_overrides(data, train_dir, prior_overrides):
     return [
-        f"options.data={data / 'test.zarr'}", "options.count=2", "options.samples=2", "options.steps=2",
+        f"options.data={data / 'test.zarr'}", "options.count=2", "options.samples=2", "sampler.steps=2",
         "options.steps_sweep=[2]", "options.bootstrap=50", "options.adam.epochs=2", "options.lbfgs.iterations=1",
         "forward_model.object_shape=[4, 16, 16]", "forward_model.scan_shape=[2, 2]",
         f"prior.checkpoint={train_dir / 'prior.safetensors'}", *prior_overrides,
@@ -44,11 +45,17 @@ def test_dataset_store_is_rescaled_and_resumable(tiny_pipeline):
     group = zarr.open_group(str(data / "train.zarr"), mode="r")
     assert group["volume"].shape == (9, 4, 16, 16)  # 3 materials × 3 axes
     assert group.attrs["phase_scale"] > 1.0
+    val = zarr.open_group(str(data / "val.zarr"), mode="r")["volume"]
+    test = zarr.open_group(str(data / "test.zarr"), mode="r")["volume"]
+    assert val.shape == (3, 4, 16, 16) and test.shape == (6, 4, 16, 16)
+    # the validation material is not one of the test materials
+    assert min(float(abs(val[i] - test[j]).max()) for i in range(3) for j in range(6)) > 0.1
     metrics = read_metrics(root / "ds")
     assert 0.3 < metrics["train_std"] < 3.0
     # a second run over the same store resumes (nothing left to do) and gives the same numbers
     again = run_recipe(RECIPES / "mep-cpu-dataset.toml", root / "ds2", overrides=[
         f"options.output={data}", "options.n_train_materials=3", "options.n_test_materials=2",
+        "options.n_val_materials=1",
         "options.train_shape=[4, 16, 16]", "options.test_shape=[4, 16, 16]", "options.chunk_size=4",
         "options.scale_pilot=4",
     ])

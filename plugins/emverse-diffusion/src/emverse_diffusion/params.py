@@ -148,11 +148,13 @@ class DPSParams:
     """DPS: x̂₀ ← x̂₀ − w(t)·c(t)·∇ℓ; ``schedule`` is the weight schedule component."""
 
     schedule: ComponentSpec = nested("schedule", "diffusion.shifted_sigmoid")
-    likelihood: str = attrs.field(default="gaussian", validator=one_of("gaussian", "poisson", "model"))
+    likelihood: str = attrs.field(
+        default="gaussian", validator=one_of("gaussian", "poisson", "amplitude", "model")
+    )
     noise_sigma: float | None = attrs.field(default=None, validator=_optional_positive)
     dose: float | None = attrs.field(default=None, validator=_optional_positive)
     tweedie: bool = True
-    normalize: bool = False
+    normalize: str = attrs.field(default="none", validator=one_of("none", "residual", "rms"))
 
 
 # ----------------------------------------------------------------------------- prior

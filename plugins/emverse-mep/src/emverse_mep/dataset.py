@@ -1,8 +1,8 @@
 """``mep.dataset``: crystals → rescaled phase volumes in Zarr stores.
 
-Two stores are written under ``options.output`` (relative to the recipe):
-``train.zarr`` (random in-plane rotation, ``train_shape`` crops) and
-``test.zarr`` (``test_shape`` volumes, no rotation), each with arrays
+Up to three stores are written under ``options.output`` (relative to the recipe):
+``train.zarr`` (random in-plane rotation, ``train_shape`` crops), ``val.zarr``
+and ``test.zarr`` (``test_shape`` volumes, no rotation), each with arrays
 
 * ``volume`` (n, depth, H, W) float32: phase (rad) × ``phase_scale``;
 * ``material`` (n,) int32, ``axis`` (n,) int8 (0=a, 1=b, 2=c),
@@ -13,9 +13,10 @@ Item ``i`` is material ``i // len(axes)`` seen along ``axes[i % len(axes)]``;
 every random draw of item ``i`` comes from ``numpy.random.default_rng([seed,
 split, i])`` (materials from ``[seed, split, material]``), so the numbers do not
 depend on the chunking and an interrupted run resumes (``map_to_zarr``).
-Train and test materials come from separate seed streams (random generator)
-or from disjoint CIF files (a CIF directory is split in order: the last
-``n_test_materials`` files are the test set).
+Train, validation and test materials come from separate seed streams (random
+generator) or from disjoint CIF files (a CIF directory is split in order: the
+last ``n_test_materials`` files are the test set, the ``n_val_materials``
+before them the validation set).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from emverse.interfaces import Task
 from emverse_mep.crystals import random_crystal, read_cif_directory
 from emverse_mep.render import render_volume
 
-SPLITS = {"train": 0, "test": 1}
+SPLITS = {"train": 0, "test": 1, "val": 2}
 
 
 def _material(params, split: str, index: int, cifs):
@@ -133,8 +134,11 @@ class DatasetTask(Task):
         if opts.cif_directory:
             crystals = read_cif_directory(ctx.resolve_path(opts.cif_directory), opts.max_lattice_angstrom)
             n_test = min(opts.n_test_materials, len(crystals) - 1) if len(crystals) > 1 else 0
-            cifs = {"train": crystals[: len(crystals) - n_test], "test": crystals[len(crystals) - n_test :]}
-            ctx.log.info("%d CIF crystals: %d train, %d test", len(crystals), len(cifs["train"]), n_test)
+            n_val = min(opts.n_val_materials, len(crystals) - 1 - n_test) if len(crystals) > 1 + n_test else 0
+            n_train = len(crystals) - n_test - n_val
+            cifs = {"train": crystals[:n_train], "val": crystals[n_train : n_train + n_val],
+                    "test": crystals[n_train + n_val :]}
+            ctx.log.info("%d CIF crystals: %d train, %d validation, %d test", len(crystals), n_train, n_val, n_test)
         if opts.phase_scale > 0:
             scale = float(opts.phase_scale)
         else:
@@ -148,7 +152,8 @@ class DatasetTask(Task):
             "axes": list(opts.axes),
         }
         metrics = {"phase_scale": scale}
-        for split, n_materials in (("train", opts.n_train_materials), ("test", opts.n_test_materials)):
+        splits = (("train", opts.n_train_materials), ("val", opts.n_val_materials), ("test", opts.n_test_materials))
+        for split, n_materials in splits:
             if n_materials == 0:
                 continue
             n_items = n_materials * len(opts.axes)

@@ -3,8 +3,9 @@
 On the same simulated diffraction stacks (recipe ``[forward_model]``, Poisson
 noise at its dose):
 
-* guided sampling (``samples`` draws each) with the recipe's schedule and,
-  with ``ablation_schedules``, the other two (the paper's Table 2);
+* guided sampling (``samples`` draws each) with the recipe's ``[sampler]`` and
+  ``[guidance]`` and, with ``ablation_schedules``, the same guidance with the
+  other two weight schedules at the same peak weight (the paper's Table 2);
 * Adam and L-BFGS reconstructions (emverse-multislice refiners);
 
 scored per instance after instance normalisation to [0, 1]: PSNR and SSIM on
@@ -25,9 +26,8 @@ from emverse.interfaces import Task
 
 from emverse_mep import metrics as M
 from emverse_mep.figures import bars_figure, curves_figure, slices_figure
-from emverse_mep.reconstruct import sample_guided, setup
+from emverse_mep.reconstruct import guidance_variants, sample_guided, setup
 
-SCHEDULE_ORDER = ("shifted_sigmoid", "alpha", "constant")
 SCORES = ("psnr", "ssim", "psnr_depth_sum", "ssim_depth_sum")
 
 
@@ -51,12 +51,10 @@ class EvaluateTask(Task):
         results: dict[str, dict] = {}
 
         # --- guided sampling, one run per schedule --------------------------------
-        schedules = [opts.schedule]
-        if opts.ablation_schedules:
-            schedules += [s for s in SCHEDULE_ORDER if s != opts.schedule]
-        for schedule in schedules:
+        variants = guidance_variants(ctx, opts.ablation_schedules)
+        for schedule, guidance_spec in variants.items():
             start = time.perf_counter()
-            draws = sample_guided(ctx, prior, physics, y, opts, samples=opts.samples, schedule=schedule,
+            draws = sample_guided(ctx, prior, physics, y, samples=opts.samples, guidance_spec=guidance_spec,
                                   generator=ctx.generator(f"mep.sample.{schedule}"))
             seconds = (time.perf_counter() - start) / n
             d_np = draws.cpu().numpy()
@@ -118,7 +116,7 @@ class EvaluateTask(Task):
             rows,
         )
 
-        main = f"guided_{opts.schedule}"
+        main = f"guided_{next(iter(variants))}"
         rng = ctx.numpy_rng("mep.bootstrap")
         boot_rows = []
         for other in [k for k in results if k != main]:
@@ -142,7 +140,7 @@ class EvaluateTask(Task):
         curve_steps, curve_ssim, curve_time = [], [], []
         for steps in sorted(set(opts.steps_sweep)):
             start = time.perf_counter()
-            draws = sample_guided(ctx, prior, physics, y, opts, samples=1, steps=steps,
+            draws = sample_guided(ctx, prior, physics, y, samples=1, steps=steps,
                                   generator=ctx.generator(f"mep.sweep.{steps}"))
             seconds = (time.perf_counter() - start) / n
             s = float(M.volume_scores(draws[:, 0].cpu().numpy(), t_np)["ssim"].mean())

@@ -6,6 +6,8 @@ Units are in the field names: Å (``_angstrom``), kV, mrad. Volumes are
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 from emverse.params import ComponentSpec, in_range, nested, non_negative, positive
 
@@ -50,9 +52,11 @@ def _axes(instance, attribute, value):
 class DatasetParams:
     """Options of the ``mep.dataset`` task: render crystals into phase volumes.
 
-    * ``n_train_materials`` / ``n_test_materials``: crystals drawn (or read)
-      for each split; each gives one volume per entry of ``axes`` (the
-      paper renders along a, b and c);
+    * ``n_train_materials`` / ``n_val_materials`` / ``n_test_materials``:
+      crystals drawn (or read) for each split; each gives one volume per entry
+      of ``axes`` (the paper renders along a, b and c). The validation split
+      (rendered like the test split) is where guidance settings are tuned, so
+      the test split stays untouched;
     * ``cif_directory``: a folder of CIFs (empty = the built-in generator of
       random symmetric crystals with ``elements``);
     * ``train_shape`` (crop, e.g. the paper's (8, 64, 64)) and
@@ -69,6 +73,7 @@ class DatasetParams:
     """
 
     n_train_materials: int = attrs.field(default=64, validator=positive)
+    n_val_materials: int = attrs.field(default=0, validator=non_negative)
     n_test_materials: int = attrs.field(default=8, validator=non_negative)
     cif_directory: str = ""
     elements: tuple[str, ...] = attrs.field(
@@ -166,13 +171,6 @@ class TrainParams:
     log_every: int = attrs.field(default=50, validator=positive)
 
 
-def _schedule_name(instance, attribute, value):
-    if value not in ("shifted_sigmoid", "alpha", "constant"):
-        raise ValueError(
-            f"{attribute.name} must be 'shifted_sigmoid', 'alpha' or 'constant', got {value!r}"
-        )
-
-
 @attrs.frozen
 class ReconstructParams:
     """Options of ``mep.reconstruct``: guided sampling of volumes from diffraction stacks.
@@ -180,30 +178,20 @@ class ReconstructParams:
     * ``data``: Zarr store of test volumes (``mep.dataset``'s ``test.zarr``);
       ``first`` / ``count`` pick the volumes; their diffraction stacks are
       simulated with the recipe's ``[forward_model]`` (with its Poisson noise);
-    * ``samples`` draws per measurement (≥ 2 gives a per-voxel uncertainty map);
-    * guided sampling (DPM-Solver++(2M) SDE + DPS, :mod:`emverse_mep.guided`;
-      the recipe's ``[sampler]`` + ``[guidance]`` are used instead when both
-      are given): ``steps`` on a polyexponential σ-ladder from ``sigma_max``
-      to ``sigma_min`` (σ = e^{−λ/2}); ``schedule`` of the guidance weight
-      ("shifted_sigmoid", "alpha", "constant"), its peak ``guidance_weight``,
-      and for the shifted sigmoid its centre ``guidance_centre_logsnr`` and
-      ``guidance_sharpness`` (per unit λ); ``through_denoiser`` differentiates
-      the data misfit w.r.t. x_t through the denoiser (DPS) or, when false,
-      w.r.t. x̂₀ directly.
+    * ``samples`` draws per measurement (≥ 2 gives a per-voxel uncertainty map).
+
+    The sampling itself is the recipe's ``[sampler]`` (e.g. emverse-diffusion's
+    ``diffusion.dpmpp_2m_sde`` on a polyexponential σ-ladder) guided by its
+    ``[guidance]`` (``diffusion.dps`` with ``likelihood = "amplitude"``,
+    ``normalize = "rms"`` and a ``diffusion.shifted_sigmoid`` weight schedule).
     """
+
+    requires: ClassVar[tuple[str, ...]] = ("prior", "forward_model", "sampler", "guidance")
 
     data: str = "mep-data/test.zarr"
     first: int = attrs.field(default=0, validator=non_negative)
     count: int = attrs.field(default=4, validator=positive)
     samples: int = attrs.field(default=4, validator=positive)
-    steps: int = attrs.field(default=100, validator=positive)
-    schedule: str = attrs.field(default="shifted_sigmoid", validator=_schedule_name)
-    guidance_weight: float = attrs.field(default=0.3, validator=non_negative)
-    guidance_centre_logsnr: float = 2.0
-    guidance_sharpness: float = attrs.field(default=1.0, validator=positive)
-    sigma_min: float = attrs.field(default=0.1, validator=positive)
-    sigma_max: float = attrs.field(default=800.0, validator=positive)
-    through_denoiser: bool = True
 
 
 @attrs.frozen
@@ -212,11 +200,12 @@ class EvaluateParams:
 
     * ``data`` / ``first`` / ``count``: the test volumes; diffraction stacks
       are simulated with the recipe's ``[forward_model]``;
-    * guided sampling as in ``mep.reconstruct`` (``steps``, ``schedule``,
-      ``guidance_weight``, ...); ``samples`` draws per measurement (each is
-      scored, their spread is the uncertainty map);
-    * ``ablation_schedules``: also sample with the other two guidance
-      schedules (the paper's Table 2), same weight;
+    * guided sampling as in ``mep.reconstruct`` (the recipe's ``[sampler]`` and
+      ``[guidance]``); ``samples`` draws per measurement (each is scored,
+      their spread is the uncertainty map);
+    * ``ablation_schedules``: also sample with the other two guidance weight
+      schedules (shifted sigmoid, alpha, constant) at the recipe's peak
+      weight (the paper's Table 2);
     * ``adam`` / ``lbfgs``: the gradient-reconstruction baselines (refiners
       of emverse-multislice) run on the same diffraction stacks;
     * ``steps_sweep``: extra sampler step counts for the quality-vs-steps /
@@ -224,18 +213,12 @@ class EvaluateParams:
     * ``bootstrap`` paired-bootstrap resamples.
     """
 
+    requires: ClassVar[tuple[str, ...]] = ("prior", "forward_model", "sampler", "guidance")
+
     data: str = "mep-data/test.zarr"
     first: int = attrs.field(default=0, validator=non_negative)
     count: int = attrs.field(default=8, validator=positive)
     samples: int = attrs.field(default=2, validator=positive)
-    steps: int = attrs.field(default=100, validator=positive)
-    schedule: str = attrs.field(default="shifted_sigmoid", validator=_schedule_name)
-    guidance_weight: float = attrs.field(default=0.3, validator=non_negative)
-    guidance_centre_logsnr: float = 2.0
-    guidance_sharpness: float = attrs.field(default=1.0, validator=positive)
-    sigma_min: float = attrs.field(default=0.1, validator=positive)
-    sigma_max: float = attrs.field(default=800.0, validator=positive)
-    through_denoiser: bool = True
     ablation_schedules: bool = True
     adam: ComponentSpec = nested("refiner", "multislice.adam")
     lbfgs: ComponentSpec = nested("refiner", "multislice.lbfgs")

@@ -2,8 +2,11 @@
 
 For each test volume the diffraction stack is simulated with the recipe's
 multislice ``[forward_model]`` (Poisson noise at its dose); ``samples``
-guided draws per stack give the reconstruction (their mean) and a per-voxel
-uncertainty map (their standard deviation). Volumes are in the prior's
+draws per stack of the recipe's ``[sampler]`` (DPM-Solver++(2M) SDE of
+emverse-diffusion) guided by its ``[guidance]`` (``diffusion.dps`` with the
+amplitude likelihood, RMS-normalised gradient and an annealed weight
+schedule) give the reconstruction (their mean) and a per-voxel uncertainty
+map (their standard deviation). Volumes are in the prior's
 rescaled units (phase × phase_scale); the physics sees phase in rad.
 """
 
@@ -11,14 +14,15 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import numpy as np
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel, Task
+from emverse.params import ComponentSpec
 
 from emverse_mep import metrics as M
 from emverse_mep.dataset import load_volumes
-from emverse_mep.guided import guided_sample
 
 
 class ScaledPhysics(ForwardModel):
@@ -82,53 +86,61 @@ def setup(ctx, opts):
     return truth, prior, physics, y, data_scale
 
 
-def sample_guided(ctx, prior, physics, y, opts, *, samples: int, schedule: str | None = None,
-                  steps: int | None = None, generator=None) -> torch.Tensor:
-    """(N, samples, D, H, W) guided draws; the recipe's [sampler]/[guidance] when both exist."""
-    schedule = schedule or opts.schedule
-    steps = steps or opts.steps
-    y_rep = y.repeat_interleave(samples, dim=0)
-    if ctx.has("sampler") and ctx.has("guidance"):
-        draws = _recipe_components(ctx, prior, physics, y_rep, schedule, steps, generator)
-    else:
-        draws = guided_sample(
-            prior, y_rep, physics, steps=steps, schedule=schedule, w_max=opts.guidance_weight,
-            centre=opts.guidance_centre_logsnr, sharpness=opts.guidance_sharpness,
-            sigma_min=opts.sigma_min, sigma_max=opts.sigma_max,
-            through_denoiser=opts.through_denoiser, generator=generator,
-        )
-    return draws.detach().reshape(y.shape[0], samples, *prior.event_shape)
-
-
-_SCHEDULE_COMPONENTS = {
-    "shifted_sigmoid": "diffusion.shifted_sigmoid",
-    "alpha": "diffusion.alpha",
-    "constant": "diffusion.constant",
+SCHEDULE_NAMES = {
+    "diffusion.shifted_sigmoid": "shifted_sigmoid",
+    "diffusion.alpha": "alpha",
+    "diffusion.constant": "constant",
 }
 
 
-def _recipe_components(ctx, prior, physics, y, schedule, steps, generator):
-    """Thin call into emverse-diffusion: its sampler and DPS guidance, with
-    the guidance's weight schedule swapped for ``schedule`` and the sampler's
-    steps for ``steps``."""
-    import attrs
-    from emverse.params import ComponentSpec
+def schedule_name(spec: ComponentSpec) -> str:
+    """'shifted_sigmoid' for ``diffusion.shifted_sigmoid``; other components by their full name."""
+    return SCHEDULE_NAMES.get(spec.type, spec.type)
 
+
+def guidance_variants(ctx, ablation: bool) -> dict[str, ComponentSpec]:
+    """{schedule name: [guidance] spec}: the recipe's guidance first; with ``ablation``
+    the same guidance with each other weight schedule of emverse-diffusion at the same
+    peak weight ``scale`` (the paper's Table 2)."""
+    spec = ctx.spec("guidance")
+    params = spec.params
+    has_schedule = params is not None and "schedule" in attrs.fields_dict(type(params))
+    if not has_schedule:
+        if ablation:
+            raise EmverseError(
+                f"options.ablation_schedules = true needs a [guidance] with a weight schedule "
+                f"(e.g. diffusion.dps), but {spec.type!r} has none; set options.ablation_schedules = false"
+            )
+        return {spec.type: spec}
+    main = params.schedule
+    variants = {schedule_name(main): spec}
+    if ablation:
+        scale = getattr(main.params, "scale", 1.0)
+        for other in SCHEDULE_NAMES:
+            if other == main.type:
+                continue
+            defaults = ctx.registry.get("schedule", other).load_params()()
+            weight = ComponentSpec(other, attrs.evolve(defaults, scale=scale))
+            variants[schedule_name(weight)] = ComponentSpec(spec.type, attrs.evolve(params, schedule=weight))
+    return variants
+
+
+def sample_guided(ctx, prior, physics, y, *, samples: int, guidance_spec: ComponentSpec | None = None,
+                  steps: int | None = None, generator=None) -> torch.Tensor:
+    """(N, samples, D, H, W) draws of the recipe's [sampler] guided by its [guidance]
+    (or ``guidance_spec``) bound to ``physics`` and the stacks ``y``; ``steps``
+    overrides the sampler's number of steps."""
     sampler_spec = ctx.spec("sampler")
-    if sampler_spec.params is not None and "steps" in attrs.fields_dict(type(sampler_spec.params)):
+    if steps is not None:
+        if sampler_spec.params is None or "steps" not in attrs.fields_dict(type(sampler_spec.params)):
+            raise EmverseError(f"[sampler] {sampler_spec.type!r} has no 'steps' to sweep; "
+                               "use a diffusion sampler or leave options.steps_sweep empty")
         sampler_spec = ComponentSpec(sampler_spec.type, attrs.evolve(sampler_spec.params, steps=steps))
     sampler = ctx.build_spec(sampler_spec, "sampler")
-    guidance_spec = ctx.spec("guidance")
-    params = guidance_spec.params
-    if params is not None and "schedule" in attrs.fields_dict(type(params)):
-        current = params.schedule
-        wanted = _SCHEDULE_COMPONENTS[schedule]
-        if current.type != wanted:
-            defaults = ctx.registry.get("schedule", wanted).load_params()()
-            params = attrs.evolve(params, schedule=ComponentSpec(wanted, defaults))
-        guidance_spec = ComponentSpec(guidance_spec.type, params)
-    guidance = ctx.build_spec(guidance_spec, "guidance").bind(physics, y)
-    return sampler.sample(prior, (y.shape[0], *prior.event_shape), None, guidance, generator)
+    y_rep = y.repeat_interleave(samples, dim=0)
+    guidance = ctx.build_spec(guidance_spec or ctx.spec("guidance"), "guidance").bind(physics, y_rep)
+    draws = sampler.sample(prior, (y_rep.shape[0], *prior.event_shape), None, guidance, generator)
+    return draws.detach().reshape(y.shape[0], samples, *prior.event_shape)
 
 
 class ReconstructTask(Task):
@@ -141,7 +153,7 @@ class ReconstructTask(Task):
         opts = ctx.options
         truth, prior, physics, y, scale = setup(ctx, opts)
         start = time.perf_counter()
-        draws = sample_guided(ctx, prior, physics, y, opts, samples=opts.samples, generator=ctx.generator("mep.sample"))
+        draws = sample_guided(ctx, prior, physics, y, samples=opts.samples, generator=ctx.generator("mep.sample"))
         seconds = time.perf_counter() - start
         mean = draws.mean(dim=1)
         std = draws.std(dim=1) if opts.samples > 1 else torch.zeros_like(mean)

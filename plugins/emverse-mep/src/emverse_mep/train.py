@@ -2,7 +2,7 @@
 
 Objective (Kingma & Gao 2023, VDM++; MEP-Diffusion §3): v-prediction in
 continuous logSNR λ with a Gaussian weighting w(λ) = exp(−(λ−μ)²/(2s²))
-centred at high noise (μ < 0), estimated with an *adaptive* λ sampler:
+centred at high noise (μ < 0), estimated with emverse-diffusion's *adaptive* λ sampler:
 λ is drawn from a piecewise-uniform density over ``adaptive_bins`` bins of
 [λ_min, λ_max] whose bin masses follow an EMA of the weighted loss in each
 bin, and each sample's loss is importance-weighted by w(λ)/q(λ) (q = the
@@ -18,48 +18,9 @@ import math
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import Task
+from emverse_diffusion.objectives import AdaptiveLogSNRSampler, LossWeighting
 
 from emverse_mep.dataset import load_volumes
-
-
-def gaussian_weight(logsnr: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """w(λ) = exp(−(λ−μ)²/(2s²)) (peak 1) — the loss weight of the v-objective."""
-    return torch.exp(-0.5 * ((logsnr - mean) / std) ** 2)
-
-
-class AdaptiveLogSNRSampler:
-    """Piecewise-uniform λ sampler whose bin masses track the weighted loss.
-
-    ``sample(n)`` returns (λ, q) with q the density relative to uniform on
-    [λ_min, λ_max] (q ≡ 1 when all bins are equal), so E_q[f/q] = E_uniform[f].
-    """
-
-    def __init__(self, logsnr_min: float, logsnr_max: float, bins: int, decay: float = 0.9):
-        if bins < 1:
-            raise EmverseError(f"adaptive_bins = {bins}: need at least 1 bin (0 disables the sampler)")
-        self.edges = torch.linspace(logsnr_min, logsnr_max, bins + 1, dtype=torch.float64)
-        self.weights = torch.ones(bins, dtype=torch.float64)
-        self.decay = decay
-
-    def probabilities(self) -> torch.Tensor:
-        p = self.weights.clamp_min(1e-12)
-        p = p / p.sum()
-        # keep every bin reachable so the importance weights stay bounded
-        return 0.98 * p + 0.02 / len(p)
-
-    def sample(self, n: int, generator: torch.Generator | None = None):
-        p = self.probabilities()
-        idx = torch.multinomial(p, n, replacement=True, generator=generator)
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        lam = self.edges[idx] + u * (self.edges[idx + 1] - self.edges[idx])
-        q = p[idx] * len(p)
-        return lam, q, idx
-
-    def update(self, idx: torch.Tensor, weighted_loss: torch.Tensor) -> None:
-        values = weighted_loss.detach().to(torch.float64).cpu()
-        for b in torch.unique(idx):
-            mean = values[idx == b].mean()
-            self.weights[b] = self.decay * self.weights[b] + (1 - self.decay) * mean
 
 
 def v_loss_terms(prior, x0: torch.Tensor, logsnr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -116,7 +77,8 @@ def train_prior(prior, volumes: torch.Tensor, opts, ctx) -> dict:
     ema = copy.deepcopy(network).requires_grad_(False)
     optimiser = torch.optim.AdamW(network.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
     lmin, lmax = prior.schedule.logsnr_min, prior.schedule.logsnr_max
-    sampler = AdaptiveLogSNRSampler(lmin, lmax, opts.adaptive_bins) if opts.adaptive_bins else None
+    weighting = LossWeighting("gaussian", center=opts.weight_mean, width=opts.weight_std)
+    sampler = AdaptiveLogSNRSampler(opts.adaptive_bins, lmin, lmax) if opts.adaptive_bins else None
     n = volumes.shape[0]
     history = {"step": [], "loss": []}
     running = None
@@ -127,15 +89,16 @@ def train_prior(prior, volumes: torch.Tensor, opts, ctx) -> dict:
             x0 = _augment(x0, gen)
         x0 = x0.to(device=device, dtype=dtype)
         if sampler is not None:
-            lam64, q64, bins = sampler.sample(opts.batch_size, gen)
+            t64, importance = sampler.sample(opts.batch_size, prior.schedule, gen, dtype=torch.float64)
+            lam64 = prior.schedule.logsnr(t64)
         else:
             lam64 = lmin + (lmax - lmin) * torch.rand(opts.batch_size, generator=gen, dtype=torch.float64)
-            q64, bins = torch.ones_like(lam64), None
+            importance = torch.ones_like(lam64)
         logsnr = lam64.to(device=device, dtype=dtype)
         noise = torch.randn(x0.shape, generator=gen, dtype=dtype).to(device)
         mse = v_loss_terms(prior, x0, logsnr, noise)
-        weight = gaussian_weight(logsnr, opts.weight_mean, opts.weight_std)
-        loss = (weight / q64.to(device=device, dtype=dtype) * mse).mean()
+        weight = weighting(logsnr)
+        loss = (weight * importance.to(device=device, dtype=dtype) * mse).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), opts.grad_clip)
@@ -145,8 +108,8 @@ def train_prior(prior, volumes: torch.Tensor, opts, ctx) -> dict:
             for p_ema, p in zip(ema.parameters(), network.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         if sampler is not None:
-            sampler.update(bins, weight * mse)
-        value = float(loss)
+            sampler.update(lam64, weight * mse)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise EmverseError(f"training loss became {value} at step {step}; lower learning_rate")
         running = value if running is None else 0.98 * running + 0.02 * value
@@ -197,4 +160,4 @@ def _loss_figure(ctx, history):
     plt.close(fig)
 
 
-__all__ = ["TrainTask", "train_prior", "AdaptiveLogSNRSampler", "gaussian_weight"]
+__all__ = ["TrainTask", "train_prior"]

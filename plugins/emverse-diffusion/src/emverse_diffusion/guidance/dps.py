@@ -10,13 +10,21 @@ with ℓ the negative log-likelihood per sample:
   model's ``GaussianNoise``, else 1);
 * ``likelihood="poisson"``:  ℓ = Σ (dose·A x̂₀ − dose·y · log(dose·A x̂₀))  (``dose``: electrons
   per observation, else the model's ``PoissonNoise``);
+* ``likelihood="amplitude"``: ℓ = ‖√(A x̂₀) − √y‖² / (2 σ_a²), the Gaussian likelihood of
+  amplitudes used in ptychography (σ_a: ``noise_sigma``, in √observation units; else, for
+  Poisson counts at ``dose`` (or the model's ``PoissonNoise``), the variance-stabilised
+  σ_a = 1/(2√dose), since Var √N ≈ 1/4 for counts N; else 1);
 * ``likelihood="model"``:    ℓ = −``forward_model.log_likelihood(A x̂₀, y)``.
 
 ``c(t) = σ_t²/α_t`` when ``tweedie`` is set: this is the exact factor that turns a
 likelihood score into a change of the posterior mean (E[x₀|x_t] = (x_t + σ_t² ∇log p_t)/α_t),
-so w = 1 is "DPS with the Tweedie scale". With ``normalize`` the gradient is
-divided by ‖y − A x̂₀‖/σ_y per sample, i.e. the gradient of the *unsquared* norm
-as in the original DPS code. ``w(t)`` is a weight-schedule component
+so w = 1 is "DPS with the Tweedie scale". ``normalize`` rescales the gradient per
+sample: ``"residual"`` divides it by √(2ℓ) (‖y − A x̂₀‖/σ_y for the Gaussian), i.e. the
+gradient of the *unsquared* norm as in the original DPS code; ``"rms"`` divides it by
+its root-mean-square over the sample's elements, so that w(t)·c(t) is the RMS size of
+the correction in the prior's units whatever the physics' scale (MEP-Diffusion's
+ptychography guidance, where the raw gradient is orders of magnitude off); ``"none"``
+leaves it as it is. ``w(t)`` is a weight-schedule component
 (:mod:`.weights`). The corrected estimate is what the sampler then uses, so DPS
 works with every sampler (DDPM, DDIM, DPM-Solver++, Euler).
 
@@ -34,7 +42,8 @@ from emverse.noise import GaussianNoise, PoissonNoise
 
 from .weights import ConstantWeight, GuidanceWeight
 
-LIKELIHOODS = ("gaussian", "poisson", "model")
+LIKELIHOODS = ("gaussian", "poisson", "amplitude", "model")
+NORMALIZATIONS = ("none", "residual", "rms")
 
 
 class DPSGuidance(Guidance):
@@ -45,7 +54,7 @@ class DPSGuidance(Guidance):
         noise_sigma: float | None = None,
         dose: float | None = None,
         tweedie: bool = True,
-        normalize: bool = False,
+        normalize: str = "none",
     ):
         if likelihood not in LIKELIHOODS:
             raise EmverseError(
@@ -55,10 +64,14 @@ class DPSGuidance(Guidance):
             raise EmverseError(f"DPS noise_sigma = {noise_sigma!r} must be > 0 (observation units)")
         if dose is not None and not dose > 0:
             raise EmverseError(f"DPS dose = {dose!r} must be > 0 electrons")
+        if normalize not in NORMALIZATIONS:
+            raise EmverseError(
+                f"DPS normalize = {normalize!r} is unknown; use one of {', '.join(map(repr, NORMALIZATIONS))}"
+            )
         self.weight = schedule if schedule is not None else ConstantWeight(1.0)
         self.likelihood = likelihood
         self.noise_sigma, self.dose = noise_sigma, dose
-        self.tweedie, self.normalize = bool(tweedie), bool(normalize)
+        self.tweedie, self.normalize = bool(tweedie), normalize
 
     @classmethod
     def from_params(cls, params, ctx=None):
@@ -105,6 +118,12 @@ class DPSGuidance(Guidance):
                 )
             rate = y_pred.clamp_min(1e-12) * dose
             return (rate - y * dose * torch.log(rate)).reshape(y.shape[0], -1).sum(1)
+        if self.likelihood == "amplitude":
+            dose = self.dose or (noise.dose if isinstance(noise, PoissonNoise) else None)
+            sigma = self.noise_sigma or (0.5 / dose**0.5 if dose is not None else 1.0)
+            # the 1e-12 keeps the square root differentiable where the prediction is exactly 0
+            diff = torch.sqrt(y_pred.clamp_min(0) + 1e-12) - torch.sqrt(y.clamp_min(0))
+            return (diff**2).reshape(y.shape[0], -1).sum(1) / (2.0 * sigma**2)
         return -self.forward_model.log_likelihood(y_pred, y)
 
     def correct(self, x_t, x0_hat, t, schedule):
@@ -121,8 +140,11 @@ class DPSGuidance(Guidance):
         if self.tweedie:
             alpha, sigma = schedule.alpha_sigma(t)
             scale = scale * sigma**2 / alpha
-        if self.normalize:
+        if self.normalize == "residual":
             residual = (2.0 * nll.detach()).clamp_min(1e-12).sqrt().to(torch.float64)
             scale = scale / residual
+        elif self.normalize == "rms":
+            rms = grad.detach().reshape(grad.shape[0], -1).to(torch.float64).pow(2).mean(1).sqrt()
+            scale = scale / rms.clamp_min(1e-30)
         shape = (x_t.shape[0],) + (1,) * (x_t.ndim - 1)
         return x0_hat.detach() - scale.to(x_t.dtype).reshape(shape) * grad
