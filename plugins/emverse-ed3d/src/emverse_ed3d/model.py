@@ -8,6 +8,12 @@
   positive definite), symmetrised over the site group
   (``mean R_c U R_cᵀ`` — an average of positive-definite matrices stays
   positive definite) and rotated onto every image in the cell.
+  With ``hydrogens="riding"`` every H atom rides on its parent (the nearest
+  non-H atom of the start model, symmetry images included): it moves with the
+  parent's image (``x_H = x₀_H + P_H R (x_p − x₀_p)``, a fixed X–H vector) and
+  takes ``U_iso(H) = k · U_eq(parent)``, k = 1.5 for O–H and methyl H, 1.2 otherwise
+  (the usual SHELX/Olex2 riding constraint); its own position parameters are unused
+  (its own ADP too, unless ``riding_adp=False``: then U(H) is refined freely).
 * :class:`Ed3dForwardModel` — the physics as an emverse ForwardModel: the
   unknown is a batch of per-frame thicknesses (Å), the observation the
   reflections' tilt-integrated intensities (structure fixed).
@@ -33,11 +39,49 @@ from emverse_ed3d.metrics import amplitude_weights, optimal_frame_scale, wr_all
 
 _TRIL = torch.tril_indices(3, 3)
 ADP_FLOOR = 1e-6  # Å², keeps U strictly positive definite
+HYDROGEN_MODES = ("free", "riding")
+RIDING_MAX_BOND = 1.5  # Å: an H farther than this from every non-H atom has no parent to ride on
+HYDROGEN_ELEMENTS = ("H", "D")
+
+
+def riding_parents(asu: AsymmetricUnit) -> list[tuple[int, int, int, np.ndarray, float]]:
+    """For every H atom of ``asu``: ``(h, parent, op, rotation, distance)`` — the nearest
+    non-H atom over all space-group images and lattice translations (start model),
+    the operation whose image is nearest, its rotation and the X–H distance (Å)."""
+    A = direct_matrix(asu.cell)
+    heavy = [j for j, el in enumerate(asu.elements) if el not in HYDROGEN_ELEMENTS]
+    out = []
+    for h, el in enumerate(asu.elements):
+        if el not in HYDROGEN_ELEMENTS:
+            continue
+        if not heavy:
+            raise EmverseError(f"atom {asu.labels[h]}: hydrogens = 'riding' needs non-H atoms to ride on")
+        best = (np.inf, -1, -1)
+        for j in heavy:
+            images = np.einsum("sij,j->si", asu.rotations, asu.frac[j]) + asu.translations  # (S, 3)
+            d = images - asu.frac[h]
+            d = d - np.round(d)
+            dist = np.linalg.norm(d @ A.T, axis=1)
+            s = int(np.argmin(dist))
+            if dist[s] < best[0]:
+                best = (float(dist[s]), j, s)
+        dist, j, s = best
+        if dist > RIDING_MAX_BOND:
+            raise EmverseError(
+                f"atom {asu.labels[h]}: nearest non-H atom ({asu.labels[j]}) is {dist:.2f} Å away "
+                f"(> {RIDING_MAX_BOND} Å), so it has no parent to ride on; fix the H position or set "
+                "hydrogens = 'free'"
+            )
+        out.append((h, j, s, asu.rotations[s], dist))
+    return out
 
 
 class RefinableStructure(nn.Module):
-    def __init__(self, asu: AsymmetricUnit, *, anisotropic: bool | None = None, dtype=torch.float64):
+    def __init__(self, asu: AsymmetricUnit, *, anisotropic: bool | None = None, hydrogens: str = "free",
+                 riding_adp: bool = True, dtype=torch.float64):
         super().__init__()
+        if hydrogens not in HYDROGEN_MODES:
+            raise EmverseError(f"hydrogens = {hydrogens!r} is unknown; use one of {HYDROGEN_MODES}")
         asu = asu.snapped()
         self.asu = asu
         self.elements = list(asu.elements)
@@ -73,7 +117,28 @@ class RefinableStructure(nn.Module):
         self.cell_elements = [self.elements[i] for i in op_atom]
         self.anisotropic = bool(asu.anisotropic.any()) if anisotropic is None else bool(anisotropic)
         self.delta = nn.Parameter(torch.zeros(asu.n_atoms, 3, dtype=dtype))
+        self.hydrogens = hydrogens
+        self.riding_adp = bool(riding_adp)
+        self._setup_riding(asu, hydrogens, projectors, dtype)
         self.set_adp(torch.as_tensor(asu.u_cart, dtype=dtype))
+
+    def _setup_riding(self, asu, hydrogens, projectors, dtype) -> None:
+        rides = riding_parents(asu) if hydrogens == "riding" else []
+        self.riding = [(asu.labels[h], asu.labels[p], dist) for h, p, _s, _R, dist in rides]
+        h_per_parent = np.bincount([r[1] for r in rides], minlength=asu.n_atoms)
+        factors = []
+        for _h, p, _s, _R, _d in rides:
+            methyl = asu.elements[p] == "C" and h_per_parent[p] >= 3
+            factors.append(1.5 if asu.elements[p] == "O" or methyl else 1.2)
+        self.register_buffer("ride_h", torch.as_tensor([r[0] for r in rides], dtype=torch.long))
+        self.register_buffer("ride_parent", torch.as_tensor([r[1] for r in rides], dtype=torch.long))
+        # x_H = x₀_H + P_H R (x_p − x₀_p): P_H keeps an H on a special position on it
+        ride_map = np.array([projectors[h] @ R for h, _p, _s, R, _d in rides]).reshape(-1, 3, 3)
+        self.register_buffer("ride_map", torch.as_tensor(ride_map, dtype=dtype))
+        self.register_buffer("ride_u_factor", torch.as_tensor(factors, dtype=dtype))
+        free = torch.ones(asu.n_atoms, dtype=torch.bool)
+        free[self.ride_h] = False
+        self.register_buffer("free_atoms", free)
 
     # ------------------------------------------------------------------ ADPs
     def set_adp(self, u_cart: torch.Tensor) -> None:
@@ -101,12 +166,21 @@ class RefinableStructure(nn.Module):
             L[:, _TRIL[0], _TRIL[1]] = self.adp
             U = L @ L.transpose(-1, -2) + ADP_FLOOR * eye
             sym = torch.einsum("nkij,njl,nkml->nkim", self.site_rot_cart, U, self.site_rot_cart)
-            return sym.sum(1) / self.site_count[:, None, None]
-        return (self.adp**2 + ADP_FLOOR)[:, :, None] * eye
+            U = sym.sum(1) / self.site_count[:, None, None]
+        else:
+            U = (self.adp**2 + ADP_FLOOR)[:, :, None] * eye
+        if self.ride_h.numel() and self.riding_adp:
+            u_eq = torch.diagonal(U[self.ride_parent], dim1=-2, dim2=-1).mean(-1)
+            U = U.index_copy(0, self.ride_h, (self.ride_u_factor * u_eq)[:, None, None] * eye)
+        return U
 
     # ------------------------------------------------------------ positions
     def frac_asu(self) -> torch.Tensor:
-        return self.x0 + torch.einsum("nij,nj->ni", self.projector, self.delta)
+        x = self.x0 + torch.einsum("nij,nj->ni", self.projector, self.delta)
+        if self.ride_h.numel():
+            shift = torch.einsum("hij,hj->hi", self.ride_map, x[self.ride_parent] - self.x0[self.ride_parent])
+            x = x.index_copy(0, self.ride_h, self.x0[self.ride_h] + shift)
+        return x
 
     def cell_atoms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unit-cell fractional positions (M, 3), Cartesian ADPs (M, 3, 3), occupancies (M,)."""
@@ -119,11 +193,13 @@ class RefinableStructure(nn.Module):
     @torch.no_grad()
     def perturb(self, max_shift_angstrom: float, generator: torch.Generator) -> None:
         """Move every atom by a random shift, uniform in [−Δ, Δ] Å per Cartesian
-        component, projected onto its site-symmetry subspace (special positions kept)."""
+        component, projected onto its site-symmetry subspace (special positions kept).
+        Riding H atoms move with their parents (their own shifts are drawn but unused)."""
         n = self.x0.shape[0]
         shift_cart = (torch.rand(n, 3, generator=generator, dtype=self.x0.dtype) * 2 - 1) * max_shift_angstrom
         shift_frac = torch.linalg.solve(self.A, shift_cart.T).T
-        self.delta.add_(torch.einsum("nij,nj->ni", self.projector, shift_frac))
+        shift = torch.einsum("nij,nj->ni", self.projector, shift_frac) * self.free_atoms[:, None]
+        self.delta.add_(shift)
 
     def parameters_dict(self) -> dict[str, torch.Tensor]:
         return {"frac_asu": self.frac_asu().detach(), "u_asu": self.u_asu().detach()}

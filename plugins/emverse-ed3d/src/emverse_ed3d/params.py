@@ -41,6 +41,10 @@ class RefineParams:
     perturbation_angstrom: float = attrs.field(default=0.2, validator=in_range(0.0, 1.0))
     start_u_iso_angstrom2: float = attrs.field(default=0.0, validator=non_negative)
     adp: str = attrs.field(default="auto", validator=one_of("auto", "iso", "aniso"))
+    # "free": H atoms refined like every other atom (the paper: no constraints beyond symmetry);
+    # "riding": H rides on its nearest non-H atom (fixed X–H vector, U_iso(H) = 1.2/1.5 × U_eq(parent))
+    hydrogens: str = attrs.field(default="free", validator=one_of("free", "riding"))
+    riding_adp: bool = True  # with "riding": false keeps each H's own (refined) U_iso instead of k·U_eq(parent)
     # thickness model
     thickness_model: str = attrs.field(default="nn", validator=one_of("nn", "single", "kinematical"))
     t_min_angstrom: float = attrs.field(default=50.0, validator=positive)
@@ -55,6 +59,9 @@ class RefineParams:
     rsg_max: float = attrs.field(default=0.66, validator=non_negative)
     n_tilts: int = attrs.field(default=7, validator=positive)
     rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
+    # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
+    # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
+    bucket_ratio: float = attrs.field(default=0.0, validator=non_negative)
     # refinement
     epochs: int = attrs.field(default=0, validator=non_negative)  # 0: the refiner's own default
     refine_orientation: bool = False

@@ -82,7 +82,7 @@ class BlochPhysics:
     name = "bloch"
 
     def __init__(self, structure, orientations, axes, wavelength, semi_angle_deg, hkl, frame_index, *,
-                 g_max, sg_max, n_tilts, precession=False, method="eig"):
+                 g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0):
         from emverse_bloch.crystal import Crystal
 
         from emverse_ed3d.pets import wavelength_to_voltage_kv
@@ -117,6 +117,7 @@ class BlochPhysics:
         self._plans: dict[tuple, object] = {}
         self.plan = self._plan(tuple(range(self.n_frames)))
         self.n_beams = self.plan.beam_valid.sum(1)
+        self.buckets = beam_buckets(self.n_beams, bucket_ratio)
         A = direct_matrix(asu.cell)
         norm = A @ np.diag(np.linalg.norm(reciprocal_matrix(asu.cell), axis=0))
         self.register_norm_inv = np.linalg.inv(norm)
@@ -133,6 +134,19 @@ class BlochPhysics:
         return self._plans[frames]
 
     def intensities(self, thickness, orientation_delta=None, frames=None, kinematical=False):
+        """Intensities of the reflections of ``frames`` (all by default), in file order.
+
+        All frames at once go through one padded batch, or with ``bucket_ratio`` > 0 through
+        one batch per bucket of frames with similar beam counts (same numbers, less padding).
+        """
+        if frames is None and len(self.buckets) > 1:
+            parts = [self._intensities(thickness, orientation_delta, b, kinematical) for b in self.buckets]
+            rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
+            order = torch.as_tensor(np.argsort(rows, kind="stable"))
+            return torch.cat(parts)[order]
+        return self._intensities(thickness, orientation_delta, frames, kinematical)
+
+    def _intensities(self, thickness, orientation_delta, frames, kinematical):
         from emverse_bloch.ed3d import frame_intensities
         from emverse_bloch.structure_factors import StructureParameters
 
@@ -152,6 +166,29 @@ class BlochPhysics:
             orient = q @ orientation_delta[idx].to(frac.dtype) @ m
         return frame_intensities(plan, thickness[idx], params, orientations=orient,
                                  mode="kinematical" if kinematical else "dynamical", method=self.method)
+
+
+def beam_buckets(n_beams, ratio: float) -> list[tuple[int, ...]]:
+    """Group frames (ascending index inside each group) so that within a group the largest
+    beam count is ≤ ``ratio`` × the smallest; ``ratio`` ≤ 1 (e.g. 0) gives one group.
+
+    emverse-bloch pads every frame of a batch to the batch's largest beam set and the
+    eigen-decomposition costs ~N³, so a few zone-axis frames with many beams make every
+    frame expensive; grouping removes most of that padding.
+    """
+    n_beams = np.asarray(n_beams)
+    if ratio <= 1.0:
+        return [tuple(range(len(n_beams)))]
+    groups, current, smallest = [], [], None
+    for f in np.argsort(n_beams, kind="stable"):
+        if current and n_beams[f] > ratio * smallest:
+            groups.append(tuple(sorted(current)))
+            current = []
+        if not current:
+            smallest = max(int(n_beams[f]), 1)
+        current.append(int(f))
+    groups.append(tuple(sorted(current)))
+    return groups
 
 
 def _op_row(r, t) -> str:
@@ -181,4 +218,5 @@ def make_physics(backend: str, *args, **kwargs):
                 "or set physics_backend = 'native'"
             )
         return BlochPhysics(*args, **kwargs)
+    kwargs.pop("bucket_ratio", None)  # the native engine loops over frames: nothing is padded across frames
     return NativePhysics(*args, **kwargs)

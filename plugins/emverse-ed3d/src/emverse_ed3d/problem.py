@@ -79,6 +79,8 @@ def build_model(
     t_init: float = 500.0,
     quadratic_prior: bool = False,
     anisotropic: bool | None = None,
+    hydrogens: str = "free",
+    riding_adp: bool = True,
     backend: str = "bloch",
     g_max: float = 1.4,
     sg_max: float = 0.01,
@@ -86,6 +88,7 @@ def build_model(
     rocking_semi_angle_deg: float | None = None,
     rsg_max: float | None = None,
     method: str = "eig",
+    bucket_ratio: float = 0.0,
     generator: torch.Generator | None = None,
     check_cell: bool = True,
 ) -> HybridEd3dModel:
@@ -93,12 +96,12 @@ def build_model(
         check_cell_matches(structure, data.cell)
     data = restrict_resolution(data, g_max)
     data = filter_excitation(data, rsg_max, semi_angle_deg(data, rocking_semi_angle_deg))
-    st = RefinableStructure(structure, anisotropic=anisotropic)
+    st = RefinableStructure(structure, anisotropic=anisotropic, hydrogens=hydrogens, riding_adp=riding_adp)
     orientations, axes = frame_orientations(data, data.cell)
     physics = make_physics(
         backend, st, orientations, axes, data.wavelength_angstrom, semi_angle_deg(data, rocking_semi_angle_deg),
         data.hkl, data.frame_index, g_max=g_max, sg_max=sg_max, n_tilts=n_tilts,
-        precession=data.geometry.startswith("precession"), method=method,
+        precession=data.geometry.startswith("precession"), method=method, bucket_ratio=bucket_ratio,
     )
     theta = frame_theta(data)
     span = float(np.ptp(theta)) / 2 if theta.size > 1 else 1.0

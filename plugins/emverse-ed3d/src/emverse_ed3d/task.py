@@ -10,6 +10,7 @@ from emverse.interfaces import Task
 
 from emverse_ed3d import metrics as M
 from emverse_ed3d.crystal import check_cell_matches, direct_matrix, read_structure
+from emverse_ed3d.model import HYDROGEN_ELEMENTS
 from emverse_ed3d.pets import read_pets, summary
 from emverse_ed3d.problem import build_model
 
@@ -62,6 +63,7 @@ class Ed3dRefineTask(Task):
             backend=o.physics_backend, g_max=o.g_max, sg_max=o.sg_max, n_tilts=o.n_tilts,
             rocking_semi_angle_deg=o.rocking_semi_angle_deg or None,
             rsg_max=None if o.synthetic else (o.rsg_max or None), method=o.method,
+            hydrogens=o.hydrogens, riding_adp=o.riding_adp, bucket_ratio=o.bucket_ratio,
             generator=ctx.generator("thickness_nn"),
         )
         st = model.structure
@@ -72,12 +74,16 @@ class Ed3dRefineTask(Task):
         st.delta.requires_grad_(o.refine_positions)
         st.adp.requires_grad_(o.refine_adp)
         used = model.data
+        if st.riding:
+            ctx.log.info("riding H (H, parent, X–H Å): %s", st.riding)
         ctx.log.info("refining %d reflections on %d frames (%s physics, beams per frame ≤ %d)",
                      used.n_reflections, used.n_frames, model.physics.name, int(np.max(model.physics.n_beams)))
 
         ref_frac = reference.frac
         ref_u = reference.u_cart
         A = direct_matrix(reference.cell)
+        heavy = np.array([el not in HYDROGEN_ELEMENTS for el in reference.elements])
+        has_h = not heavy.all()
         theta_deg = np.degrees(model.theta.numpy())
 
         def structure_errors(model):
@@ -86,6 +92,10 @@ class Ed3dRefineTask(Task):
                                        reference.translations),
                 "adp_error": M.adp_frobenius(st.u_asu().detach().numpy(), ref_u),
             }
+            if has_h:  # the same over the non-H atoms only
+                out["asu_rmsd_non_h"] = M.asu_rmsd(st.frac_asu().detach().numpy()[heavy], ref_frac[heavy], A,
+                                                   reference.rotations, reference.translations)
+                out["adp_error_non_h"] = M.adp_frobenius(st.u_asu().detach().numpy()[heavy], ref_u[heavy])
             if t_true is not None:
                 out["thickness_rms"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["rms_angstrom"]
             return out
@@ -135,6 +145,11 @@ class Ed3dRefineTask(Task):
             "seconds_per_epoch": elapsed / max(result.iterations, 1),
             "n_frames": float(used.n_frames), "mean_thickness_angstrom": float(model.thickness().mean()),
         }
+        if has_h:
+            out["asu_rmsd_non_h_angstrom"] = final_errors["asu_rmsd_non_h"]
+            out["start_asu_rmsd_non_h_angstrom"] = start_errors["asu_rmsd_non_h"]
+            out["adp_frobenius_non_h_angstrom2"] = final_errors["adp_error_non_h"]
+            out["n_riding_h"] = float(len(st.riding))
         if t_true is not None:
             out["thickness_rms_angstrom"] = final_errors["thickness_rms"]
             out["thickness_relative_error"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["relative"]
@@ -171,11 +186,15 @@ class Ed3dRefineTask(Task):
              ["N_obs / N_all", "", f"{int(wr['n_obs'])} / {int(wr['n_all'])}"],
              ["ASU RMSD (Å)", f"{start_errors['asu_rmsd']:.4f}", f"{final_errors['asu_rmsd']:.5f}"],
              ["ADP error (Å²)", f"{start_errors['adp_error']:.4f}", f"{final_errors['adp_error']:.5f}"]]
+            + ([["ASU RMSD, non-H atoms (Å)", f"{start_errors['asu_rmsd_non_h']:.4f}",
+                 f"{final_errors['asu_rmsd_non_h']:.5f}"],
+                ["ADP error, non-H atoms (Å²)", f"{start_errors['adp_error_non_h']:.4f}",
+                 f"{final_errors['adp_error_non_h']:.5f}"]] if has_h else [])
             + ([["thickness RMS error (Å)", f"{start_errors['thickness_rms']:.1f}",
                  f"{final_errors['thickness_rms']:.1f}"]] if t_true is not None else []),
         )
         ctx.add_text("model", f"{summary(used)}\nthickness model: {o.thickness_model}; physics: "
-                              f"{model.physics.name}; {result.message}")
+                              f"{model.physics.name}; hydrogens: {o.hydrogens}; {result.message}")
         ctx.save_checkpoint("refined", {
             "frac_asu": st.frac_asu().detach().contiguous(), "u_asu": st.u_asu().detach().contiguous(),
             "thickness_angstrom": model.thickness().detach().contiguous(),
