@@ -119,3 +119,18 @@ def test_map_to_zarr_resumes_without_recomputing(tmp_path, monkeypatch):
     np.testing.assert_array_equal(_read(store)[1], _read(tmp_path / "fresh.zarr")[1])
     with pytest.raises(EmverseError, match="use a new store path"):
         map_to_zarr(demo_chunk, 20, store, chunk_size=4, seed=1)
+
+
+def test_options_task_keeps_its_options_record():
+    """A task with many options keeps the validated record itself (the same object the
+    runner hands out as ``ctx.options``) rather than unpacking it into keyword arguments."""
+    from emverse.interfaces import OptionsTask
+
+    class Echo(OptionsTask):
+        def run(self, ctx):
+            return self.options
+
+    record = object()
+    task = Echo.from_params(record)
+    assert task.options is record and task.run(None) is record
+    assert Echo().options is None

@@ -259,3 +259,16 @@ class Task(Configurable, abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: RunContext) -> RunResult:
         """Do the work, using ``ctx`` to build components and write outputs."""
+
+
+class OptionsTask(Task):
+    """A task that keeps its ``[options]`` as one record (``self.options``, the same object as
+    ``ctx.options`` at run time) instead of unpacking them into constructor arguments: the
+    usual shape for tasks with many options, nested component specs or paths."""
+
+    def __init__(self, options: Any = None):
+        self.options = options
+
+    @classmethod
+    def from_params(cls, params, ctx: RunContext | None = None):
+        return cls(params)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 from emverse.io import write_text
 from emverse.run import RunResult
 
@@ -74,19 +74,12 @@ class _PdfModel(torch.nn.Module):
         return cbldm_gr(x, None, self.element)
 
 
-class InferTask(Task):
-    def __init__(self, params):
-        self.params = params
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
-
+class InferTask(OptionsTask):
     def run(self, ctx):
         from emverse_pdf.gr_io import read_gr
         from emverse_pdf.metrics import rwp
 
-        opts = self.params
+        opts = self.options
         path = ctx.resolve_path(opts.checkpoint) if opts.checkpoint else shipped_checkpoint()
         model = CbLDMPrior.from_checkpoint(path)
         sampler = ctx.build_spec(opts.sampler, "sampler")

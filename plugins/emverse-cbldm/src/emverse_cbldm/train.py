@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import torch
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 from emverse.run import RunResult
 
 from .prior import CbLDMPrior
@@ -127,18 +127,11 @@ def train_model(
     return losses
 
 
-class TrainTask(Task):
+class TrainTask(OptionsTask):
     """``cbldm.train``: build/open the dataset, train, save the checkpoint, evaluate on the validation split."""
 
-    def __init__(self, params):
-        self.params = params
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
-
     def run(self, ctx):
-        opts = self.params
+        opts = self.options
         if opts.threads:
             torch.set_num_threads(opts.threads)
         torch.manual_seed(0)  # module initialisers; every training draw uses `generator` below
@@ -204,15 +197,8 @@ class TrainTask(Task):
         )
 
 
-class SimulateTask(Task):
+class SimulateTask(OptionsTask):
     """``cbldm.simulate``: write (or resume) the dataset store and summarise it."""
-
-    def __init__(self, params=None):
-        self.params = params
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
 
     def run(self, ctx):
         from .clusters import STRUCTURE_TYPES

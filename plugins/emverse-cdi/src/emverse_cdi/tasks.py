@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import attrs
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 from emverse.run import RunResult, stable_seed
 
 from . import evaluation as ev
@@ -173,15 +172,8 @@ def _table_text(header, rows) -> str:
 
 
 # --------------------------------------------------------------------------------- tasks
-@attrs.define
-class DatasetTask(Task):
+class DatasetTask(OptionsTask):
     """``cdi.dataset``: uniform parameter draws rendered by ``[forward_model]`` into Zarr."""
-
-    options: object = None
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
 
     def run(self, ctx) -> RunResult:
         opts = ctx.options
@@ -197,15 +189,8 @@ class DatasetTask(Task):
                           "seconds_per_pattern": seconds / len(dataset)})
 
 
-@attrs.define
-class TrainTask(Task):
+class TrainTask(OptionsTask):
     """``cdi.train``: train the recipe's ``[prior]`` (CDI or regression) on a Zarr dataset."""
-
-    options: object = None
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
 
     def run(self, ctx) -> RunResult:
         opts = ctx.options
@@ -227,15 +212,8 @@ class TrainTask(Task):
                           "steps": history.steps})
 
 
-@attrs.define
-class EvaluateTask(Task):
+class EvaluateTask(OptionsTask):
     """``cdi.evaluate``: posteriors of a trained ``[prior]`` on a held-out Zarr test set."""
-
-    options: object = None
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
 
     def run(self, ctx) -> RunResult:
         opts = ctx.options
@@ -258,15 +236,8 @@ class EvaluateTask(Task):
         return RunResult(metrics)
 
 
-@attrs.define
-class InferTask(Task):
+class InferTask(OptionsTask):
     """``cdi.infer``: posterior of one simulated pattern with a trained (e.g. shipped) model."""
-
-    options: object = None
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
 
     def run(self, ctx) -> RunResult:
         opts = ctx.options
@@ -329,15 +300,8 @@ class InferTask(Task):
         return RunResult(metrics)
 
 
-@attrs.define
-class PipelineTask(Task):
+class PipelineTask(OptionsTask):
     """``cdi.pipeline``: simulate -> train CDI and regression -> evaluate, in one run."""
-
-    options: object = None
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls(params)
 
     def run(self, ctx) -> RunResult:
         opts = ctx.options

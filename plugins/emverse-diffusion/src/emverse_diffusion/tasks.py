@@ -6,7 +6,7 @@ import shutil
 
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask, Task
 from emverse.run import RunResult, stable_seed
 
 from .objectives import AdaptiveLogSNRSampler, DiffusionObjective, LossWeighting, UniformTimeSampler
@@ -71,20 +71,11 @@ def posterior_check(ctx, prior, sampler, dataset, n_observations: int, n_samples
     return metrics
 
 
-class TrainTask(Task):
+class TrainTask(OptionsTask):
     """Train the recipe's [prior] on its [dataset] (see :mod:`emverse_diffusion.training`)."""
 
-    def __init__(self, **options):
-        self.options = options
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        obj = cls()
-        obj.params = params
-        return obj
-
     def run(self, ctx):
-        p = self.params
+        p = self.options
         prior = ctx.build("prior")
         if not isinstance(prior, NetworkDiffusionPrior):
             raise EmverseError(

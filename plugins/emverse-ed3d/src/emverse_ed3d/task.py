@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import torch
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 
 from emverse_ed3d import metrics as M
 from emverse_ed3d.crystal import check_cell_matches, direct_matrix, read_structure
@@ -22,14 +22,7 @@ def _select_frames(data, stride: int, max_frames: int):
     return data.select_frames(rows) if len(rows) != data.n_frames else data
 
 
-class Ed3dRefineTask(Task):
-    def __init__(self, **options):
-        self.options = options
-
-    @classmethod
-    def from_params(cls, params, ctx=None):
-        return cls()
-
+class Ed3dRefineTask(OptionsTask):
     def run(self, ctx):
         from emverse.run import RunResult
 

@@ -26,7 +26,7 @@ import functools
 import attrs
 import numpy as np
 from emverse.errors import EmverseError
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 
 from emverse_mep.crystals import random_crystal, read_cif_directory
 from emverse_mep.render import render_volume
@@ -116,11 +116,8 @@ def load_volumes(path, first: int = 0, count: int | None = None):
     return np.asarray(group["volume"][first:stop]), dict(group.attrs)
 
 
-class DatasetTask(Task):
+class DatasetTask(OptionsTask):
     """Render training crops and test volumes into two Zarr stores."""
-
-    def __init__(self, **params):
-        self.params = params
 
     def run(self, ctx):
         from emverse.parallel import map_to_zarr

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 
 from emverse_mep import metrics as M
 from emverse_mep.figures import bars_figure, curves_figure, slices_figure
@@ -37,10 +37,7 @@ def _mean_scores(draws: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.mean([p[k] for p in per], axis=0) for k in SCORES}
 
 
-class EvaluateTask(Task):
-    def __init__(self, **params):
-        self.params = params
-
+class EvaluateTask(OptionsTask):
     def run(self, ctx):
         from emverse.run import RunResult
 

@@ -18,7 +18,7 @@ import attrs
 import numpy as np
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import ForwardModel, Task
+from emverse.interfaces import ForwardModel, OptionsTask
 from emverse.params import ComponentSpec
 
 from emverse_mep import metrics as M
@@ -143,10 +143,7 @@ def sample_guided(ctx, prior, physics, y, *, samples: int, guidance_spec: Compon
     return draws.detach().reshape(y.shape[0], samples, *prior.event_shape)
 
 
-class ReconstructTask(Task):
-    def __init__(self, **params):
-        self.params = params
-
+class ReconstructTask(OptionsTask):
     def run(self, ctx):
         from emverse.run import RunResult
 

@@ -17,7 +17,7 @@ import math
 
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import Task
+from emverse.interfaces import OptionsTask
 from emverse_diffusion.objectives import AdaptiveLogSNRSampler, LossWeighting
 
 from emverse_mep.dataset import load_volumes
@@ -45,10 +45,7 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.stack(out)
 
 
-class TrainTask(Task):
-    def __init__(self, **params):
-        self.params = params
-
+class TrainTask(OptionsTask):
     def run(self, ctx):
         from emverse.run import RunResult
 
