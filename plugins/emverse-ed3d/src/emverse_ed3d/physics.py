@@ -118,6 +118,9 @@ class BlochPhysics:
         self.plan = self._plan(tuple(range(self.n_frames)))
         self.n_beams = self.plan.beam_valid.sum(1)
         self.buckets = beam_buckets(self.n_beams, bucket_ratio)
+        # reflections come out bucket by bucket; this puts them back in file order
+        rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
+        self._bucket_order = torch.as_tensor(np.argsort(rows, kind="stable"))
         A = direct_matrix(asu.cell)
         norm = A @ np.diag(np.linalg.norm(reciprocal_matrix(asu.cell), axis=0))
         self.register_norm_inv = np.linalg.inv(norm)
@@ -141,9 +144,7 @@ class BlochPhysics:
         """
         if frames is None and len(self.buckets) > 1:
             parts = [self._intensities(thickness, orientation_delta, b, kinematical) for b in self.buckets]
-            rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
-            order = torch.as_tensor(np.argsort(rows, kind="stable"))
-            return torch.cat(parts)[order]
+            return torch.cat(parts)[self._bucket_order]
         return self._intensities(thickness, orientation_delta, frames, kinematical)
 
     def _intensities(self, thickness, orientation_delta, frames, kinematical):
