@@ -62,6 +62,15 @@ def test_toy_pipeline_runs_end_to_end(tmp_path):
     assert {"calibration.png", "coverage_sharpness.png", "nrmse.png", "posterior_pattern_0.png",
             "ppc_pattern_0.png"} <= figures
     assert (run / "cdi.safetensors").exists() and (run / "regression.safetensors").exists()
+    # the saved posterior samples are the ones the table was computed from
+    from safetensors.torch import load_file
+    saved = load_file(run / "posterior_samples.safetensors")
+    assert saved["samples"].shape == (8, 6, 13) and saved["truth"].shape == (8, 13)
+    low, high = ToyPatternModel(12).parameter_space.bounds()
+    nrmse = ((saved["samples"].mean(1) - saved["truth"]) ** 2).mean(0).sqrt() / (high - low)
+    assert nrmse[-1].item() == pytest.approx(m["nrmse_mean/thickness"], rel=1e-5)
+    reg = ((saved["regression"] - saved["truth"]) ** 2).mean(0).sqrt() / (high - low)
+    assert reg[0].item() == pytest.approx(m["regression_nrmse/Mg_U11"], rel=1e-5)
 
 
 def test_bloch_cpu_recipe_runs_end_to_end_tiny(tmp_path):

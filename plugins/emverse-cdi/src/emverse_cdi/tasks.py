@@ -101,6 +101,11 @@ def evaluate_posteriors(ctx, prior, sampler, dataset: PatternDataset, *, baselin
     metrics["sampling_seconds_per_pattern"] = seconds / n
     metrics["n_test_patterns"] = n
     metrics["n_posterior_samples"] = n_samples
+    tensors = {"samples": samples, "truth": truth}
+    if regression is not None:
+        tensors["regression"] = regression
+    ctx.save_checkpoint("posterior_samples", tensors,
+                        metadata={"names": list(space.names), "units": list(space.units)})
     ctx.add_table("per-parameter results (paper table 1 shape)", header, rows)
     ctx.save_figure("nrmse", ev.nrmse_figure(space, metrics))
     ctx.save_figure("calibration", ev.calibration_figure(calib, space))
