@@ -78,3 +78,21 @@ def test_pdf_polish_lowers_rw():
     polished, hist = polish_against_pdf(model, start, g_obs, steps=40, lr=0.005)
     assert min(hist) < 0.7 * before
     assert kabsch_rmsd(x.numpy(), polished.numpy()) < kabsch_rmsd(x.numpy(), start.numpy())
+
+
+def test_evaluation_candidate_polish_lowers_rw_against_the_input_pdf():
+    """The evaluation's optional polish (``eval_polish_steps``): a matrix of a structure whose
+    atoms are 0.3 Å off gives Rw ~1 unpolished and a much lower Rw after 100 polish steps."""
+    from emverse_cbldm.dataset import simulate_pdfs
+    from emverse_cbldm.evaluate import matrix_to_candidate
+
+    rng = np.random.default_rng(3)
+    x = build_cluster(ClusterSpec("Ico", (3,), "Au", 2.88))
+    g_in = simulate_pdfs([x])[0].astype(np.float64)
+    noisy = x + rng.normal(scale=0.3, size=x.shape)
+    blocks = torch.as_tensor(to_blocks(weight_matrix(noisy, 260.0, 64)))
+    _, rw_plain, _ = matrix_to_candidate(blocks, g_in, maxiter=60)
+    y, rw_polished, g = matrix_to_candidate(blocks, g_in, maxiter=60, polish_steps=100)
+    assert y.shape == x.shape and g.shape == g_in.shape
+    assert rw_plain > 0.5
+    assert rw_polished < 0.5 * rw_plain

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from emverse.errors import EmverseError
 from torch import nn
 
+from .clusters import WEIGHT_T_ANGSTROM2 as WEIGHT_T
+from .clusters import to_blocks
+
 N_POINTS = 3000
 PDF_LATENT = (2, 125)
 
@@ -141,6 +144,79 @@ class MatrixDecoder(nn.Module):
         return torch.sigmoid(self.net(z))
 
 
+class CoordinateDecoder(nn.Module):
+    """(B, 1, L, L) → (B, 4, b, b): a realisable weight matrix built from coordinates.
+
+    An MLP (L² → h → h → 4·2b, h = 32·``channels``, GELU) gives, for each of the 2b matrix
+    rows, a position x_i (Å) and an occupancy logit; with m_i = sigmoid(logit),
+
+        W_ij = m_i m_j exp(−‖x_i − x_j‖²/t)  (i ≠ j),   W_ii = m_i,
+
+    which is what the dataset holds for m ∈ {0, 1} (atoms first, zero padding). Every output
+    is the weight matrix of a point set, so distance geometry recovers the decoder's own
+    coordinates. The last layer starts near a template: row i on a golden spiral at the
+    radius of a close-packed ball of i atoms (the canonical order sorts atoms by distance
+    from the centroid), so training starts from a compact cluster, not from one point.
+    """
+
+    #: Å per unit of network output (coordinates of the order of ±10 Å)
+    COORD_SCALE = 4.0
+
+    def __init__(self, block: int, latent_size: int, channels: int, t: float = WEIGHT_T):
+        super().__init__()
+        self.n, self.t = 2 * block, float(t)
+        hidden = 32 * channels
+        self.net = nn.Sequential(
+            nn.Linear(latent_size**2, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 4 * self.n),
+        )
+        last = self.net[-1]
+        with torch.no_grad():
+            last.weight.mul_(0.1)
+            i = torch.arange(self.n, dtype=torch.float32)
+            radius = 1.35 * (i / 0.74).pow(1.0 / 3.0)  # Å, ~ nearest-neighbour 2.7 Å packing
+            cos_theta = 1.0 - 2.0 * (i + 0.5) / self.n
+            phi = i * math.pi * (3.0 - math.sqrt(5.0))
+            sin_theta = (1.0 - cos_theta**2).sqrt()
+            template = (
+                torch.stack([sin_theta * phi.cos(), sin_theta * phi.sin(), cos_theta], 1)
+                * radius[:, None]
+            )
+            bias = torch.cat([template / self.COORD_SCALE, torch.zeros(self.n, 1)], 1)
+            last.bias.copy_(bias.flatten())
+
+    def coordinates(self, z):
+        """Positions (B, 2b, 3) in Å and occupancy logits (B, 2b)."""
+        h = self.net(z.flatten(1)).view(-1, self.n, 4)
+        return self.COORD_SCALE * h[..., :3], h[..., 3]
+
+    def matrix(self, x, logits):
+        """The full (B, 2b, 2b) weight matrix of positions ``x`` (Å) and occupancy logits."""
+        m = torch.sigmoid(logits)
+        d2 = (x[:, :, None, :] - x[:, None, :, :]).pow(2).sum(-1)
+        w = m[:, :, None] * m[:, None, :] * torch.exp(-d2 / self.t)
+        eye = torch.eye(self.n, dtype=torch.bool, device=x.device)
+        return torch.where(eye, torch.diag_embed(m), w)
+
+    def forward(self, z):
+        return to_blocks(self.matrix(*self.coordinates(z)))
+
+
+MATRIX_DECODERS = {"conv": MatrixDecoder, "coordinates": CoordinateDecoder}
+
+
+def make_decoder(kind: str, block: int, latent_size: int, channels: int) -> nn.Module:
+    """The matrix decoder named by ``matrix_decoder`` ("conv" or "coordinates")."""
+    if kind not in MATRIX_DECODERS:
+        raise EmverseError(
+            f"matrix_decoder {kind!r} is unknown; use one of {', '.join(map(repr, MATRIX_DECODERS))}"
+        )
+    return MATRIX_DECODERS[kind](block, latent_size, channels)
+
+
 class MatrixEncoder(nn.Module):
     """(B, 4 + 1, b, b) (blocks + upsampled μ_p) → μ, log σ² of shape (B, 1, L, L)."""
 
@@ -164,14 +240,17 @@ class MatrixEncoder(nn.Module):
 
 
 class MatrixVAE(nn.Module):
-    """Encoder q(z | W, PDF), conditional prior p(z | PDF), unconditional decoder p(W | z)."""
+    """Encoder q(z | W, PDF), conditional prior p(z | PDF), unconditional decoder p(W | z)
+    (``decoder``: "conv", :class:`MatrixDecoder`, or "coordinates", :class:`CoordinateDecoder`)."""
 
-    def __init__(self, block: int = 128, latent_size: int = 16, channels: int = 16):
+    def __init__(
+        self, block: int = 128, latent_size: int = 16, channels: int = 16, decoder: str = "conv"
+    ):
         super().__init__()
         self.block = block
         self.latent_size = latent_size
         self.encoder = MatrixEncoder(block, latent_size, channels)
-        self.decoder = MatrixDecoder(block, latent_size, channels)
+        self.decoder = make_decoder(decoder, block, latent_size, channels)
         self.prior = ConditionalPrior(latent_size)
 
     def encode(self, blocks, pdf):
@@ -283,9 +362,12 @@ class LatentUNet(nn.Module):
 
 
 class MLPBaseline(nn.Module):
-    """Direct regression PDF → W: an MLP to a (1, L, L) code, then a decoder like the matrix-VAE's."""
+    """Direct regression PDF → W: an MLP to a (1, L, L) code, then a decoder like the matrix-VAE's
+    (``decoder``: "conv" or "coordinates")."""
 
-    def __init__(self, block: int = 128, latent_size: int = 16, channels: int = 16):
+    def __init__(
+        self, block: int = 128, latent_size: int = 16, channels: int = 16, decoder: str = "conv"
+    ):
         super().__init__()
         self.latent_size = latent_size
         self.net = nn.Sequential(
@@ -295,16 +377,19 @@ class MLPBaseline(nn.Module):
             nn.GELU(),
             nn.Linear(512, latent_size**2),
         )
-        self.decoder = MatrixDecoder(block, latent_size, channels)
+        self.decoder = make_decoder(decoder, block, latent_size, channels)
 
     def forward(self, pdf):
         return self.decoder(self.net(pdf).view(-1, 1, self.latent_size, self.latent_size))
 
 
 class CNNBaseline(nn.Module):
-    """Direct regression PDF → W: a 1D-CNN to a (1, L, L) code, then a decoder like the matrix-VAE's."""
+    """Direct regression PDF → W: a 1D-CNN to a (1, L, L) code, then a decoder like the matrix-VAE's
+    (``decoder``: "conv" or "coordinates")."""
 
-    def __init__(self, block: int = 128, latent_size: int = 16, channels: int = 16):
+    def __init__(
+        self, block: int = 128, latent_size: int = 16, channels: int = 16, decoder: str = "conv"
+    ):
         super().__init__()
         c = channels
         self.latent_size = latent_size
@@ -320,7 +405,7 @@ class CNNBaseline(nn.Module):
             nn.Flatten(),
             nn.Linear(4 * 125, latent_size**2),
         )
-        self.decoder = MatrixDecoder(block, latent_size, channels)
+        self.decoder = make_decoder(decoder, block, latent_size, channels)
 
     def forward(self, pdf):
         return self.decoder(self.net(pdf[:, None]).view(-1, 1, self.latent_size, self.latent_size))

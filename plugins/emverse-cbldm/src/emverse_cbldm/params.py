@@ -7,7 +7,7 @@ times in [0, 1] (0 = clean, 1 = noise; the emverse-diffusion convention).
 from __future__ import annotations
 
 import attrs
-from emverse.params import ComponentSpec, in_range, nested, non_negative, positive
+from emverse.params import ComponentSpec, in_range, nested, non_negative, one_of, positive
 
 ALL_TYPES = ("SC", "FCC", "BCC", "HCP", "Ico", "Dec", "Oct")
 
@@ -25,6 +25,10 @@ def _even_pad(instance, attribute, value):
         raise ValueError(
             f"{attribute.name} must be 64, 128 or 256 (the padded weight-matrix side), got {value!r}"
         )
+
+
+#: decoders of the matrix VAE and the baselines (models.MATRIX_DECODERS; params.py stays torch-free)
+MATRIX_DECODERS = ("conv", "coordinates")
 
 
 @attrs.frozen
@@ -110,10 +114,14 @@ class ModelParams:
     wide, latent 1 × ``latent_size`` × ``latent_size``. Latent UNet: ``unet_channels``
     wide, conditioned on the PDF embedding (FiLM + cross-attention). Baselines (MLP,
     1D-CNN) end in a decoder like the matrix-VAE's and regress W directly.
+    ``matrix_decoder``: "conv" (upsampling convolutions, sigmoid; the paper's) or
+    "coordinates" (an MLP to 2b positions in Å + occupancies, W built from them, so every
+    decoded matrix is realisable); used by the matrix VAE and the baselines.
     """
 
     pdf_channels: int = attrs.field(default=16, validator=positive)
     matrix_channels: int = attrs.field(default=16, validator=positive)
+    matrix_decoder: str = attrs.field(default="conv", validator=one_of(*MATRIX_DECODERS))
     unet_channels: int = attrs.field(default=32, validator=positive)
     latent_size: int = attrs.field(default=16, validator=positive)
     schedule_offset: float = attrs.field(default=5e-4, validator=positive)
@@ -123,18 +131,21 @@ class ModelParams:
 class TrainParams:
     """Task ``cbldm.train``: train the three stages and the baselines, then evaluate.
 
-    Network sizes (``*_channels``, ``latent_size``, ``schedule_offset``): see
+    Network sizes (``*_channels``, ``latent_size``, ``schedule_offset``) and
+    ``matrix_decoder``: see
     :class:`ModelParams`. ``epochs_*``: epochs of each stage (0 skips it). ``kl_weight`` is the final
     weight of the KL terms (warmed up linearly over the first half of the epochs).
     ``baselines``: any of "mlp", "cnn". Evaluation on the validation split
     (``eval_structures`` of it, 0 = none) draws ``candidates`` structures per PDF with
     each sampler in ``[[...]]`` of ``samplers`` (the plain one first). ``recovery_maxiter``
-    bounds the distance-geometry solve of each candidate.
+    bounds the distance-geometry solve of each candidate; ``eval_polish_steps`` > 0 then polishes
+    every candidate of every method against the input PDF (Adam, step ``eval_polish_lr`` Å).
     ``checkpoint_name``: file name of the weights in the run directory.
     """
 
     pdf_channels: int = attrs.field(default=16, validator=positive)
     matrix_channels: int = attrs.field(default=16, validator=positive)
+    matrix_decoder: str = attrs.field(default="conv", validator=one_of(*MATRIX_DECODERS))
     unet_channels: int = attrs.field(default=32, validator=positive)
     latent_size: int = attrs.field(default=16, validator=positive)
     schedule_offset: float = attrs.field(default=5e-4, validator=positive)
@@ -152,6 +163,8 @@ class TrainParams:
     accelerated_t1: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0))
     accelerated_t2: float = attrs.field(default=0.4, validator=in_range(0.0, 1.0))
     recovery_maxiter: int = attrs.field(default=60, validator=positive)
+    eval_polish_steps: int = attrs.field(default=0, validator=non_negative)
+    eval_polish_lr: float = attrs.field(default=0.01, validator=positive)
     checkpoint_name: str = "cbldm"
     init_checkpoint: str = ""
     threads: int = attrs.field(default=0, validator=non_negative)

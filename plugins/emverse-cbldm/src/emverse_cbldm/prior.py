@@ -18,7 +18,7 @@ from emverse.errors import EmverseError
 from emverse.interfaces import DiffusionPrior
 from torch import nn
 
-from .models import BASELINES, LatentUNet, MatrixVAE, PdfVAE
+from .models import BASELINES, MATRIX_DECODERS, LatentUNet, MatrixVAE, PdfVAE
 
 #: clean-latent estimates are clipped to ±X0_CLIP standard deviations (the t → 1 end
 #: divides by a tiny α)
@@ -44,6 +44,7 @@ class CbLDMPrior(DiffusionPrior):
         unet_channels: int = 32,
         schedule_offset: float = 5e-4,
         baselines: tuple[str, ...] = (),
+        matrix_decoder: str = "conv",
     ):
         super().__init__()
         self.config = {
@@ -54,10 +55,11 @@ class CbLDMPrior(DiffusionPrior):
             "unet_channels": unet_channels,
             "schedule_offset": schedule_offset,
             "baselines": list(baselines),
+            "matrix_decoder": matrix_decoder,
         }
         self.event_shape = (1, latent_size, latent_size)
         self.pdf_vae = PdfVAE(pdf_channels)
-        self.matrix_vae = MatrixVAE(block, latent_size, matrix_channels)
+        self.matrix_vae = MatrixVAE(block, latent_size, matrix_channels, matrix_decoder)
         self.unet = LatentUNet(unet_channels)
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
@@ -65,7 +67,10 @@ class CbLDMPrior(DiffusionPrior):
                 f"baselines {unknown} are unknown; use some of {', '.join(BASELINES)}"
             )
         self.baselines = nn.ModuleDict(
-            {name: BASELINES[name](block, latent_size, matrix_channels) for name in baselines}
+            {
+                name: BASELINES[name](block, latent_size, matrix_channels, matrix_decoder)
+                for name in baselines
+            }
         )
         self.register_buffer("latent_shift", torch.zeros(()))
         self.register_buffer("latent_scale", torch.ones(()))
@@ -114,19 +119,45 @@ class CbLDMPrior(DiffusionPrior):
         return {"cbldm_config": json.dumps(self.config)}
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu") -> CbLDMPrior:
+    def from_checkpoint(cls, path, device="cpu", matrix_decoder: str | None = None) -> CbLDMPrior:
+        """Load a ``cbldm.train`` checkpoint; with ``matrix_decoder`` given, refuse a checkpoint
+        whose matrix decoder is another one."""
         ckpt = load_checkpoint(path, device=device)
-        text = ckpt.metadata.get("cbldm_config")
-        if not text:
-            raise EmverseError(
-                f"checkpoint {str(path)!r} has no 'cbldm_config' metadata; it was not written by "
-                "cbldm.train — give a CbLDM checkpoint"
-            )
-        config = json.loads(text)
-        config["baselines"] = tuple(config.get("baselines", ()))
+        config = checkpoint_config(ckpt.metadata, path, matrix_decoder)
         model = cls(**config)
         load_state_dict_strict(model, ckpt.tensors, str(path))
         return model.to(device).eval()
+
+
+def checkpoint_config(metadata: dict, path, matrix_decoder: str | None = None) -> dict:
+    """The architecture stored in a checkpoint's metadata (``cbldm_config``), checked.
+
+    Checkpoints written before the decoder option have no ``matrix_decoder``: they hold the
+    convolutional decoder. With ``matrix_decoder`` given, a checkpoint of another decoder is
+    refused (its weights cannot be loaded into that architecture).
+    """
+    text = metadata.get("cbldm_config")
+    if not text:
+        raise EmverseError(
+            f"checkpoint {str(path)!r} has no 'cbldm_config' metadata; it was not written by "
+            "cbldm.train — give a CbLDM checkpoint"
+        )
+    config = json.loads(text)
+    config["baselines"] = tuple(config.get("baselines", ()))
+    config.setdefault("matrix_decoder", "conv")
+    stored = config["matrix_decoder"]
+    if stored not in MATRIX_DECODERS:
+        raise EmverseError(
+            f"checkpoint {str(path)!r} has matrix_decoder {stored!r}, which this version does not "
+            f"know (known: {', '.join(MATRIX_DECODERS)}); update emverse-cbldm"
+        )
+    if matrix_decoder is not None and matrix_decoder != stored:
+        raise EmverseError(
+            f"checkpoint {str(path)!r} was trained with matrix_decoder = {stored!r}, but "
+            f"matrix_decoder = {matrix_decoder!r} was asked for; set matrix_decoder = {stored!r} "
+            "or give a checkpoint trained with the decoder you want"
+        )
+    return config
 
 
 def shipped_checkpoint():

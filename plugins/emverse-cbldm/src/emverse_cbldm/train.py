@@ -14,9 +14,11 @@ import math
 
 import numpy as np
 import torch
+from emverse.errors import EmverseError
 from emverse.interfaces import OptionsTask
 from emverse.run import RunResult
 
+from .clusters import WEIGHT_T_ANGSTROM2 as WEIGHT_T
 from .prior import CbLDMPrior
 
 
@@ -153,11 +155,21 @@ class TrainTask(OptionsTask):
                 unet_channels=opts.unet_channels,
                 schedule_offset=opts.schedule_offset,
                 baselines=tuple(opts.baselines),
+                matrix_decoder=opts.matrix_decoder,
+            )
+        if opts.matrix_decoder == "coordinates" and dataset.params.t_angstrom2 != WEIGHT_T:
+            raise EmverseError(
+                f"matrix_decoder = 'coordinates' builds W with t = {WEIGHT_T} Å², but the dataset "
+                f"has t_angstrom2 = {dataset.params.t_angstrom2}; use t_angstrom2 = {WEIGHT_T} "
+                "or matrix_decoder = 'conv'"
             )
         if opts.init_checkpoint:
             from emverse.checkpoint import load_checkpoint, load_state_dict_strict
 
+            from .prior import checkpoint_config
+
             ckpt = load_checkpoint(ctx.resolve_path(opts.init_checkpoint))
+            checkpoint_config(ckpt.metadata, opts.init_checkpoint, opts.matrix_decoder)
             load_state_dict_strict(model, ckpt.tensors, opts.init_checkpoint)
         n_params = sum(p.numel() for p in model.parameters())
         ctx.log.info(
