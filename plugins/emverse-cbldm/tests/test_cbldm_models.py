@@ -56,6 +56,21 @@ def test_shapes(block):
         MatrixDecoder(block, 12, 4)
 
 
+@pytest.mark.parametrize("decoder", ["conv", "coordinates"])
+def test_conditional_prior_learns_from_the_kl_only(decoder):
+    # the encoder sees μ_p as an input channel; the reconstruction must not train the prior
+    # through it, or μ_p stops being a prior (the accelerated sampler draws from it)
+    torch.manual_seed(0)
+    mvae = MatrixVAE(32, 8, 4, decoder)
+    pdf, blocks = torch.rand(3, 3000), torch.rand(3, 4, 32, 32)
+    mvae.loss(blocks, pdf, kl_weight=0.0)[0].backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in mvae.prior.parameters())
+    assert float(mvae.encoder.net[0].weight.grad.abs().max()) > 0.0
+    mvae.zero_grad()
+    mvae.loss(blocks, pdf, kl_weight=1.0)[0].backward()
+    assert float(mvae.prior.net[0].weight.grad.abs().max()) > 0.0
+
+
 def test_checkpoint_round_trip(tmp_path):
     from emverse.checkpoint import save_checkpoint
 

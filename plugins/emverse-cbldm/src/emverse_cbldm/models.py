@@ -255,7 +255,11 @@ class MatrixVAE(nn.Module):
 
     def encode(self, blocks, pdf):
         mu_p, logvar_p = self.prior(pdf)
-        up = F.interpolate(mu_p, size=(self.block, self.block), mode="nearest")
+        # The encoder sees μ_p as a hint but does not train it: with the gradient of the
+        # reconstruction flowing back through this channel, μ_p became a feature for the
+        # encoder instead of a prior (val atom count from the decoded μ_p off by a median 27 %;
+        # 5.6 % once the prior is fitted to the posteriors alone). The prior learns from the KL only.
+        up = F.interpolate(mu_p.detach(), size=(self.block, self.block), mode="nearest")
         mu, logvar = self.encoder(torch.cat([blocks, up], dim=1))
         return mu, logvar, mu_p, logvar_p
 
