@@ -30,6 +30,7 @@ test-slow: install
 	$(PY) -m pytest -q --runslow
 
 lint: install
+	test -x $(VENV)/bin/ruff || $(PY) -m pip install --quiet "ruff>=0.5"
 	$(VENV)/bin/ruff check framework plugins tests benchmarks
 
 benchmarks: install

@@ -67,6 +67,21 @@ def test_tiny_training_run_writes_checkpoint_tables_and_metrics(tiny_run):
     assert (tiny_run / "cbldm.safetensors").exists()
 
 
+def test_evaluation_record_reproduces_the_reported_medians(tiny_run):
+    import json
+
+    metrics = read_metrics(tiny_run)
+    record = json.loads((tiny_run / "evaluation.json").read_text())
+    assert len(record["n_atoms"]) == len(record["structure_type"]) == 2
+    for method in ("cbldm", "cbldm_accel", "mlp", "cnn"):
+        rw = np.asarray(record["rw"][method])
+        assert rw.shape == (2, 2 if method.startswith("cbldm") else 1)
+        per_pdf = np.median(rw, axis=1)
+        assert np.isclose(np.median(per_pdf), metrics[f"median_rw.{method}"])
+        assert metrics[f"median_rw_low95.{method}"] <= metrics[f"median_rw.{method}"]
+    assert 0.0 <= metrics["win_fraction.cbldm_vs_mlp"] <= 1.0
+
+
 def test_dataset_store_is_consistent(tiny_run):
     import zarr
     from emverse_pdf.debye import cbldm_gr

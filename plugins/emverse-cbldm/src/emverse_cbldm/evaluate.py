@@ -11,7 +11,10 @@ is recorded (with ``eval_polish_steps`` > 0 the positions are first polished aga
 the same for every method). A matrix with no atoms above threshold counts as a failure (Rw = 1, the
 value of predicting G = 0; Rw is unbounded above, a wrong structure with sharp
 peaks can score > 1). Tables: median Rw per structure type and per atom-count bin
-(the shape of the CbLDM paper's Tables 2–3); spread over candidates.
+(the shape of the CbLDM paper's Tables 2–3); spread over candidates; a 95 % bootstrap
+interval on each method's overall median (resampling PDFs) and, for each CbLDM sampler, the
+fraction of PDFs on which it beats each baseline (paired: same PDF). Every candidate's Rw and
+atom count is kept in ``evaluation.json`` so the tables can be recomputed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,21 @@ from .sampler import AcceleratedSampler
 #: atom-count bins of the CbLDM paper's Table 3
 ATOM_BINS = ((5, 80), (81, 170), (171, 256))
 FAILED_RW = 1.0
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_median_interval(
+    values, rng: np.random.Generator, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values`` (resampled with replacement)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    draws = rng.integers(0, values.size, size=(resamples, values.size))
+    medians = np.median(values[draws], axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(medians, [tail, 1.0 - tail])
+    return float(low), float(high)
 
 
 def structure_pdf(positions: np.ndarray) -> np.ndarray:
@@ -130,8 +148,12 @@ def _median(values) -> float:
     return float(np.median(values)) if values.size else float("nan")
 
 
-def summarise(results: dict, val: dict) -> dict:
-    """Tables (header, rows) by type and atom-count bin, and scalar metrics."""
+def summarise(results: dict, val: dict, rng: np.random.Generator | None = None) -> dict:
+    """Tables (header, rows) by type and atom-count bin, and scalar metrics.
+
+    ``rng`` draws the bootstrap resamples (the run's seeded generator; a fixed one if None).
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
     n = results["n_eval"]
     methods = results["methods"]
     type_index = val["type_index"][:n]
@@ -194,8 +216,25 @@ def summarise(results: dict, val: dict) -> dict:
     for name, value in results["nfe"].items():
         metrics[f"nfe.{name}"] = float(value)
     metrics["eval_polish_steps"] = float(results.get("polish_steps", 0))
+    # uncertainty of the overall medians, and paired wins of each sampler over each baseline
+    baselines = [m for m in methods if not m.startswith("cbldm")]
+    interval_rows = []
+    for m in methods:
+        low, high = bootstrap_median_interval(per_pdf[m], rng)
+        metrics[f"median_rw_low95.{m}"] = low
+        metrics[f"median_rw_high95.{m}"] = high
+        wins = []
+        for b in baselines if m.startswith("cbldm") else []:
+            fraction = float(np.mean(per_pdf[m] < per_pdf[b]))
+            metrics[f"win_fraction.{m}_vs_{b}"] = fraction
+            wins.append(f"{b} {fraction:.2f}")
+        interval_rows.append(
+            [m, round(_median(per_pdf[m]), 4), round(low, 4), round(high, 4), ", ".join(wins) or "-"]
+        )
+    interval_header = ["method", "median Rw", "95 % low", "95 % high", "beats baseline on"]
     return {
         "type_table": (header, type_rows),
+        "interval_table": (interval_header, interval_rows),
         "bin_table": (["atoms", "n", *header[2:]], bin_rows),
         "grid_table": (grid_header, grid_rows),
         "metrics": metrics,
@@ -203,8 +242,24 @@ def summarise(results: dict, val: dict) -> dict:
 
 
 def report_evaluation(ctx, results: dict, val: dict) -> dict:
-    summary = summarise(results, val)
+    from emverse.io import write_json
+
+    summary = summarise(results, val, ctx.numpy_rng("bootstrap"))
+    n = results["n_eval"]
+    write_json(
+        ctx.out_dir / "evaluation.json",
+        {
+            "methods": results["methods"],
+            "structure_type": [STRUCTURE_TYPES[int(t)] for t in val["type_index"][:n]],
+            "n_atoms": [int(a) for a in val["n_atoms"][:n]],
+            "rw": {m: results["rw"][m] for m in results["methods"]},
+            "generated_atoms": {m: results["atoms"][m] for m in results["methods"]},
+            "nfe": results["nfe"],
+            "polish_steps": results.get("polish_steps", 0),
+        },
+    )
     ctx.add_table("median Rw by structure type (validation)", *summary["type_table"])
+    ctx.add_table("median Rw, 95 % bootstrap interval over PDFs", *summary["interval_table"])
     ctx.add_table("median Rw by atom count (validation)", *summary["bin_table"])
     ctx.add_table("median Rw by atom count and type (validation)", *summary["grid_table"])
     ctx.save_figure("rw-distribution", rw_figure(results))
