@@ -32,7 +32,7 @@ def test_experimental_recipe_gives_au144_candidates(tmp_path):
             overrides=[
                 f'options.observations=["{gr}"]',
                 "options.candidates=2",
-                "options.sampler.steps=10",
+                "options.sampler.steps=50",
                 "options.refiner.maxiter=30",
                 "options.refiner.polish_steps=5",
             ],
@@ -44,12 +44,14 @@ def test_experimental_recipe_gives_au144_candidates(tmp_path):
     assert 0.0 < metrics[f"{name}.best_rwp"] <= metrics[f"{name}.median_rwp"]
     xyz = sorted((run_dir / "candidates").glob(f"{name}_*.xyz"))
     assert xyz
-    n = int(xyz[0].read_text().splitlines()[0])
-    assert 5 <= n <= 256
-    lines = xyz[0].read_text().splitlines()[2:]
-    x = np.array([[float(v) for v in line.split()[1:]] for line in lines])
-    d = np.linalg.norm(x[:, None] - x[None], axis=-1) + 1e9 * np.eye(n)
-    assert d.min() > 1.0  # Å: no two atoms on top of each other
+    for path in xyz:
+        n = int(path.read_text().splitlines()[0])
+        # the shipped model reads this measured Au144 PDF as a cluster of about that size
+        assert 100 <= n <= 200
+        lines = path.read_text().splitlines()[2:]
+        x = np.array([[float(v) for v in line.split()[1:]] for line in lines])
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1) + 1e9 * np.eye(n)
+        assert d.min() > 2.5  # Å: the recipe's hard core for gold (2.6 Å) holds
     assert (run_dir / "figures" / f"{name}-fits.png").exists()
 
 

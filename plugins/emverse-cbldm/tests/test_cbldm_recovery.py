@@ -96,3 +96,22 @@ def test_evaluation_candidate_polish_lowers_rw_against_the_input_pdf():
     assert y.shape == x.shape and g.shape == g_in.shape
     assert rw_plain > 0.5
     assert rw_polished < 0.5 * rw_plain
+
+
+def test_pdf_polish_hard_core_keeps_atoms_apart():
+    """A measured G(r) is flat below its first peak, so the polish alone leaves an extra atom
+    0.9 Å from another; with the hard-core term (2 Å) no pair ends closer than 2 Å."""
+    from emverse_cbldm.recovery import polish_against_pdf
+    from emverse_pdf.debye import cbldm_gr
+
+    x = torch.as_tensor(build_cluster(ClusterSpec("Ico", (3,), "Au", 2.88)))
+    g_obs = cbldm_gr(x[None])[0]
+    start = torch.cat([x, (x[0] + torch.tensor([0.9, 0.0, 0.0], dtype=x.dtype))[None]])
+
+    def closest(p):
+        return float((torch.cdist(p, p) + 1e9 * torch.eye(len(p), dtype=p.dtype)).min())
+
+    free, _ = polish_against_pdf(cbldm_gr, start, g_obs, steps=100, lr=0.01)
+    held, _ = polish_against_pdf(cbldm_gr, start, g_obs, steps=100, lr=0.01, min_distance=2.0)
+    assert closest(free) < 1.5
+    assert closest(held) > 1.95

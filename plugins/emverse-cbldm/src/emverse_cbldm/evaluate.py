@@ -30,6 +30,8 @@ from .sampler import AcceleratedSampler
 #: atom-count bins of the CbLDM paper's Table 3
 ATOM_BINS = ((5, 80), (81, 170), (171, 256))
 FAILED_RW = 1.0
+#: hard-core distance (Å) of the recovery and of the polish (the refiner's default)
+MIN_DISTANCE_ANGSTROM = 2.0
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -67,7 +69,9 @@ def matrix_to_candidate(
     lowers Rw against ``g_in`` through ``pdf.debye`` (the refiner's PDF polish).
     """
     try:
-        x, _ = recover_positions(blocks.double(), maxiter=maxiter, init="best")
+        x, _ = recover_positions(
+            blocks.double(), maxiter=maxiter, init="best", min_distance_angstrom=MIN_DISTANCE_ANGSTROM
+        )
     except EmverseError:
         return None, FAILED_RW, None
     if polish_steps > 0:
@@ -76,7 +80,7 @@ def matrix_to_candidate(
         polished, _ = polish_against_pdf(
             lambda p: cbldm_gr(p, None, "Au"),  # one element: the form factor cancels
             torch.as_tensor(x - x.mean(0)), torch.as_tensor(g_in), steps=polish_steps,
-            lr=polish_lr,
+            lr=polish_lr, min_distance=MIN_DISTANCE_ANGSTROM,
         )
         x = polished.numpy()
     g = structure_pdf(x)

@@ -183,6 +183,7 @@ def _structures_figure(name, candidates):
     for k, (value, x, _) in enumerate(items):
         ax = fig.add_subplot(1, len(items), k + 1, projection="3d")
         ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=20, c=x[:, 2], cmap="viridis")
-        ax.set_title(f"{name} #{k}: {x.shape[0]} atoms, Rwp {value:.3f}", fontsize=7)
+        ax.set_title(f"#{k}: {x.shape[0]} atoms, Rwp {value:.3f}", fontsize=8)
         ax.set_axis_off()
+    fig.suptitle(name, fontsize=9)
     return fig

@@ -251,7 +251,8 @@ class DistanceGeometry(Refiner):
         positions = torch.as_tensor(x)
         if self.polish_steps > 0 and model is not None and pdf is not None:
             positions, polish_hist = polish_against_pdf(
-                model, positions, torch.as_tensor(pdf), steps=self.polish_steps, lr=self.polish_lr
+                model, positions, torch.as_tensor(pdf), steps=self.polish_steps, lr=self.polish_lr,
+                min_distance=self.min_distance,
             )
             history["pdf_rwp"] = polish_hist
         return RefinementResult(
@@ -269,25 +270,37 @@ def rwp(pred: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
 
 
 def polish_against_pdf(
-    pdf_model, positions: torch.Tensor, g_obs: torch.Tensor, *, steps=100, lr=0.005
+    pdf_model, positions: torch.Tensor, g_obs: torch.Tensor, *, steps=100, lr=0.005,
+    min_distance: float = 0.0,
 ):
     """Adam on the positions (Å) to lower Rw between ``pdf_model(positions)`` and ``g_obs``,
-    both normalised by their maximum (the scale of a measured G(r) is arbitrary)."""
+    both normalised by their maximum (the scale of a measured G(r) is arbitrary).
+
+    ``min_distance`` > 0 (Å) adds the recovery's hard-core term Σ_{i<j} max(0, d_min² − d_ij²)²
+    (Å⁴, weight 1): a measured G(r) is nearly flat below the first peak, so without it the
+    polish can pull atoms onto each other. The returned positions are those of the lowest
+    Rw + hard-core value; the history holds Rw.
+    """
     dtype = torch.float64
     x = positions.detach().to(dtype).clone().requires_grad_(True)
     g_obs = g_obs.to(dtype)
     g_obs = g_obs / g_obs.abs().max()
     opt = torch.optim.Adam([x], lr=lr)
+    upper = torch.triu(torch.ones(x.shape[0], x.shape[0], dtype=torch.bool), diagonal=1)
     hist = []
     best = (float("inf"), x.detach().clone())
     for _ in range(steps):
         opt.zero_grad()
         g = pdf_model(x[None])[0]
         g = g / g.abs().max()
-        loss = rwp(g, g_obs)
+        fit = rwp(g, g_obs)
+        loss = fit
+        if min_distance > 0:
+            d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)[upper]
+            loss = loss + (torch.relu(min_distance**2 - d2) ** 2).sum()
         if float(loss.detach()) < best[0]:
             best = (float(loss.detach()), x.detach().clone())
-        hist.append(float(loss.detach()))
+        hist.append(float(fit.detach()))
         loss.backward()
         opt.step()
     return best[1], hist
