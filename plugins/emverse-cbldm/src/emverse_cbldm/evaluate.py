@@ -24,14 +24,12 @@ import torch
 from emverse.errors import EmverseError
 
 from .clusters import STRUCTURE_TYPES
-from .recovery import polish_against_pdf, recover_positions
+from .recovery import MIN_DISTANCE_ANGSTROM, polish_against_pdf, recover_positions
 from .sampler import AcceleratedSampler
 
 #: atom-count bins of the CbLDM paper's Table 3
 ATOM_BINS = ((5, 80), (81, 170), (171, 256))
 FAILED_RW = 1.0
-#: hard-core distance (Å) of the recovery and of the polish (the refiner's default)
-MIN_DISTANCE_ANGSTROM = 2.0
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -200,6 +198,7 @@ def summarise(results: dict, val: dict, rng: np.random.Generator | None = None) 
                 row.append(round(_median(per_pdf[m][sel]), 4) if sel.any() else "-")
             grid_rows.append(row)
     grid_header = ["atoms", "method", *[STRUCTURE_TYPES[ti] for ti in present]]
+    baselines = [m for m in methods if not m.startswith("cbldm")]
     metrics = {}
     for m in methods:
         metrics[f"median_rw.{m}"] = _median(per_pdf[m])
@@ -211,9 +210,7 @@ def summarise(results: dict, val: dict, rng: np.random.Generator | None = None) 
         metrics[f"median_rw_recovered.{m}"] = _median(recovered)
         wins = 0
         for row in type_rows[:-1]:
-            others = [
-                row[2 + j] for j, o in enumerate(methods) if o != m and not o.startswith("cbldm")
-            ]
+            others = [row[2 + methods.index(b)] for b in baselines if b != m]
             if others and row[2 + methods.index(m)] < min(others):
                 wins += 1
         metrics[f"types_better_than_baselines.{m}"] = float(wins)
@@ -221,7 +218,6 @@ def summarise(results: dict, val: dict, rng: np.random.Generator | None = None) 
         metrics[f"nfe.{name}"] = float(value)
     metrics["eval_polish_steps"] = float(results.get("polish_steps", 0))
     # uncertainty of the overall medians, and paired wins of each sampler over each baseline
-    baselines = [m for m in methods if not m.startswith("cbldm")]
     interval_rows = []
     for m in methods:
         low, high = bootstrap_median_interval(per_pdf[m], rng)

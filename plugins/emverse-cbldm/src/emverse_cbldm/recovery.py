@@ -80,6 +80,17 @@ def mds_init(w: np.ndarray, t: float) -> np.ndarray:
     return coords
 
 
+#: default hard-core distance (Å) of the recovery and of the PDF polish
+MIN_DISTANCE_ANGSTROM = 2.0
+
+
+def hard_core_penalty(d2: torch.Tensor, min_distance: float) -> torch.Tensor:
+    """Σ_{i<j} max(0, d_min² − d_ij²)² (Å⁴) from the squared-distance matrix ``d2`` (n, n)."""
+    n = d2.shape[0]
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=d2.device), diagonal=1)
+    return (torch.relu(min_distance**2 - d2[upper]) ** 2).sum()
+
+
 def weight_loss(
     x: torch.Tensor, w: torch.Tensor, t: float, min_distance: float = 0.0
 ) -> torch.Tensor:
@@ -89,8 +100,7 @@ def weight_loss(
     d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     loss = ((torch.exp(-d2 / t) - w) ** 2).sum()
     if min_distance > 0:
-        off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-        loss = loss + (torch.relu(min_distance**2 - d2[off]) ** 2).sum()
+        loss = loss + 2.0 * hard_core_penalty(d2, min_distance)  # both orders of each pair
     return loss
 
 
@@ -123,7 +133,7 @@ def recover_positions(
     init: str = "best",
     maxiter: int = 200,
     gtol: float = 1e-10,
-    min_distance_angstrom: float = 2.0,
+    min_distance_angstrom: float = MIN_DISTANCE_ANGSTROM,
     callback=None,
 ) -> tuple[np.ndarray, dict]:
     """Atom positions (n, 3) in Å from a (possibly noisy) weight matrix, and an info dict."""
@@ -212,7 +222,7 @@ class DistanceGeometry(Refiner):
         maxiter: int = 200,
         polish_steps: int = 0,
         polish_lr: float = 0.005,
-        min_distance_angstrom: float = 2.0,
+        min_distance_angstrom: float = MIN_DISTANCE_ANGSTROM,
     ):
         self.min_distance = min_distance_angstrom
         self.t = t_angstrom2
@@ -286,7 +296,6 @@ def polish_against_pdf(
     g_obs = g_obs.to(dtype)
     g_obs = g_obs / g_obs.abs().max()
     opt = torch.optim.Adam([x], lr=lr)
-    upper = torch.triu(torch.ones(x.shape[0], x.shape[0], dtype=torch.bool), diagonal=1)
     hist = []
     best = (float("inf"), x.detach().clone())
     for _ in range(steps):
@@ -296,8 +305,8 @@ def polish_against_pdf(
         fit = rwp(g, g_obs)
         loss = fit
         if min_distance > 0:
-            d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)[upper]
-            loss = loss + (torch.relu(min_distance**2 - d2) ** 2).sum()
+            d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+            loss = loss + hard_core_penalty(d2, min_distance)
         if float(loss.detach()) < best[0]:
             best = (float(loss.detach()), x.detach().clone())
         hist.append(float(fit.detach()))
