@@ -82,6 +82,34 @@ def test_evaluation_record_reproduces_the_reported_medians(tiny_run):
     assert 0.0 <= metrics["win_fraction.cbldm_vs_mlp"] <= 1.0
 
 
+def test_reevaluation_pairs_the_samplers_and_does_not_depend_on_workers(tiny_run, tmp_path):
+    """Same weights and seed, two worker processes, accelerated set to plain (t1 = t2 = 1):
+    both samplers start from the same noise, so their Rw agree candidate by candidate, and
+    every number equals the single-process run's."""
+    import json
+
+    recipe = tmp_path / "again.toml"
+    text = TINY.replace("epochs_matrix_vae = 2", "epochs_matrix_vae = 0")
+    for stage in ("pdf_vae", "ldm", "baselines"):
+        text = text.replace(f"epochs_{stage} = 1", f"epochs_{stage} = 0")
+    text = text.replace("accelerated_t1 = 0.67", "accelerated_t1 = 1.0")
+    text = text.replace("accelerated_t2 = 0.34", "accelerated_t2 = 1.0")
+    text = text.replace(
+        "recovery_maxiter = 10",
+        f'recovery_maxiter = 10\neval_workers = 2\ninit_checkpoint = "{tiny_run / "cbldm.safetensors"}"',
+    )
+    text = text.replace("[dataset]", f'[dataset]\nstore = "{tiny_run / "dataset.zarr"}"')
+    recipe.write_text(text)
+    again = json.loads((run_recipe(recipe, tmp_path / "run") / "evaluation.json").read_text())
+    first = json.loads((tiny_run / "evaluation.json").read_text())
+    np.testing.assert_array_equal(again["rw"]["cbldm_accel"], again["rw"]["cbldm"])
+    for method in ("cbldm", "mlp", "cnn"):
+        np.testing.assert_array_equal(again["rw"][method], first["rw"][method])
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["paired_median_diff_rw.cbldm_accel_minus_cbldm"] == 0.0
+    assert metrics["tie_fraction.cbldm_accel_vs_cbldm"] == 1.0
+
+
 def test_dataset_store_is_consistent(tiny_run):
     import zarr
     from emverse_pdf.debye import cbldm_gr

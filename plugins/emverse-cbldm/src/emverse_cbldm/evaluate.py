@@ -13,7 +13,9 @@ value of predicting G = 0; Rw is unbounded above, a wrong structure with sharp
 peaks can score > 1). Tables: median Rw per structure type and per atom-count bin
 (the shape of the CbLDM paper's Tables 2–3); spread over candidates; a 95 % bootstrap
 interval on each method's overall median (resampling PDFs) and, for each CbLDM sampler, the
-fraction of PDFs on which it beats each baseline (paired: same PDF). Every candidate's Rw and
+fraction of PDFs on which it beats each baseline (paired: same PDF). The plain and the
+accelerated sampler start from the same noise; their comparison is the median of the per-PDF
+differences (accelerated − plain) with its bootstrap interval. Every candidate's Rw and
 atom count is kept in ``evaluation.json`` so the tables can be recomputed.
 """
 
@@ -94,8 +96,34 @@ def generate_matrices(model, pdf: torch.Tensor, n: int, sampler: AcceleratedSamp
     return out.view(pdf.shape[0], n, *out.shape[1:])
 
 
+def _candidate_job(job):
+    """One candidate (worker-safe): job = (blocks, g_in, maxiter, polish_steps, polish_lr)."""
+    return matrix_to_candidate(*job)
+
+
+def _map_candidates(jobs: list, workers: int, wrap):
+    """``matrix_to_candidate`` over ``jobs`` in order, in ``workers`` processes (1 = here).
+
+    Each worker runs torch on one thread; the result does not depend on ``workers``."""
+    if workers <= 1 or len(jobs) < 2:
+        return [_candidate_job(j) for j in wrap(jobs, desc="evaluate")]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child of a process that already ran OpenMP can hang
+    with ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+        initargs=(1,),
+    ) as pool:
+        return list(wrap(pool.map(_candidate_job, jobs, chunksize=4), desc="evaluate",
+                         total=len(jobs)))
+
+
 def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -> dict:
-    """Rw of every method and candidate for the first ``opts.eval_structures`` validation PDFs."""
+    """Rw of every method and candidate for the first ``opts.eval_structures`` validation PDFs.
+
+    The plain and the accelerated sampler start from the same noise (one seed drawn from
+    ``generator`` seeds both), so their Rw can be compared PDF by PDF."""
     n_eval = min(opts.eval_structures, len(val["pdf"]))
     pdf = torch.as_tensor(val["pdf"][:n_eval], dtype=torch.float32)
     samplers = {
@@ -104,28 +132,37 @@ def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -
             opts.sampling_steps, opts.accelerated_t1, opts.accelerated_t2
         ),
     }
+    device = generator.device
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
     matrices = {
-        name: generate_matrices(model, pdf, opts.candidates, s, generator)
+        name: generate_matrices(
+            model, pdf, opts.candidates, s, torch.Generator(device=device).manual_seed(seed)
+        )
         for name, s in samplers.items()
     }
     with torch.no_grad():
         for name, net in model.baselines.items():
             matrices[name] = net(pdf)[:, None]
     methods = list(matrices)
+    matrices = {m: v.detach().cpu() for m, v in matrices.items()}
+    keys = [(i, m, k) for i in range(n_eval) for m in methods for k in range(matrices[m].shape[1])]
+    jobs = [
+        (matrices[m][i, k], val["pdf"][i].astype(np.float64), opts.recovery_maxiter,
+         opts.eval_polish_steps, opts.eval_polish_lr)
+        for i, m, k in keys
+    ]
+    wrap = progress or (lambda it, **kw: it)
+    outcomes = dict(zip(keys, _map_candidates(jobs, opts.eval_workers, wrap), strict=True))
     rws = {m: np.full((n_eval, matrices[m].shape[1]), np.nan) for m in methods}
     atoms = {m: np.zeros((n_eval, matrices[m].shape[1]), dtype=int) for m in methods}
     examples = []
-    wrap = progress or (lambda it, **kw: it)
-    for i in wrap(range(n_eval), desc="evaluate"):
+    for i in range(n_eval):
         g_in = val["pdf"][i].astype(np.float64)
         example = {"g_in": g_in, "truth": val["positions"][i][: val["n_atoms"][i]], "methods": {}}
         for m in methods:
             best = None
             for k in range(matrices[m].shape[1]):
-                x, r, g = matrix_to_candidate(
-                    matrices[m][i, k], g_in, opts.recovery_maxiter, opts.eval_polish_steps,
-                    opts.eval_polish_lr,
-                )
+                x, r, g = outcomes[(i, m, k)]
                 rws[m][i, k] = r
                 atoms[m][i, k] = 0 if x is None else x.shape[0]
                 if best is None or r < best[1]:
@@ -232,9 +269,37 @@ def summarise(results: dict, val: dict, rng: np.random.Generator | None = None) 
             [m, round(_median(per_pdf[m]), 4), round(low, 4), round(high, 4), ", ".join(wins) or "-"]
         )
     interval_header = ["method", "median Rw", "95 % low", "95 % high", "beats baseline on"]
+    # accelerated against plain, PDF by PDF (both samplers start from the same noise)
+    sampler_rows = []
+    if "cbldm" in methods and "cbldm_accel" in methods:
+        diff = per_pdf["cbldm_accel"] - per_pdf["cbldm"]
+        low, high = bootstrap_median_interval(diff, rng)
+        key = "cbldm_accel_minus_cbldm"
+        metrics[f"paired_median_diff_rw.{key}"] = _median(diff)
+        metrics[f"paired_median_diff_rw_low95.{key}"] = low
+        metrics[f"paired_median_diff_rw_high95.{key}"] = high
+        metrics["win_fraction.cbldm_accel_vs_cbldm"] = float(np.mean(diff < 0))
+        metrics["tie_fraction.cbldm_accel_vs_cbldm"] = float(np.mean(diff == 0))
+        nfe = results["nfe"]
+        sampler_rows.append(
+            [
+                f"{nfe.get('cbldm_accel', '?')} vs {nfe.get('cbldm', '?')}",
+                round(_median(per_pdf["cbldm_accel"]), 4),
+                round(_median(per_pdf["cbldm"]), 4),
+                round(_median(diff), 4),
+                round(low, 4),
+                round(high, 4),
+                round(float(np.mean(diff < 0)), 3),
+            ]
+        )
+    sampler_header = [
+        "NFE accelerated vs plain", "accelerated median Rw", "plain median Rw",
+        "median of per-PDF differences", "95 % low", "95 % high", "accelerated lower on",
+    ]
     return {
         "type_table": (header, type_rows),
         "interval_table": (interval_header, interval_rows),
+        "sampler_table": (sampler_header, sampler_rows),
         "bin_table": (["atoms", "n", *header[2:]], bin_rows),
         "grid_table": (grid_header, grid_rows),
         "metrics": metrics,
@@ -260,6 +325,11 @@ def report_evaluation(ctx, results: dict, val: dict) -> dict:
     )
     ctx.add_table("median Rw by structure type (validation)", *summary["type_table"])
     ctx.add_table("median Rw, 95 % bootstrap interval over PDFs", *summary["interval_table"])
+    if summary["sampler_table"][1]:
+        ctx.add_table(
+            "accelerated vs plain sampler, paired by PDF (same starting noise)",
+            *summary["sampler_table"],
+        )
     ctx.add_table("median Rw by atom count (validation)", *summary["bin_table"])
     ctx.add_table("median Rw by atom count and type (validation)", *summary["grid_table"])
     ctx.save_figure("rw-distribution", rw_figure(results))
