@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff check framework plugins tests benchmarks
 
 benchmarks: install
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
