@@ -53,7 +53,7 @@ def main(argv=None):
     import abtem
     from emverse_bloch.cbed import OVERRIDE_HKL, BlochCBED
     from emverse_bloch.crystal import mgb2
-    from emverse_bloch.electron import wavelength_angstrom
+    from emverse.electron import wavelength_angstrom
     from emverse_bloch.structure_factors import structure_factors
 
     crystal = mgb2()

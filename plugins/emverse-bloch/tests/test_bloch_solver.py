@@ -8,7 +8,7 @@ import pytest
 import torch
 from emverse.errors import EmverseError
 from emverse_bloch.bloch import intensities, propagate
-from emverse_bloch.electron import wavelength_angstrom
+from emverse.electron import wavelength_angstrom
 from emverse_bloch.simulate import wavenumber_for, zone_axis_intensities
 from emverse_bloch.structure_factors import StructureParameters
 
@@ -61,7 +61,7 @@ def test_thin_crystal_kinematic_limit(mgb2_crystal):
     k = wavenumber_for(c, voltage)
     for t in (0.5, 1.0):
         beams, psi = zone_axis_intensities(c, (0, 1, 0), [t], g_max=1.5, return_amplitudes=True)
-        from emverse_bloch.electron import potential_prefactor
+        from emverse.electron import potential_prefactor
         from emverse_bloch.geometry import zone_axis_orientation
         from emverse_bloch.structure_factors import structure_factors
 

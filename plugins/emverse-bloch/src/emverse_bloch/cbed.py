@@ -46,7 +46,7 @@ from emverse.parameter_space import Parameter, ParameterSpace
 
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal, load_structure
-from emverse_bloch.electron import potential_prefactor, wavelength_angstrom
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     check_zone_axis,
     excitation_errors,

@@ -69,7 +69,7 @@ from emverse.parameter_space import Parameter, ParameterSpace
 
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal, load_structure
-from emverse_bloch.electron import potential_prefactor, wavelength_angstrom
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     excitation_errors,
     hkl_sphere,

@@ -15,7 +15,7 @@ import torch
 
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal
-from emverse_bloch.electron import potential_prefactor, wavelength_angstrom
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     excitation_errors,
     incident_direction,

@@ -36,7 +36,7 @@ import torch
 from emverse.errors import EmverseError
 
 from emverse_bloch.crystal import Crystal
-from emverse_bloch.electron import potential_prefactor
+from emverse.electron import potential_prefactor
 from emverse_bloch.scattering_factors import scattering_factor
 
 
