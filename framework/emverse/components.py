@@ -6,7 +6,7 @@ import importlib
 
 import attrs
 
-#: The six interfaces, plus the recipe-level kinds the runner knows.
+#: The six interfaces, the two joints (likelihood, parametrization) and the recipe-level kinds.
 KINDS = (
     "forward_model",
     "prior",
@@ -14,9 +14,13 @@ KINDS = (
     "guidance",
     "refiner",
     "metric",
+    "likelihood",
+    "parametrization",
+    "method",
     "task",
     "dataset",
-    "schedule",
+    "noise_schedule",
+    "guidance_weight",
 )
 
 

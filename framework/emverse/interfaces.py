@@ -48,6 +48,9 @@ class ForwardModel(nn.Module, Configurable, abc.ABC):
     """
 
     parameter_space: ParameterSpace | None = None
+    #: what ``forward`` predicts, matched against a likelihood's ``expects``:
+    #: "intensity" (non-negative intensities/probabilities), "amplitude", "pdf" (G(r)), "any"
+    output: str = "any"
 
     def __init__(self, noise: NoiseModel | None = None):
         super().__init__()
@@ -163,14 +166,20 @@ class Guidance(Configurable, abc.ABC):
 
     forward_model: ForwardModel | None = None
     observation: torch.Tensor | None = None
+    #: the recipe's ``[likelihood]``, when it has one; else the guidance's own choice
+    likelihood_term: Likelihood | None = None
 
-    def bind(self, forward_model: ForwardModel, observation: torch.Tensor) -> Guidance:
-        """A copy of this guidance tied to ``forward_model`` and ``observation``."""
+    def bind(self, forward_model: ForwardModel, observation: torch.Tensor,
+             likelihood: Likelihood | None = None) -> Guidance:
+        """A copy of this guidance tied to ``forward_model``, ``observation`` and, when given,
+        the ``likelihood`` that scores them."""
         import copy
 
         bound = copy.copy(self)
         bound.forward_model = forward_model
         bound.observation = observation
+        if likelihood is not None:
+            bound.likelihood_term = likelihood
         return bound
 
     @abc.abstractmethod
@@ -179,6 +188,66 @@ class Guidance(Configurable, abc.ABC):
     ) -> torch.Tensor:
         """The corrected estimate of x_0. ``x0_hat`` was computed from ``x_t``
         with autograd enabled, so the guidance may differentiate through it."""
+
+
+class Likelihood(Configurable, abc.ABC):
+    """Data fidelity: how well a prediction explains an observation (``[likelihood]``).
+
+    Shared by guidance (DPS) and refiners, so any solver meets any physics (deepinv's
+    physics × data-fidelity split). The core's likelihoods live in
+    :mod:`emverse.likelihoods`; ``expects`` names what the prediction must be
+    (``"any"`` or ``"intensity"``), checked against the forward model's ``output`` at
+    recipe validation.
+    """
+
+    expects: str = "any"
+
+    @abc.abstractmethod
+    def negative_log_likelihood(self, y_pred: torch.Tensor, y: Any) -> torch.Tensor:
+        """ℓ(y | ŷ) per batch element, shape (batch,), up to a constant in ŷ."""
+
+    def __call__(self, y_pred: torch.Tensor, y: Any) -> torch.Tensor:
+        """The mean of ℓ over the batch: the scalar a refiner minimises."""
+        return self.negative_log_likelihood(y_pred, y).mean()
+
+    def sample(self, y_pred: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A noisy observation drawn from the likelihood (where it is generative)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot draw observations")
+
+
+class Parametrization(nn.Module, Configurable, abc.ABC):
+    """The trainable parameter groups of a physical model, and the map to the forward model's input.
+
+    ``forward()`` (no argument) returns what the forward model takes: a parameter vector,
+    a structure, an object volume and probe. Refiners optimise a parametrization through
+    its :meth:`parameter_groups` and never know the physics.
+
+    * :meth:`parameter_groups`: torch optimiser groups, each a dict with ``params`` and a
+      ``name``, optionally ``lr_scale`` (multiplies the refiner's learning rate), so that
+      positions, ADPs and a thickness network can move at their own rates;
+    * :meth:`constrain`: called after every optimiser step (project onto bounds or a
+      symmetry-allowed subspace);
+    * :meth:`penalty`: restraints added to the negative log-likelihood (0 by default);
+    * :meth:`values`: the named refined quantities for the report;
+    * :meth:`check`: raise an :class:`emverse.errors.EmverseError` naming both tables when
+      ``forward_model`` cannot take this parametrization.
+    """
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"name": "all", "params": params}] if params else []
+
+    def constrain(self) -> None:
+        """Project the parameters back onto their allowed set (no-op by default)."""
+
+    def penalty(self) -> torch.Tensor | float:
+        return 0.0
+
+    def values(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.named_parameters()}
+
+    def check(self, forward_model: ForwardModel) -> None:
+        """Raise when ``forward_model`` cannot take what :meth:`forward` returns."""
 
 
 @attrs.define
@@ -219,9 +288,32 @@ class Samples:
 
 
 class Refiner(Configurable, abc.ABC):
-    """Optimises the free parameters of a (hybrid) model against an observation."""
+    """Optimises a parametrization against an observation through a forward model and a likelihood.
 
-    @abc.abstractmethod
+    The one contract (:meth:`run`): minimise
+    ``likelihood(forward_model(parametrization()), observation) + parametrization.penalty()``
+    over ``parametrization.parameter_groups()``. :meth:`refine` is the older form for a
+    self-contained model whose ``forward()`` returns the prediction and whose
+    ``loss(prediction, observation)`` the scalar to minimise; the core's refiners serve
+    both through one loop.
+    """
+
+    def run(
+        self,
+        parametrization: Parametrization,
+        forward_model: ForwardModel,
+        likelihood: Likelihood,
+        observation: Any,
+        *,
+        callback=None,
+        generator: torch.Generator | None = None,
+    ) -> RefinementResult:
+        """Fit ``parametrization`` to ``observation``; ``callback(iteration, parametrization,
+        loss)`` may return a dict of floats that is appended to the history."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements only the model-owns-the-loss form (refine())"
+        )
+
     def refine(
         self,
         model: nn.Module,
@@ -236,6 +328,7 @@ class Refiner(Configurable, abc.ABC):
         (for metrics and progress) and may return a dict of floats that is
         appended to the history.
         """
+        raise NotImplementedError(f"{type(self).__name__} implements only run()")
 
 
 class Metric(Configurable, abc.ABC):

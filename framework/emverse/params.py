@@ -8,7 +8,7 @@ importing any implementation. Example::
     class CbedParams:
         voltage_kv: float = attrs.field(default=200.0, validator=positive)
         zone_axis: tuple[int, int, int] = (0, 1, 0)
-        schedule: ComponentSpec = nested("schedule", "diffusion.shifted_sigmoid")
+        schedule: ComponentSpec = nested("guidance_weight", "diffusion.shifted_sigmoid")
 
 Units go into the field names (``_kv``, ``_mrad``, ``_angstrom``) or the
 class docstring.

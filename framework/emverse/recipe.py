@@ -30,8 +30,10 @@ COMPONENT_TABLES = {
     "guidance": "guidance",
     "refiner": "refiner",
     "dataset": "dataset",
+    "likelihood": "likelihood",
+    "parametrization": "parametrization",
 }
-LIST_TABLES = {"metrics": "metric"}
+LIST_TABLES = {"metrics": "metric", "compare": "method"}
 TOP_LEVEL = {
     "schema_version", "name", "seed", "task", "device", "dtype", "description", "options",
     *COMPONENT_TABLES, *LIST_TABLES,
@@ -227,6 +229,10 @@ def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | 
         for required in getattr(type(task_spec.params), "requires", ()):
             if required not in raw:
                 v.error(f"$.{required}", f"is missing; task {task_name!r} needs a [{required}] table")
+    from emverse.compatibility import problems as incompatibilities
+
+    for path, message in incompatibilities(components):
+        v.error(path, message)
     if v.problems:
         raise RecipeError(v.problems, source=str(source) if source else "recipe")
     return Recipe(

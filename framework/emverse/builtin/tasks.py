@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from emverse.builtin.parametrizations import ParameterVector
 from emverse.figures import observations_figure, posterior_figure
 from emverse.interfaces import Task
+from emverse.likelihoods import ModelLikelihood
 from emverse.run import RunResult
 
 
@@ -55,6 +56,7 @@ class InferTask(Task):
         prior = ctx.build("prior")
         sampler = ctx.build("sampler") if ctx.has("sampler") else None
         guidance = ctx.build("guidance") if ctx.has("guidance") else None
+        likelihood = ctx.build("likelihood") if ctx.has("likelihood") else None
         truth = model.example_input(self.n_observations, generator=ctx.generator("truth"),
                                     dtype=ctx.dtype).to(ctx.device)
         y = model.simulate(truth, generator=ctx.generator("noise", device=ctx.device))
@@ -65,7 +67,8 @@ class InferTask(Task):
         elif guidance is not None:
             draws = torch.stack([
                 prior.sample(self.n_samples, sampler=sampler, generator=gen,
-                             guidance=guidance.bind(model, y[i:i + 1].expand(self.n_samples, *y.shape[1:])))
+                             guidance=guidance.bind(model, y[i:i + 1].expand(self.n_samples, *y.shape[1:]),
+                                                      likelihood))
                 for i in ctx.progress(range(len(y)), desc="observations")
             ])
         else:
@@ -78,21 +81,16 @@ class InferTask(Task):
         return RunResult(metrics)
 
 
-class _ParameterFit(nn.Module):
-    def __init__(self, model, start):
-        super().__init__()
-        self.model = model
-        self.x = nn.Parameter(start.clone())
-
-    def forward(self):
-        return self.model(self.x)
-
-    def loss(self, prediction, observation):
-        return self.model.loss(prediction, observation)
-
-
 class RefineTask(Task):
-    """Fit a parameter vector to one simulated observation from a perturbed start."""
+    """Fit a parametrization to one simulated observation from a perturbed start.
+
+    Built from the recipe's joints: ``[forward_model]``, ``[refiner]``, and optionally
+    ``[likelihood]`` (default: the forward model's own noise model) and
+    ``[parametrization]`` (default: ``core.parameter_vector``, all parameters free).
+    The truth is drawn from the forward model's parameter space; the observation is the
+    likelihood's draw around the prediction where the likelihood is generative, else the
+    forward model's ``simulate``.
+    """
 
     def __init__(self, start_offset: float = 0.3):
         self.start_offset = start_offset
@@ -100,31 +98,123 @@ class RefineTask(Task):
     def run(self, ctx):
         model = ctx.build("forward_model")
         refiner = ctx.build("refiner")
+        likelihood = ctx.build("likelihood") if ctx.has("likelihood") else ModelLikelihood(model)
+        parametrization = ctx.build("parametrization") if ctx.has("parametrization") else ParameterVector()
+        for p in model.parameters():
+            p.requires_grad_(False)
         truth = model.example_input(1, generator=ctx.generator("truth"), dtype=ctx.dtype).to(ctx.device)
-        y = model.simulate(truth, generator=ctx.generator("noise", device=ctx.device))
+        y = _observe(model, likelihood, truth, ctx.generator("noise", device=ctx.device))
         space = model.parameter_space
         noise = torch.randn(truth.shape, generator=ctx.generator("start"), dtype=truth.dtype).to(ctx.device)
         if space is not None:
-            start = space.denormalise(space.normalise(truth) + self.start_offset * noise)
+            start = space.denormalise((space.normalise(truth) + self.start_offset * noise).clamp(-1, 1))
         else:
             start = truth + self.start_offset * noise
-        for p in model.parameters():
-            p.requires_grad_(False)
-        fit = _ParameterFit(model, start)
-        result = refiner.refine(fit, y, generator=ctx.generator("refiner"))
+        if isinstance(parametrization, ParameterVector):
+            parametrization.start_at(model, start)
+        parametrization.to(device=ctx.device)
+        result = refiner.run(parametrization, model, likelihood, y, generator=ctx.generator("refiner"))
+        refined = parametrization().detach()
         from emverse.figures import new_figure
 
         fig, axes = new_figure(1, 1, size=4)
         axes[0, 0].semilogy(result.history["loss"])
         axes[0, 0].set_xlabel("iteration")
-        axes[0, 0].set_ylabel("loss")
+        axes[0, 0].set_ylabel("negative log-likelihood")
         ctx.save_figure("loss", fig)
-        ctx.add_table("refined parameters", ["parameter", "truth", "start", "refined"],
-                      [[names, float(t), float(s), float(r)] for names, t, s, r in zip(
-                          space.names if space else [f"x{i}" for i in range(truth.shape[-1])],
-                          truth[0], start[0], fit.x.detach()[0], strict=True)])
-        metrics = _metrics_of(ctx, fit.x.detach(), truth)
+        names = space.names if space else [f"x{i}" for i in range(truth.shape[-1])]
+        units = space.units if space else [""] * truth.shape[-1]
+        ctx.add_table("refined parameters", ["parameter", "unit", "truth", "start", "refined"],
+                      [[name, unit, float(t), float(s), float(r)] for name, unit, t, s, r in zip(
+                          names, units, truth[0], start[0], refined[0], strict=True)])
+        metrics = _metrics_of(ctx, refined, truth)
         metrics["final_loss"] = result.final_loss
+        metrics["iterations"] = float(result.iterations)
         metrics["start_rmse"] = float((start - truth).pow(2).mean().sqrt())
-        metrics["refined_rmse"] = float((fit.x.detach() - truth).pow(2).mean().sqrt())
+        metrics["refined_rmse"] = float((refined - truth).pow(2).mean().sqrt())
+        return RunResult(metrics)
+
+
+def _observe(model, likelihood, truth, generator):
+    """A noisy observation of ``truth``: the likelihood's draw where it can make one."""
+    if isinstance(likelihood, ModelLikelihood):
+        return model.simulate(truth, generator=generator)
+    with torch.no_grad():
+        try:
+            return likelihood.sample(model(truth), generator)
+        except NotImplementedError:
+            return model.simulate(truth, generator=generator)
+
+
+class EvaluateTask(Task):
+    """Every ``[[compare]]`` method on the same simulated test set, scored once, here.
+
+    Truths are drawn from the forward model's parameter space; each observation is
+    simulated once (``[likelihood]``'s draw, else the model's noise) and every method
+    sees the same observation and, for refiners, the same start. Scores per observation:
+    the squared error of the estimate in normalised units (mean over parameters) and the
+    ``[[metrics]]``; the first method is compared with each other one by a paired
+    bootstrap of the per-observation scores (:func:`emverse.statistics.paired_bootstrap`).
+    """
+
+    def __init__(self, n_observations: int = 10, start_offset: float = 0.3, n_boot: int = 2000,
+                 confidence: float = 0.95):
+        self.n_observations, self.start_offset = n_observations, start_offset
+        self.n_boot, self.confidence = n_boot, confidence
+
+    def run(self, ctx):
+        import numpy as np
+
+        from emverse.statistics import paired_bootstrap
+
+        model = ctx.build("forward_model")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        likelihood = ctx.build("likelihood") if ctx.has("likelihood") else None
+        methods = ctx.build("compare")
+        space = model.parameter_space
+        if space is None:
+            from emverse.errors import EmverseError
+
+            raise EmverseError("task 'evaluate' needs a [forward_model] with a parameter_space")
+        truth = model.example_input(self.n_observations, generator=ctx.generator("truth"),
+                                    dtype=ctx.dtype).to(ctx.device)
+        noise_gen = ctx.generator("noise", device=ctx.device)
+        observations = torch.cat([
+            _observe(model, likelihood or ModelLikelihood(model), truth[i:i + 1], noise_gen)
+            for i in range(len(truth))])
+        offsets = torch.randn(truth.shape, generator=ctx.generator("start"), dtype=truth.dtype).to(ctx.device)
+        starts = space.denormalise((space.normalise(truth) + self.start_offset * offsets).clamp(-1, 1))
+        scores: dict[str, torch.Tensor] = {}
+        metrics: dict[str, float] = {}
+        for m_index, method in enumerate(methods):
+            gen = ctx.generator(f"method{m_index}", device=ctx.device)
+            estimates = []
+            for i in ctx.progress(range(len(truth)), desc=method.label):
+                estimates.append(method.estimate(ctx, model, likelihood, observations[i:i + 1],
+                                                 starts[i:i + 1], gen).point)
+            estimate = torch.cat(estimates)
+            error = (space.normalise(estimate) - space.normalise(truth)).pow(2).mean(dim=1)
+            scores[method.label] = error
+            metrics[f"{method.label}.normalised_mse"] = float(error.mean())
+            metrics[f"{method.label}.normalised_rmse"] = float(error.mean().sqrt())
+            for key, value in _metrics_of(ctx, estimate, truth).items():
+                metrics[f"{method.label}.{key}"] = value
+        labels = list(scores)
+        rows = []
+        for other in labels[1:]:
+            result = paired_bootstrap(scores[labels[0]], scores[other], n_boot=self.n_boot,
+                                      confidence=self.confidence,
+                                      rng=np.random.default_rng(int(ctx.seed)))
+            key = f"paired.{labels[0]}_minus_{other}"
+            metrics[key] = result.difference
+            metrics[key + "_low"] = result.ci_low
+            metrics[key + "_high"] = result.ci_high
+            metrics[key + "_p"] = result.p_value
+            rows.append([labels[0], other, result.difference, result.ci_low, result.ci_high, result.p_value])
+        ctx.add_table("methods (normalised MSE per observation, mean)", ["method", "normalised MSE"],
+                      [[label, float(scores[label].mean())] for label in labels])
+        if rows:
+            ctx.add_table(f"paired bootstrap ({self.confidence:.0%} interval of the mean difference)",
+                          ["A", "B", "mean(A - B)", "low", "high", "p"], rows)
         return RunResult(metrics)

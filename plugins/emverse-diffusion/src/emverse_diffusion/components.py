@@ -52,7 +52,7 @@ class MLPDiffusionPrior(NetworkDiffusionPrior):
 
     @classmethod
     def from_params(cls, params, ctx=None):
-        schedule = ctx.build_spec(params.schedule, "schedule") if ctx is not None else None
+        schedule = ctx.build_spec(params.schedule, "noise_schedule") if ctx is not None else None
         prior = cls(params.dim, params.condition_dim, params.hidden, params.depth, params.time_features,
                     params.prediction, params.time_input, schedule, params.clip_x0)
         prior.config = params_to_dict(params)

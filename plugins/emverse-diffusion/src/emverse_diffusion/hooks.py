@@ -9,18 +9,18 @@ _P = "emverse_diffusion.params:"
 @hookimpl
 def emverse_components():
     # noise schedules (t ∈ [0, 1], t = 0 clean)
-    yield Component("schedule", "diffusion.linear_beta", "emverse_diffusion.schedules:LinearBetaSchedule",
+    yield Component("noise_schedule", "diffusion.linear_beta", "emverse_diffusion.schedules:LinearBetaSchedule",
                     _P + "LinearBetaParams", "DDPM linear-β noise schedule (β₁, β_T, T steps)")
-    yield Component("schedule", "diffusion.cosine", "emverse_diffusion.schedules:CosineSchedule",
+    yield Component("noise_schedule", "diffusion.cosine", "emverse_diffusion.schedules:CosineSchedule",
                     _P + "CosineParams", "Cosine noise schedule with offset s (Nichol & Dhariwal)")
-    yield Component("schedule", "diffusion.logsnr", "emverse_diffusion.schedules:LogSNRSchedule",
+    yield Component("noise_schedule", "diffusion.logsnr", "emverse_diffusion.schedules:LogSNRSchedule",
                     _P + "LogSNRParams", "Noise schedule given in logSNR: α² = sigmoid(λ), σ² = sigmoid(−λ)")
     # guidance weight schedules
-    yield Component("schedule", "diffusion.constant", "emverse_diffusion.guidance.weights:ConstantWeight",
+    yield Component("guidance_weight", "diffusion.constant", "emverse_diffusion.guidance.weights:ConstantWeight",
                     _P + "ConstantWeightParams", "Constant guidance weight")
-    yield Component("schedule", "diffusion.alpha", "emverse_diffusion.guidance.weights:AlphaWeight",
+    yield Component("guidance_weight", "diffusion.alpha", "emverse_diffusion.guidance.weights:AlphaWeight",
                     _P + "AlphaWeightParams", "Guidance weight ∝ α_t^power (grows as noise falls)")
-    yield Component("schedule", "diffusion.shifted_sigmoid",
+    yield Component("guidance_weight", "diffusion.shifted_sigmoid",
                     "emverse_diffusion.guidance.weights:ShiftedSigmoidWeight", _P + "ShiftedSigmoidParams",
                     "Annealed guidance weight sigmoid(−k(λ−λ₀)): strong at high noise, → 0 at the end")
     # samplers

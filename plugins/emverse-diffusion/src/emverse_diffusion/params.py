@@ -147,7 +147,7 @@ class EulerParams:
 class DPSParams:
     """DPS: x̂₀ ← x̂₀ − w(t)·c(t)·∇ℓ; ``schedule`` is the weight schedule component."""
 
-    schedule: ComponentSpec = nested("schedule", "diffusion.shifted_sigmoid")
+    schedule: ComponentSpec = nested("guidance_weight", "diffusion.shifted_sigmoid")
     likelihood: str = attrs.field(
         default="gaussian", validator=one_of("gaussian", "poisson", "amplitude", "model")
     )
@@ -174,7 +174,7 @@ class MLPPriorParams:
     time_features: int = attrs.field(default=32, validator=_positive_int)
     prediction: str = attrs.field(default="v", validator=one_of(*PREDICTIONS))
     time_input: str = attrs.field(default="t", validator=one_of("t", "logsnr", "step"))
-    schedule: ComponentSpec = nested("schedule", "diffusion.cosine")
+    schedule: ComponentSpec = nested("noise_schedule", "diffusion.cosine")
     checkpoint: str = ""
     use_ema: bool = True
     clip_x0: float | None = attrs.field(default=None, validator=_optional_positive)

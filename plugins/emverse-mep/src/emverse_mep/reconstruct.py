@@ -119,7 +119,7 @@ def guidance_variants(ctx, ablation: bool) -> dict[str, ComponentSpec]:
         for other in SCHEDULE_NAMES:
             if other == main.type:
                 continue
-            defaults = ctx.registry.get("schedule", other).load_params()()
+            defaults = ctx.registry.get("guidance_weight", other).load_params()()
             weight = ComponentSpec(other, attrs.evolve(defaults, scale=scale))
             variants[schedule_name(weight)] = ComponentSpec(spec.type, attrs.evolve(params, schedule=weight))
     return variants

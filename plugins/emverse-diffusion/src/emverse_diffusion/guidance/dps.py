@@ -16,6 +16,10 @@ with ℓ the negative log-likelihood per sample:
   σ_a = 1/(2√dose), since Var √N ≈ 1/4 for counts N; else 1);
 * ``likelihood="model"``:    ℓ = −``forward_model.log_likelihood(A x̂₀, y)``.
 
+These are the core's likelihood components (:mod:`emverse.likelihoods`); a recipe's
+``[likelihood]`` table, bound with ``guidance.bind(model, y, likelihood)``, replaces
+the choice made here.
+
 ``c(t) = σ_t²/α_t`` when ``tweedie`` is set: this is the exact factor that turns a
 likelihood score into a change of the posterior mean (E[x₀|x_t] = (x_t + σ_t² ∇log p_t)/α_t),
 so w = 1 is "DPS with the Tweedie scale". ``normalize`` rescales the gradient per
@@ -37,7 +41,13 @@ from __future__ import annotations
 
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import Guidance
+from emverse.interfaces import Guidance, Likelihood
+from emverse.likelihoods import (
+    AmplitudeLikelihood,
+    GaussianLikelihood,
+    ModelLikelihood,
+    PoissonLikelihood,
+)
 from emverse.noise import GaussianNoise, PoissonNoise
 
 from .weights import ConstantWeight, GuidanceWeight
@@ -75,7 +85,7 @@ class DPSGuidance(Guidance):
 
     @classmethod
     def from_params(cls, params, ctx=None):
-        weight = ctx.build_spec(params.schedule, "schedule") if ctx is not None else None
+        weight = ctx.build_spec(params.schedule, "guidance_weight") if ctx is not None else None
         return cls(
             schedule=weight,
             likelihood=params.likelihood,
@@ -103,12 +113,15 @@ class DPSGuidance(Guidance):
             f"(or ({batch}, {', '.join(map(str, event))})) matching this forward model"
         )
 
-    def negative_log_likelihood(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """ℓ per sample, shape (batch,)."""
+    def likelihood_for(self) -> Likelihood:
+        """The data term: the bound ``[likelihood]`` component, else the one ``likelihood``
+        names, its σ or dose taken from this guidance or the forward model's noise model."""
+        if self.likelihood_term is not None:
+            return self.likelihood_term
         noise = getattr(self.forward_model, "noise", None)
         if self.likelihood == "gaussian":
             sigma = self.noise_sigma or (noise.sigma if isinstance(noise, GaussianNoise) else 1.0)
-            return ((y - y_pred) ** 2).reshape(y.shape[0], -1).sum(1) / (2.0 * sigma**2)
+            return GaussianLikelihood(sigma)
         if self.likelihood == "poisson":
             dose = self.dose or (noise.dose if isinstance(noise, PoissonNoise) else None)
             if dose is None:
@@ -116,15 +129,15 @@ class DPSGuidance(Guidance):
                     "DPS poisson likelihood needs a dose: set guidance.dose or give the forward model "
                     "a PoissonNoise"
                 )
-            rate = y_pred.clamp_min(1e-12) * dose
-            return (rate - y * dose * torch.log(rate)).reshape(y.shape[0], -1).sum(1)
+            return PoissonLikelihood(dose)
         if self.likelihood == "amplitude":
             dose = self.dose or (noise.dose if isinstance(noise, PoissonNoise) else None)
-            sigma = self.noise_sigma or (0.5 / dose**0.5 if dose is not None else 1.0)
-            # the 1e-12 keeps the square root differentiable where the prediction is exactly 0
-            diff = torch.sqrt(y_pred.clamp_min(0) + 1e-12) - torch.sqrt(y.clamp_min(0))
-            return (diff**2).reshape(y.shape[0], -1).sum(1) / (2.0 * sigma**2)
-        return -self.forward_model.log_likelihood(y_pred, y)
+            return AmplitudeLikelihood(sigma=self.noise_sigma, dose=dose)
+        return ModelLikelihood(self.forward_model)
+
+    def negative_log_likelihood(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ℓ per sample, shape (batch,)."""
+        return self.likelihood_for().negative_log_likelihood(y_pred, y)
 
     def correct(self, x_t, x0_hat, t, schedule):
         if self.forward_model is None or self.observation is None:

@@ -1,0 +1,56 @@
+"""Do a recipe's components fit each other? Checked at validation, before any run directory.
+
+Light: reads only class attributes of the components' parameter classes (no torch):
+
+* a forward model's params may declare ``output`` (what it predicts: "intensity",
+  "amplitude", "pdf", "any") and ``takes`` (what its unknown is: "parameter_vector",
+  "structure", "volume" …);
+* a likelihood's params declare ``expects`` ("any" or "intensity");
+* a parametrization's params declare ``takes`` (what it produces for the forward model).
+
+A pair is refused only when both sides declare something and the two disagree, so a
+third-party component that declares nothing is never refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: which forward-model outputs each likelihood expectation accepts
+_ACCEPTS = {
+    "any": None,  # everything
+    "intensity": {"intensity"},
+}
+
+
+def _declared(spec, attribute: str) -> str | None:
+    params = getattr(spec, "params", None)
+    if params is None:
+        return None
+    value = getattr(type(params), attribute, None)
+    return value if isinstance(value, str) else None
+
+
+def problems(components: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(path, message)`` for each pair of recipe tables that do not fit."""
+    out: list[tuple[str, str]] = []
+    model = components.get("forward_model")
+    likelihood = components.get("likelihood")
+    parametrization = components.get("parametrization")
+    output = _declared(model, "output") if model is not None else None
+    if likelihood is not None and output is not None:
+        expects = _declared(likelihood, "expects")
+        accepted = _ACCEPTS.get(expects) if expects else None
+        if accepted is not None and output not in accepted:
+            out.append(("$.likelihood", (
+                f"{likelihood.type!r} scores {expects} predictions, but [forward_model] "
+                f"{model.type!r} predicts {output}; choose a likelihood for {output} "
+                f"(e.g. core.gaussian or core.rw) or a forward model that predicts {expects}")))
+    if parametrization is not None and model is not None:
+        produces = _declared(parametrization, "takes")
+        takes = _declared(model, "takes")
+        if produces and takes and produces != takes:
+            out.append(("$.parametrization", (
+                f"{parametrization.type!r} produces a {produces}, but [forward_model] "
+                f"{model.type!r} takes a {takes}; choose a parametrization that produces a {takes}")))
+    return out
