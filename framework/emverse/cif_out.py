@@ -34,10 +34,14 @@ def _operation_xyz(op: SymmetryOperation) -> str:
 
 
 def with_uncertainty(value: float, su: float | None) -> str:
-    """``1.2345(12)`` style: the su in units of the last written digit (two digits)."""
+    """``0.253(12)`` style: the su in units of the last written digit, two digits when it
+    starts with 1, else one (the usual crystallographic rule)."""
     if su is None or not math.isfinite(su) or su <= 0:
         return f"{value:.6f}"
-    decimals = max(0, 1 - int(math.floor(math.log10(su))))
+    decimals = -int(math.floor(math.log10(su)))
+    if su * 10**decimals < 2:
+        decimals += 1
+    decimals = max(0, decimals)
     digits = round(su * 10**decimals)
     return f"{value:.{decimals}f}({digits})"
 

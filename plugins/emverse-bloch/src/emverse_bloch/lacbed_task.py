@@ -76,10 +76,11 @@ class LacbedRefineTask(OptionsTask):
         ctx.add_table("calibration", ["field", "value", "unit", "source"],
                       [[k, str(v["value"]), v["unit"], v["source"]] for k, v in calibration.items()])
         simulator = LacbedSimulator(crystal, o.voltage_kv, o.zone_axis, o.x_direction, o.reflections,
-                                    g_max=o.g_max, absorption=o.absorption,
+                                    g_max=o.g_max, n_strong_beams=o.n_strong_beams, absorption=o.absorption,
                                     absorption_fraction=o.absorption_fraction, parametrization=o.parametrization)
-        ctx.log.info("%d discs of %d×%d px (downsampled ×%d, %.5f Å⁻¹/px), %d ZOLZ beams, absorption %s",
-                     len(o.reflections), n, n, o.downsample, pixel_size, simulator.n_beams, o.absorption)
+        ctx.log.info("%d discs of %d×%d px (downsampled ×%d, %.5f Å⁻¹/px), %d ZOLZ beams in the pool, "
+                     "%s per direction, absorption %s", len(o.reflections), n, n, o.downsample, pixel_size,
+                     simulator.n_beams, o.n_strong_beams or "all", o.absorption)
 
         b_start = {e: float(o.b_iso.get(e, _crystal_b(crystal, e))) for e in crystal.elements}
         t_lo, t_hi = o.thickness_range_angstrom
@@ -100,7 +101,7 @@ class LacbedRefineTask(OptionsTask):
 
         # 2. coarse scan over thickness × pixel scale
         thicknesses = torch.arange(t_lo, t_hi + 1e-9, o.thickness_step_angstrom, dtype=torch.float64)
-        scan = []
+        scan = [(scores[best], start["thickness"], 1.0)]  # the start itself stays a candidate
         with torch.no_grad():
             for scale in o.pixel_scale_scan:
                 fit.set_physical(pixel_scale=scale)
@@ -114,14 +115,17 @@ class LacbedRefineTask(OptionsTask):
         corr0, t0, s0 = max(scan)
         fit.set_physical(thickness=t0, pixel_scale=s0)
         ctx.log.info("coarse scan: best mean NCC %.4f at t = %.0f Å, pixel scale %.3f", corr0, t0, s0)
-        start_values = {k: float(v) for k, v in fit.physical().items()}
+        start_values = {k: float(v.detach()) for k, v in fit.physical().items()}
         with torch.no_grad():
             start_prediction = fit()
         start_corr = disc_correlation(start_prediction, observation)
 
         # 3. refine
         refiner = ctx.build("refiner")
-        result = refiner.refine(fit, observation, generator=ctx.generator("refiner"))
+        def progress(step, model, loss):
+            ctx.log.info("evaluation %d: loss %.5f", step, loss)
+
+        result = refiner.refine(fit, observation, generator=ctx.generator("refiner"), callback=progress)
         with torch.no_grad():
             prediction = fit()
         end_corr = disc_correlation(prediction, observation)
@@ -129,7 +133,7 @@ class LacbedRefineTask(OptionsTask):
         # 4. uncertainties, outputs
         names, values, su, _ = curvature_uncertainty(fit, observation)
         su_of = dict(zip(names, su, strict=True))
-        refined = {k: float(v) for k, v in fit.physical().items()}
+        refined = {k: float(v.detach()) for k, v in fit.physical().items()}
         rows = [[k, unit_of(k), round(start_values[k], 5), round(refined[k], 5),
                  round(su_of[k], 5) if k in su_of else "fixed"] for k in fit.names]
         ctx.add_table("refined parameters", ["parameter", "unit", "start (after scan)", "refined", "su"], rows)
@@ -153,11 +157,10 @@ class LacbedRefineTask(OptionsTask):
             "thickness_su_angstrom": su_of.get("thickness", math.nan),
             "mean_corr_start": float(start_corr.mean()),
             "mean_corr_end": float(end_corr.mean()),
-            "mean_corr_before_scan": float(np.mean([s for s, t, c in scan if abs(c - 1) < 1e-9 and
-                                                    abs(t - thicknesses[len(thicknesses) // 2]) < 1e-6]
-                                                   or [math.nan])),
+            "mean_corr_before_scan": scores[best],
             "orientation_transform": best,
-            "n_beams": simulator.n_beams,
+            "n_beams_pool": simulator.n_beams,
+            "n_strong_beams": o.n_strong_beams,
             "final_loss": float(result.final_loss),
             "seconds": time.perf_counter() - started,
         }
@@ -183,7 +186,7 @@ def disc_figure(observation, prediction, labels, corr):
     from emverse.figures import new_figure
 
     d = len(labels)
-    fig, axes = new_figure(3, d, size=2.0)
+    fig, axes = new_figure(d, 3, size=2.0)
     a, b = scale_and_background(prediction, observation)
     fitted = a[:, None, None] * prediction + b[:, None, None]
     for j in range(d):

@@ -141,7 +141,8 @@ class LacbedParams:
                                                     validator=_zone_axis)
     reciprocal_pixel_size: float = attrs.field(default=0.889 / 50, validator=positive)  # Å⁻¹/px
     downsample: int = attrs.field(default=4, validator=positive)
-    g_max: float = attrs.field(default=2.0, validator=positive)  # Å⁻¹, ZOLZ beams
+    g_max: float = attrs.field(default=2.6, validator=positive)  # Å⁻¹, the ZOLZ beam pool
+    n_strong_beams: int = attrs.field(default=45, validator=non_negative)  # per direction; 0 = all
     absorption: str = attrs.field(default="bird_king", validator=one_of("none", "proportional", "bird_king"))
     absorption_fraction: float = attrs.field(default=0.1, validator=non_negative)  # κ of "proportional"
     parametrization: str = attrs.field(default="kirkland", validator=one_of("lobato", "kirkland"))
