@@ -29,12 +29,12 @@ says which value came from where, for the run's environment.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 from emverse.errors import EmverseError
 

@@ -11,7 +11,6 @@ import torch
 from emverse.crystal import Crystal
 from emverse.errors import RecipeError
 from emverse.paths import shared_data_dir
-
 from emverse_bloch.absorption import bird_king_form_factor
 from emverse_bloch.cbed import BlochCBED
 from emverse_bloch.crystal import data_path
@@ -105,12 +104,38 @@ def test_disc_simulation_gradient_matches_finite_differences():
         assert abs(float(grad[i]) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd))), fit.names[i]
 
 
+def test_coordinate_gradient_matches_finite_differences():
+    """LiNbO3: the symmetry-allowed shifts of O1 (3, general position) and Li1 (1, along c)."""
+    from emverse_bloch.lacbed_fit import coordinate_names
+
+    crystal = Crystal.from_cif(data_path("LiNbO3.cif"))
+    names = coordinate_names(crystal, ["Li1", "O1"])
+    assert names == ["xyz_Li1_0", "xyz_O1_0", "xyz_O1_1", "xyz_O1_2"]
+    sim = LacbedSimulator(crystal, 200.0, (1, -1, 0), (0, 0, -1), [(0, 0, 0), (1, 1, 0), (0, 0, 6)],
+                          g_max=0.8, absorption="bird_king")
+    start = {"thickness": 400.0, "B_Nb": 0.4, "B_Li": 0.5, "B_O": 0.5, "centre_row": 0.0,
+             "centre_col": 0.0, "rotation": 0.0, "pixel_scale": 1.0, "blur": 0.5,
+             **{k: 0.0 for k in names}}
+    fit = LacbedFit(sim, 4, 0.1, start, names)
+    raw = torch.zeros(len(fit.names), dtype=torch.float64)
+    raw[fit.names.index("xyz_O1_1")] = 0.3
+    weights = torch.randn(3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    raw.requires_grad_(True)
+    (grad,) = torch.autograd.grad((fit(raw) * weights).sum(), raw)
+    for name in names:
+        i = fit.names.index(name)
+        e = torch.zeros_like(raw)
+        e[i] = 1e-5
+        fd = ((fit(raw.detach() + e) - fit(raw.detach() - e)) * weights).sum() / 2e-5
+        assert abs(float(grad[i]) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd))), name
+    assert abs(float(grad[fit.names.index("xyz_O1_0")])) > 1e-6  # the shift does change the discs
+
+
 def test_bird_king_forward_value_is_the_optical_theorem():
     """f'(0) = (λ/2) ∫ |γf(q)|² (1 − e^{−Bq²/2}) d²q, here by scipy's adaptive 1D quadrature."""
-    from scipy.integrate import quad
-
     from emverse.electron import lorentz_factor, wavelength_angstrom
     from emverse_bloch.scattering_factors import scattering_factor
+    from scipy.integrate import quad
 
     b = 0.4
     gamma, lam = lorentz_factor(200.0), wavelength_angstrom(200.0)

@@ -135,7 +135,8 @@ class LacbedSimulator(torch.nn.Module):
 
     ``reflections``: the disc hkl (D, 3) in output order; ``absorption``: "none",
     "proportional" (U' = κU, κ = ``absorption_fraction``) or "bird_king".
-    ``forward(thickness (T,) Å, b_iso {element: Å²}, k_t (P, 2) Å⁻¹) -> (P, T, D)``.
+    ``forward(thickness (T,) Å, b_iso {element: Å²}, k_t (P, 2) Å⁻¹, positions (S, 3) or None)
+    -> (P, T, D)``.
     The beams must lie in the zero-order Laue zone (g_z = 0 in the lab frame).
     ``n_strong_beams`` > 0: per direction, only the beams of the pool (|g| ≤ g_max) with the
     smallest |S_g| enter the matrix, the direct beam and the disc reflections always (Felix's
@@ -172,11 +173,14 @@ class LacbedSimulator(torch.nn.Module):
     def n_beams(self) -> int:
         return len(self.beams)
 
-    def potential(self, b_iso: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U + iU' table (M,) complex Å⁻², U'_0 real Å⁻²) for isotropic B per element (Å²)."""
+    def potential(self, b_iso: dict[str, torch.Tensor], positions: torch.Tensor | None = None):
+        """(U + iU' table (M,) complex Å⁻², U'_0 real Å⁻²) for isotropic B per element (Å²) and
+        asymmetric-unit fractional ``positions`` (S, 3) (default: the crystal's)."""
         ref = next(iter(b_iso.values()))
         dtype = ref.dtype
         base = StructureParameters.from_crystal(self.crystal, dtype=dtype)
+        if positions is not None:
+            base = StructureParameters(positions, base.u_cif, base.occupancy)
         b_site = torch.stack([b_iso[s.element] for s in self.crystal.sites])
         u_cif = StructureParameters.isotropic_u(self.crystal, b_site / (8 * math.pi**2))
         structure = StructureParameters(base.positions, u_cif, base.occupancy)
@@ -192,9 +196,10 @@ class LacbedSimulator(torch.nn.Module):
                                         self.voltage_kv, self.parametrization)
         return u + 1j * u_abs, u_abs[zero].real
 
-    def forward(self, thickness: torch.Tensor, b_iso: dict[str, torch.Tensor], k_t: torch.Tensor):
+    def forward(self, thickness: torch.Tensor, b_iso: dict[str, torch.Tensor], k_t: torch.Tensor,
+                positions: torch.Tensor | None = None):
         dtype = k_t.dtype
-        table, u_abs0 = self.potential(b_iso)
+        table, u_abs0 = self.potential(b_iso, positions)
         couplings = self.couplings.gather(table)  # (N, N)
         g = self.g_plane.to(dtype)
         excitation = -(2 * k_t @ g.T + (g**2).sum(-1)) / (2 * self.wavenumber)  # (P, N) Å⁻¹

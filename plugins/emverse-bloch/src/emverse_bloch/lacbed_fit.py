@@ -35,18 +35,33 @@ from emverse_bloch.lacbed import (
 
 #: typical step of each parameter (its unit): raw changes of 1 are this much
 STEPS = {"thickness": 100.0, "centre_row": 1.0, "centre_col": 1.0, "rotation": 1.0,
-         "pixel_scale": 0.02, "blur": 0.5, "B": 0.1}
+         "pixel_scale": 0.02, "blur": 0.5, "B": 0.1, "xyz": 0.002}
 UNITS = {"thickness": "Å", "centre_row": "px", "centre_col": "px", "rotation": "deg",
-         "pixel_scale": "1", "blur": "px", "B": "Å²"}
+         "pixel_scale": "1", "blur": "px", "B": "Å²", "xyz": "fractional"}
 LIKELIHOODS = ("ncc", "gaussian")
 
 
+def _group(name: str) -> str:
+    """``B_<element>`` -> B; ``xyz_<label>_<k>`` (shift along the k-th symmetry-allowed
+    direction of site <label>, fractional) -> xyz; else the name itself."""
+    return "B" if name.startswith("B_") else "xyz" if name.startswith("xyz_") else name
+
+
 def step_of(name: str) -> float:
-    return STEPS["B"] if name.startswith("B_") else STEPS[name]
+    return STEPS[_group(name)]
 
 
 def unit_of(name: str) -> str:
-    return UNITS["B"] if name.startswith("B_") else UNITS[name]
+    return UNITS[_group(name)]
+
+
+def coordinate_names(crystal, labels) -> list[str]:
+    """Names of the symmetry-allowed coordinate shifts of the sites ``labels``."""
+    names = []
+    for i, site in enumerate(crystal.sites):
+        if site.label in labels:
+            names += [f"xyz_{site.label}_{k}" for k in range(crystal.position_basis(i)[1].shape[1])]
+    return names
 
 
 def dihedral(images: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,6 +101,16 @@ class LacbedFit(torch.nn.Module):
         self.register_buffer("pixels", pixel_grid(self.n, dtype))
         self.raw = torch.nn.Parameter(torch.zeros(len(self.names), dtype=dtype))
         self.raw.register_hook(lambda grad: grad * self.mask)
+        crystal = simulator.crystal
+        self.register_buffer("x0", torch.tensor(np.array([s.position for s in crystal.sites]), dtype=dtype))
+        # shift k of site <label> moves the site along column k of its position basis
+        self.coordinate_map = []
+        for i, site in enumerate(crystal.sites):
+            basis = crystal.position_basis(i)[1]
+            for k in range(basis.shape[1]):
+                name = f"xyz_{site.label}_{k}"
+                if name in self.names:
+                    self.coordinate_map.append((name, i, torch.tensor(basis[:, k], dtype=dtype)))
 
     # ------------------------------------------------------------------ parametrization
     def physical(self, raw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -107,11 +132,22 @@ class LacbedFit(torch.nn.Module):
         # B below 0.01 Å² is unphysical and would make the Debye–Waller factor grow with g
         return {name[2:]: torch.clamp(v, min=0.01) for name, v in p.items() if name.startswith("B_")}
 
+    def positions(self, p: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Asymmetric-unit fractional positions (S, 3), or None when no coordinate is a parameter."""
+        if not self.coordinate_map:
+            return None
+        x = self.x0
+        for name, site, direction in self.coordinate_map:
+            shift = torch.zeros_like(x)
+            shift[site] = direction * p[name]
+            x = x + shift
+        return x
+
     # ------------------------------------------------------------------ forward model
     def simulate(self, p: dict[str, torch.Tensor], thickness: torch.Tensor | None = None) -> torch.Tensor:
         """Unblurred discs (T, D, n, n) for thicknesses (T,) Å (default: p's thickness)."""
         t = p["thickness"].reshape(1) if thickness is None else thickness
-        intensity = self.simulator(t, self.b_iso(p), self.incident(p))  # (P, T, D)
+        intensity = self.simulator(t, self.b_iso(p), self.incident(p), self.positions(p))  # (P, T, D)
         images = intensity.permute(1, 2, 0).reshape(len(t), -1, self.n, self.n)
         return dihedral(images, self.transform)
 

@@ -18,6 +18,7 @@ module already has the ``forward()``/``loss()`` shape the core refiners take.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -28,7 +29,7 @@ from emverse.interfaces import OptionsTask
 
 from emverse_bloch.crystal import data_path, load_structure
 from emverse_bloch.lacbed import LacbedSimulator, block_mean, disc_correlation, scale_and_background
-from emverse_bloch.lacbed_fit import LacbedFit, curvature_uncertainty, dihedral, unit_of
+from emverse_bloch.lacbed_fit import LacbedFit, coordinate_names, curvature_uncertainty, dihedral, unit_of
 from emverse_bloch.params import _hkl_name
 
 BUILT_IN = {"diamond": "diamond.cif", "linbo3": "LiNbO3.cif"}
@@ -86,8 +87,9 @@ class LacbedRefineTask(OptionsTask):
         t_lo, t_hi = o.thickness_range_angstrom
         start = {"thickness": 0.5 * (t_lo + t_hi), **{f"B_{e}": b for e, b in b_start.items()},
                  "centre_row": 0.0, "centre_col": 0.0, "rotation": 0.0, "pixel_scale": 1.0,
-                 "blur": o.blur_px}
-        refine = [k for k in start if k in o.refine or (k.startswith("B_") and "B" in o.refine)]
+                 "blur": o.blur_px, **{k: 0.0 for k in coordinate_names(crystal, o.coordinate_sites)}}
+        refine = [k for k in start if k in o.refine or (k.startswith("B_") and "B" in o.refine)
+                  or (k.startswith("xyz_") and "xyz" in o.refine)]
         fit = LacbedFit(simulator, n, pixel_size, start, refine, o.likelihood)
 
         # 1. orientation check
@@ -147,6 +149,14 @@ class LacbedRefineTask(OptionsTask):
                                        "start_prediction": start_prediction})
         u_iso = {s.label: refined[f"B_{s.element}"] / (8 * math.pi**2) for s in crystal.sites}
         u_su = {s.label: su_of.get(f"B_{s.element}", math.nan) / (8 * math.pi**2) for s in crystal.sites}
+        positions = fit.positions(fit.physical())
+        if positions is not None:
+            sites = tuple(dataclasses.replace(site, position=positions[i].detach().numpy().copy())
+                          for i, site in enumerate(crystal.sites))
+            crystal = dataclasses.replace(crystal, sites=sites)
+            for i, site in enumerate(crystal.sites):
+                metrics_positions = positions[i].detach().numpy()
+                ctx.log.info("refined %s position %s", site.label, np.round(metrics_positions, 5))
         write_cif(crystal, ctx.out_dir / "refined.cif", u_iso=u_iso, u_iso_su=u_su,
                   title=f"LACBED refinement ({ctx.recipe.name}); thickness "
                         f"{refined['thickness']:.1f}({su_of.get('thickness', math.nan):.1f}) Å",

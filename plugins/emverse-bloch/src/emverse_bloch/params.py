@@ -152,7 +152,9 @@ class LacbedParams:
     thickness_step_angstrom: float = attrs.field(default=25.0, validator=positive)
     pixel_scale_scan: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03)  # × reciprocal_pixel_size, coarse scan
     blur_px: float = attrs.field(default=0.7, validator=non_negative)  # σ at the fitted resolution
+    # "B" = every element's B; "xyz" = the symmetry-allowed coordinates of the sites in ``coordinate_sites``
     refine: tuple[str, ...] = ("thickness", "B", "centre_row", "centre_col", "rotation", "pixel_scale")
+    coordinate_sites: tuple[str, ...] = ()  # site labels (a polar axis needs one site kept fixed)
     likelihood: str = attrs.field(default="ncc", validator=one_of("ncc", "gaussian"))
     orientation_check: bool = True  # compare the 8 flips/rotations of the image axes at the start
     reflections: tuple[tuple[int, int, int], ...] = attrs.field(
