@@ -148,6 +148,7 @@ class LacbedSimulator(torch.nn.Module):
                  parametrization: str = "lobato", beams=None, frame=None, n_strong_beams: int = 0):
         super().__init__()
         self.n_strong_beams = int(n_strong_beams)
+        self.fixed_selection: torch.Tensor | None = None
         self.crystal = crystal
         self.voltage_kv = float(voltage_kv)
         self.absorption = check_model(absorption)
@@ -205,7 +206,9 @@ class LacbedSimulator(torch.nn.Module):
         excitation = -(2 * k_t @ g.T + (g**2).sum(-1)) / (2 * self.wavenumber)  # (P, N) Å⁻¹
         thickness = torch.as_tensor(thickness, dtype=dtype).reshape(1, -1).expand(len(k_t), -1)
         if 0 < self.n_strong_beams < self.n_beams:
-            selected = self.strong_beams(excitation.detach())  # (P, n), direct beam first
+            selected = self.fixed_selection
+            if selected is None or selected.shape[0] != len(k_t):
+                selected = self.strong_beams(excitation.detach())  # (P, n), direct beam first
             rows = selected[:, :, None].expand(-1, -1, selected.shape[1])
             cols = selected[:, None, :].expand(-1, selected.shape[1], -1)
             sub = couplings[rows, cols]
@@ -221,6 +224,17 @@ class LacbedSimulator(torch.nn.Module):
         psi = propagate_general(matrix, thickness, self.wavenumber)  # (P, T, N)
         picked = psi[..., self.disc_beam]
         return picked.real**2 + picked.imag**2
+
+    def fix_strong_beams(self, k_t: torch.Tensor | None) -> None:
+        """Keep the strong-beam sets chosen at directions ``k_t`` (P, 2) Å⁻¹ for later calls (None:
+        choose per call again). A refinement fixes them so the loss stays smooth when small
+        geometry changes would swap a beam in or out."""
+        if k_t is None:
+            self.fixed_selection = None
+            return
+        g = self.g_plane.to(k_t.dtype)
+        excitation = -(2 * k_t.detach() @ g.T + (g**2).sum(-1)) / (2 * self.wavenumber)
+        self.fixed_selection = self.strong_beams(excitation)
 
     def strong_beams(self, excitation: torch.Tensor) -> torch.Tensor:
         """Indices (P, n_strong_beams) of the beams nearest the Ewald sphere per direction, the

@@ -122,7 +122,8 @@ class LacbedRefineTask(OptionsTask):
             start_prediction = fit()
         start_corr = disc_correlation(start_prediction, observation)
 
-        # 3. refine
+        # 3. refine, with the strong beams of each direction fixed at the scan's best geometry
+        simulator.fix_strong_beams(fit.incident(fit.physical()))
         refiner = ctx.build("refiner")
         def progress(step, model, loss):
             ctx.log.info("evaluation %d: loss %.5f", step, loss)
@@ -165,9 +166,10 @@ class LacbedRefineTask(OptionsTask):
         metrics = {
             "thickness_angstrom": refined["thickness"],
             "thickness_su_angstrom": su_of.get("thickness", math.nan),
+            # the headline: mean per-disc NCC after refinement; "start" = after the coarse scan
+            "mean_corr": float(end_corr.mean()),
             "mean_corr_start": float(start_corr.mean()),
-            "mean_corr_end": float(end_corr.mean()),
-            "mean_corr_before_scan": scores[best],
+            "mean_ncc_before_scan": scores[best],
             "orientation_transform": best,
             "n_beams_pool": simulator.n_beams,
             "n_strong_beams": o.n_strong_beams,
@@ -179,8 +181,8 @@ class LacbedRefineTask(OptionsTask):
                 metrics[f"{k}"] = refined[k]
                 metrics[f"{k}_su"] = su_of[k]
         for lab, a, b in zip(labels, start_corr, end_corr, strict=True):
-            metrics[f"corr_start[{lab}]"] = float(a)
-            metrics[f"corr_end[{lab}]"] = float(b)
+            metrics[f"disc_ncc_start[{lab}]"] = float(a)
+            metrics[f"disc_ncc_end[{lab}]"] = float(b)
         return RunResult(metrics)
 
 

@@ -114,6 +114,15 @@ def _check_discs(instance, value):
                          "use a divisor of the image side")
 
 
+_REFINABLE = ("thickness", "B", "xyz", "centre_row", "centre_col", "rotation", "pixel_scale", "blur")
+
+
+def _refinable(instance, attribute, value):
+    bad = [v for v in value if v not in _REFINABLE and not str(v).startswith("B_")]
+    if bad:
+        raise ValueError(f"refine {bad} unknown; use {', '.join(_REFINABLE)} or B_<element>")
+
+
 def _reflection_list(value):
     return tuple(tuple(int(v) for v in h) for h in value)
 
@@ -153,7 +162,8 @@ class LacbedParams:
     pixel_scale_scan: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03)  # × reciprocal_pixel_size, coarse scan
     blur_px: float = attrs.field(default=0.7, validator=non_negative)  # σ at the fitted resolution
     # "B" = every element's B; "xyz" = the symmetry-allowed coordinates of the sites in ``coordinate_sites``
-    refine: tuple[str, ...] = ("thickness", "B", "centre_row", "centre_col", "rotation", "pixel_scale")
+    refine: tuple[str, ...] = attrs.field(
+        default=("thickness", "B", "centre_row", "centre_col", "rotation", "pixel_scale"), validator=_refinable)
     coordinate_sites: tuple[str, ...] = ()  # site labels (a polar axis needs one site kept fixed)
     likelihood: str = attrs.field(default="ncc", validator=one_of("ncc", "gaussian"))
     orientation_check: bool = True  # compare the 8 flips/rotations of the image axes at the start
