@@ -77,6 +77,23 @@ def test_duck_typed_signal_gives_the_same_as_the_file(tmp_path):
     assert from_signal.calibration.report() == from_file.calibration.report()
 
 
+def test_datacube_like_object_gives_the_same_as_the_file(tmp_path):
+    """A py4DSTEM DataCube stand-in (py4DSTEM pins numpy 1.26, so it is not installed here):
+    same data and calibrations as the EMD file (Q in Å⁻¹, R in Å, py4DSTEM's default units)."""
+    data = _stem_4d(4)
+    path = tmp_path / "scan.emd"
+    _write_emd(path, data, _axes(scan_nm=0.05, k_inv_nm=0.2))
+    calibration = SimpleNamespace(get_Q_pixel_size=lambda: 0.02, get_Q_pixel_units=lambda: "A^-1",
+                                  get_R_pixel_size=lambda: 0.5, get_R_pixel_units=lambda: "A",
+                                  get_QR_rotation_degrees=lambda: None)
+    cube = SimpleNamespace(data=data, calibration=calibration, name="cube")
+    from_cube, from_file = read(cube, ndim=4), read(path, ndim=4)
+    np.testing.assert_array_equal(from_cube.data, from_file.data)
+    assert from_cube.calibration.scan_step_angstrom == pytest.approx(from_file.calibration.scan_step_angstrom)
+    assert from_cube.calibration.reciprocal_pixel_size == pytest.approx(
+        from_file.calibration.reciprocal_pixel_size)
+
+
 def test_npy_with_metadata_table_and_tiff(tmp_path):
     data = _stem_4d(2)
     np.save(tmp_path / "cube.npy", data)

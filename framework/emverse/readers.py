@@ -16,7 +16,9 @@ extension          reader                                 notes
 =================  =====================================  ==========================
 
 From Python, anything with ``.data`` and ``.axes_manager`` (a hyperspy
-``Signal2D``/``Signal4D``, or a duck-typed stand-in) is accepted where a path is.
+``Signal2D``/``Signal4D``, or a duck-typed stand-in) is accepted where a path is, and so
+is a py4DSTEM ``DataCube`` (``.data`` + ``.calibration`` with its ``get_Q_pixel_size`` …
+getters).
 
 Calibrations (:class:`Calibration`) carry units in their names: beam energy
 (kV), convergence semi-angle (mrad), reciprocal pixel size (Å⁻¹/px), camera
@@ -109,6 +111,8 @@ def read(source, *, ndim: int | None = None, overrides: dict | None = None,
     """
     if hasattr(source, "data") and hasattr(source, "axes_manager"):
         data, axes, metadata, original, name = _from_signal(source)
+    elif hasattr(source, "data") and hasattr(getattr(source, "calibration", None), "get_Q_pixel_size"):
+        data, axes, metadata, original, name = _from_datacube(source)
     else:
         path = Path(source)
         if not path.exists():
@@ -174,6 +178,28 @@ def _from_signal(signal):
     original = _as_dict(getattr(signal, "original_metadata", {}))
     title = metadata.get("General", {}).get("title", "") if isinstance(metadata, dict) else ""
     return signal.data, axes, metadata, original, f"<{type(signal).__name__} {title}>".replace(" >", ">")
+
+
+def _from_datacube(cube):
+    """py4DSTEM ``DataCube``-like object (``.data`` (R_x, R_y, Q_x, Q_y) + ``.calibration`` with
+    ``get_Q_pixel_size/units``, ``get_R_pixel_size/units``, ``get_QR_rotation_degrees``)."""
+    cal = cube.calibration
+
+    def value(getter):
+        try:
+            return getattr(cal, getter)()
+        except Exception:  # a calibration that was never set raises or returns None
+            return None
+
+    data = cube.data
+    q = {"scale": value("get_Q_pixel_size"), "units": value("get_Q_pixel_units") or "", "navigate": False}
+    r = {"scale": value("get_R_pixel_size"), "units": value("get_R_pixel_units") or "", "navigate": True}
+    axes = [dict(r) for _ in range(data.ndim - 2)] + [dict(q), dict(q)]
+    metadata = {}
+    rotation = value("get_QR_rotation_degrees")
+    if rotation is not None:
+        metadata = {"Acquisition_instrument": {"TEM": {"scan_rotation": rotation}}}
+    return data, axes, metadata, {}, f"<{type(cube).__name__} {getattr(cube, 'name', '')}>".replace(" >", ">")
 
 
 def _as_dict(tree) -> dict:

@@ -28,9 +28,21 @@ from emverse.crystal import Crystal
 from emverse.interfaces import OptionsTask
 
 from emverse_bloch.crystal import data_path, load_structure
-from emverse_bloch.lacbed import LacbedSimulator, block_mean, disc_correlation, scale_and_background
-from emverse_bloch.lacbed_fit import LacbedFit, coordinate_names, curvature_uncertainty, dihedral, unit_of
-from emverse_bloch.params import _hkl_name
+from emverse_bloch.lacbed import (
+    LacbedSimulator,
+    block_mean,
+    disc_correlation,
+    gaussian_blur,
+    scale_and_background,
+)
+from emverse_bloch.lacbed_fit import (
+    LacbedFit,
+    coordinate_names,
+    curvature_uncertainty,
+    dihedral,
+    unit_of,
+)
+from emverse_bloch.params import hkl_name
 
 BUILT_IN = {"diamond": "diamond.cif", "linbo3": "LiNbO3.cif"}
 
@@ -49,7 +61,7 @@ def read_discs(folder, prefix: str, reflections, downsample: int, pixel_size: fl
 
     images, report = [], None
     for hkl in reflections:
-        path = folder / f"{prefix}_{_hkl_name(hkl)}.dm3"
+        path = folder / f"{prefix}_{hkl_name(hkl)}.dm3"
         if not path.exists():
             raise EmverseError(f"reflection {list(hkl)}: no disc file {path}; remove it from reflections")
         m = read(path, ndim=2, overrides={"reciprocal_pixel_size": pixel_size},
@@ -109,8 +121,6 @@ class LacbedRefineTask(OptionsTask):
                 fit.set_physical(pixel_scale=scale)
                 p = fit.physical()
                 images = fit.simulate(p, thicknesses)
-                from emverse_bloch.lacbed import gaussian_blur
-
                 for t, stack in zip(thicknesses.tolist(), images, strict=True):
                     r = disc_correlation(gaussian_blur(stack, p["blur"]), observation)
                     scan.append((float(r.mean()), t, scale))
@@ -140,7 +150,7 @@ class LacbedRefineTask(OptionsTask):
         rows = [[k, unit_of(k), round(start_values[k], 5), round(refined[k], 5),
                  round(su_of[k], 5) if k in su_of else "fixed"] for k in fit.names]
         ctx.add_table("refined parameters", ["parameter", "unit", "start (after scan)", "refined", "su"], rows)
-        labels = [_hkl_name(h) for h in o.reflections]
+        labels = [hkl_name(h) for h in o.reflections]
         ctx.add_table("per-disc NCC", ["disc", "start", "end"],
                       [[lab, round(float(a), 4), round(float(b), 4)]
                        for lab, a, b in zip(labels, start_corr, end_corr, strict=True)])
@@ -155,9 +165,8 @@ class LacbedRefineTask(OptionsTask):
             sites = tuple(dataclasses.replace(site, position=positions[i].detach().numpy().copy())
                           for i, site in enumerate(crystal.sites))
             crystal = dataclasses.replace(crystal, sites=sites)
-            for i, site in enumerate(crystal.sites):
-                metrics_positions = positions[i].detach().numpy()
-                ctx.log.info("refined %s position %s", site.label, np.round(metrics_positions, 5))
+            for site in crystal.sites:
+                ctx.log.info("refined %s position %s", site.label, np.round(site.position, 5))
         write_cif(crystal, ctx.out_dir / "refined.cif", u_iso=u_iso, u_iso_su=u_su,
                   title=f"LACBED refinement ({ctx.recipe.name}); thickness "
                         f"{refined['thickness']:.1f}({su_of.get('thickness', math.nan):.1f}) Å",

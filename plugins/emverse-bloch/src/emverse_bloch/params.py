@@ -76,7 +76,7 @@ class Ed3dParams:
     u_iso_range: tuple[float, float] = (0.002, 0.02)
 
 
-def _hkl_name(hkl) -> str:
+def hkl_name(hkl) -> str:
     """Felix-python's file naming of a disc: (1, 1, -3) -> ``+1+1-3``."""
     return "".join(f"{int(v):+d}" for v in hkl)
 
@@ -94,8 +94,8 @@ def _check_discs(instance, value):
     folder = resolve(text, Path.cwd())
     if not folder.is_dir():
         raise ValueError(f"data_dir {text!r} ({folder}) is not a folder; check the path")
-    missing = [f"{instance.file_prefix}_{_hkl_name(h)}.dm3" for h in value
-               if not (folder / f"{instance.file_prefix}_{_hkl_name(h)}.dm3").exists()]
+    missing = [f"{instance.file_prefix}_{hkl_name(h)}.dm3" for h in value
+               if not (folder / f"{instance.file_prefix}_{hkl_name(h)}.dm3").exists()]
     if missing:
         raise ValueError(f"reflections: no disc file for {', '.join(missing)} in {folder}; "
                          "remove those reflections or add their files")
@@ -103,7 +103,7 @@ def _check_discs(instance, value):
 
     shapes = {}
     for h in value:
-        path = folder / f"{instance.file_prefix}_{_hkl_name(h)}.dm3"
+        path = folder / f"{instance.file_prefix}_{hkl_name(h)}.dm3"
         shapes[path.name] = read(path, ndim=2).data.shape
     if len(set(shapes.values())) > 1:
         listing = ", ".join(f"{k}: {v}" for k, v in shapes.items())
