@@ -199,3 +199,20 @@ def test_tiny_lacbed_run_end_to_end(tmp_path):
     atoms = ase_read(run / "refined.cif")
     assert len(atoms) == 8 and set(atoms.get_chemical_symbols()) == {"C"}
     assert (run / "figures" / "discs.png").exists()
+
+
+def test_profile_likelihood_matches_an_explicit_least_squares_fit():
+    """Σ_d (N/2) log(RSS_d/N) with per-disc scale and background from numpy's lstsq."""
+    from emverse_bloch.lacbed import profile_negative_log_likelihood, scale_and_background
+
+    gen = torch.Generator().manual_seed(5)
+    prediction = torch.rand(3, 6, 6, dtype=torch.float64, generator=gen)
+    observation = 2.5 * prediction + 0.3 + 0.1 * torch.randn(3, 6, 6, dtype=torch.float64, generator=gen)
+    expected = 0.0
+    a, b = scale_and_background(prediction, observation)
+    for d in range(3):
+        design = np.stack([prediction[d].ravel().numpy(), np.ones(36)], -1)
+        coef, rss, *_ = np.linalg.lstsq(design, observation[d].ravel().numpy(), rcond=None)
+        assert coef[0] == pytest.approx(float(a[d])) and coef[1] == pytest.approx(float(b[d]))
+        expected += 18 * math.log(float(rss[0]) / 36)
+    assert float(profile_negative_log_likelihood(prediction, observation)) == pytest.approx(expected, rel=1e-10)
