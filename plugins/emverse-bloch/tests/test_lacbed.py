@@ -187,7 +187,7 @@ def test_tiny_lacbed_run_end_to_end(tmp_path):
 
     recipe = _recipe(reciprocal_pixel_size=0.01778, downsample=20, g_max=1.0, absorption="proportional",
                      thickness_range_angstrom=[2200.0, 2250.0], thickness_step_angstrom=50.0,
-                     pixel_scale_scan=[1.0], reflections=[[0, 0, 0], [1, 1, 1], [2, 2, 0]],
+                     pixel_scale_scan=[1.0], b_scan_factors=[1.0], reflections=[[0, 0, 0], [1, 1, 1], [2, 2, 0]],
                      refine=["thickness", "B"])
     run = execute(recipe, tmp_path / "run", progress=False)
     metrics = json.loads((run / "metrics.json").read_text())

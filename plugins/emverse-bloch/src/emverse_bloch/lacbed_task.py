@@ -6,8 +6,9 @@ likelihood (:class:`emverse_bloch.lacbed_fit.LacbedFit`), then
 
 1. orientation check: the 8 flips/rotations of the simulated image axes against the
    data at the start values (the lab frame convention is Felix's; this confirms it);
-2. coarse scan, as Felix does before refining: thickness over the recipe's range
-   (one eigendecomposition serves every thickness) × a few pixel scales;
+2. coarse scans, as Felix does before refining: thickness over the recipe's range
+   (one eigendecomposition serves every thickness) × a few pixel scales, then × a few
+   multiples of the start B (the gradient fit moves B slowly: its NCC valley is shallow);
 3. the recipe's refiner (``core.lbfgs`` / ``core.adam``) on ``LacbedFit``;
 4. uncertainties from the curvature of the profile likelihood, per-disc correlation
    at start and end, residual maps, a refined CIF.
@@ -113,20 +114,29 @@ class LacbedRefineTask(OptionsTask):
         ctx.log.info("orientation check (mean NCC per flip/rotation k=0..7): %s -> k=%d",
                      ", ".join(f"{s:.3f}" for s in scores), best)
 
-        # 2. coarse scan over thickness × pixel scale
+        # 2. coarse scans: thickness × pixel scale at the start B, then thickness × B at the best scale
         thicknesses = torch.arange(t_lo, t_hi + 1e-9, o.thickness_step_angstrom, dtype=torch.float64)
-        scan = [(scores[best], start["thickness"], 1.0)]  # the start itself stays a candidate
-        with torch.no_grad():
-            for scale in o.pixel_scale_scan:
-                fit.set_physical(pixel_scale=scale)
-                p = fit.physical()
+        scan = [(scores[best], start["thickness"], 1.0, 1.0)]  # the start itself stays a candidate
+
+        def scan_thickness(scale: float, b_factor: float) -> None:
+            fit.set_physical(pixel_scale=scale, **{f"B_{e}": b * b_factor for e, b in b_start.items()})
+            p = fit.physical()
+            with torch.no_grad():
                 images = fit.simulate(p, thicknesses)
                 for t, stack in zip(thicknesses.tolist(), images, strict=True):
                     r = disc_correlation(gaussian_blur(stack, p["blur"]), observation)
-                    scan.append((float(r.mean()), t, scale))
-        corr0, t0, s0 = max(scan)
-        fit.set_physical(thickness=t0, pixel_scale=s0)
-        ctx.log.info("coarse scan: best mean NCC %.4f at t = %.0f Å, pixel scale %.3f", corr0, t0, s0)
+                    scan.append((float(r.mean()), t, scale, b_factor))
+
+        for scale in o.pixel_scale_scan:
+            scan_thickness(scale, 1.0)
+        best_scale = max(scan)[2]
+        for b_factor in o.b_scan_factors:
+            if b_factor != 1.0:
+                scan_thickness(best_scale, b_factor)
+        corr0, t0, s0, f0 = max(scan)
+        fit.set_physical(thickness=t0, pixel_scale=s0, **{f"B_{e}": b * f0 for e, b in b_start.items()})
+        ctx.log.info("coarse scan: best mean NCC %.4f at t = %.0f Å, pixel scale %.3f, B × %.2f",
+                     corr0, t0, s0, f0)
         start_values = {k: float(v.detach()) for k, v in fit.physical().items()}
         with torch.no_grad():
             start_prediction = fit()
@@ -234,9 +244,10 @@ def scan_figure(scan):
 
     fig, axes = new_figure(1, 1, size=4)
     ax = axes[0, 0]
-    for scale in sorted({s for _, _, s in scan}):
-        rows = [(t, c) for c, t, s in scan if s == scale]
-        ax.plot([t for t, _ in rows], [c for _, c in rows], marker="o", label=f"pixel scale {scale:.3f}")
+    for scale, factor in sorted({(s, f) for _, _, s, f in scan[1:]}):
+        rows = [(t, c) for c, t, s, f in scan[1:] if (s, f) == (scale, factor)]
+        ax.plot([t for t, _ in rows], [c for _, c in rows], marker="o",
+                label=f"pixel scale {scale:.3f}, B × {factor:.2f}")
     ax.set_xlabel("thickness (Å)")
     ax.set_ylabel("mean NCC")
     ax.legend(fontsize=7)

@@ -160,6 +160,7 @@ class LacbedParams:
     thickness_range_angstrom: tuple[float, float] = (2200.0, 2301.0)  # Felix's initial/final thickness
     thickness_step_angstrom: float = attrs.field(default=25.0, validator=positive)
     pixel_scale_scan: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03)  # × reciprocal_pixel_size, coarse scan
+    b_scan_factors: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5)  # × every start B, coarse scan
     blur_px: float = attrs.field(default=0.7, validator=non_negative)  # σ at the fitted resolution
     # "B" = every element's B; "xyz" = the symmetry-allowed coordinates of the sites in ``coordinate_sites``
     refine: tuple[str, ...] = attrs.field(
