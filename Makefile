@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[run,crystal,test]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
+	$(PY) -m pip install --quiet -e ".[run,crystal,readers,test]" $(foreach p,$(PLUGINS),-e "$(p)[test]")
 	touch $@
 
 demo: install

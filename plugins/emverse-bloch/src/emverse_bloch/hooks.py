@@ -20,3 +20,10 @@ def emverse_components():
         params="emverse_bloch.params:Ed3dParams",
         summary="Bloch-wave 3D-ED integrated intensities (rocking/precession) at arbitrary orientation",
     )
+    yield Component(
+        kind="task",
+        name="bloch.lacbed",
+        impl="emverse_bloch.lacbed_task:LacbedRefineTask",
+        params="emverse_bloch.params:LacbedParams",
+        summary="Refine thickness, B and pattern geometry against measured D-LACBED discs (Felix workflow)",
+    )
