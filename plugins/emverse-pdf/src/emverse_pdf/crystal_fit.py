@@ -387,7 +387,7 @@ class CrystalPDFModel(nn.Module):
         return (w * (observation - prediction) ** 2).sum() / (w * observation**2).sum()
 
     def summary(self) -> dict[str, float]:
-        out = {"qdamp": float(self.value("qdamp")), "qbroad": float(self.value("qbroad"))}
+        out = {"qdamp": float(self.value("qdamp").detach()), "qbroad": float(self.value("qbroad").detach())}
         for phase in self.phases:
             for key, val in phase.summary().items():
                 out[f"{phase.name}.{key}"] = val

@@ -225,7 +225,7 @@ def check_uniform_grid(r: np.ndarray, source: str) -> float:
         raise EmverseError(f"{source}: needs at least 2 r points")
     steps = np.diff(r)
     step = float((r[-1] - r[0]) / (r.size - 1))
-    if np.max(np.abs(steps - step)) > 1e-4 * step + 1e-9:
+    if np.max(np.abs(steps - step)) > 1e-3 * step + 1e-9:
         raise EmverseError(
             f"{source}: the r grid is not uniform (steps {steps.min():.6g}-{steps.max():.6g} Å); "
             "the periodic PDF model computes on the data grid: resample the file to a constant r step"
