@@ -55,6 +55,7 @@ __all__ = [
 GAUSSIAN_CUTOFF_SIGMAS = 5.0
 #: extension of the calculation range beyond the fit range, in sinc ripples 2π/Qmax
 TERMINATION_RIPPLES = 6
+_EDGE = math.exp(-0.5 * GAUSSIAN_CUTOFF_SIGMAS**2)
 
 
 def metric_from_cell(a, b, c, alpha, beta, gamma) -> torch.Tensor:
@@ -123,7 +124,8 @@ def gaussian_pair_sum(r0: float, step: float, n_points: int, centres: torch.Tens
                       chunk_elements: int = 2**22) -> torch.Tensor:
     """Σ_p a_p exp(−(r − d_p)²/(2σ_p²)) / (√(2π) σ_p) on r_k = r0 + k·step, k < n_points.
 
-    Each Gaussian is evaluated only on the grid points within ±5 σ_p of d_p.
+    Each Gaussian is evaluated only on the grid points within ±5 σ_p of d_p, lowered by its
+    value there (3.7e-6 of the peak), which changes its area by 1.5e-5 relative.
     Pairs are processed in order of σ, in chunks whose window width fits their
     widest Gaussian, so memory stays near ``chunk_elements`` values per chunk.
     """
@@ -152,7 +154,9 @@ def gaussian_pair_sum(r0: float, step: float, n_points: int, centres: torch.Tens
         r = r0 + index.to(dtype) * step
         z = (r - d[:, None]) / s[:, None]
         inside = (index >= 0) & (index < n_points) & (z.detach().abs() <= GAUSSIAN_CUTOFF_SIGMAS)
-        values = a[:, None] * torch.exp(-0.5 * z * z) / (math.sqrt(2 * math.pi) * s[:, None])
+        # lowered by its value at 5 σ so that a Gaussian enters and leaves grid points continuously
+        # (a plain cut jumps by 4e-6 of the peak, enough to spoil finite-difference checks)
+        values = a[:, None] * (torch.exp(-0.5 * z * z) - _EDGE) / (math.sqrt(2 * math.pi) * s[:, None])
         values = torch.where(inside, values, torch.zeros_like(values))
         out = out.index_add(0, index.clamp(0, n_points - 1).reshape(-1), values.reshape(-1))
         start = stop
