@@ -80,7 +80,7 @@ def _structure(phase):
 class Pdffit2Model:
     """A PDFfit2 session holding the same model, data, range and free parameters as a CrystalPDFModel."""
 
-    def __init__(self, model, r, g, radiation: str):
+    def __init__(self, model, r, g, radiation: str, constrain: bool = True):
         import numpy as np
         import torch
         from emverse_pdf.scattering_lengths import NEUTRON_COHERENT_LENGTH_FM
@@ -97,15 +97,13 @@ class Pdffit2Model:
                 for element in phase.crystal.elements:
                     fit.set_scat("N", element, NEUTRON_COHERENT_LENGTH_FM[element])
         stype = "N" if radiation == "neutron" else "X"
-        fit.read_data_lists(stype, model.qmax, float(model.value("qdamp")), list(map(float, r)),
+        fit.read_data_lists(stype, model.qmax, float(model.value("qdamp").detach()), list(map(float, r)),
                             list(map(float, g)))
         fit.pdfrange(1, float(model.r[0]), float(model.r[-1]))
         fit.setvar(fit.qbroad(), float(model.value("qbroad")))
         self.parameters = 0
-        if "qdamp" in model.refined:
-            self._free(fit.qdamp(), float(model.value("qdamp")))
-        if "qbroad" in model.refined:
-            self._free(fit.qbroad(), float(model.value("qbroad")))
+        self.np = np
+        self.torch = torch
         for index, phase in enumerate(model.phases, start=1):
             fit.setphase(index)
             fit.setvar(fit.pscale(), float(phase.value("scale")))
@@ -115,6 +113,14 @@ class Pdffit2Model:
                 fit.setvar(fit.spdiameter(), float(phase.value("diameter")))
             elif phase.envelope != "none":
                 raise SystemExit("PDFfit2 has only the spherical envelope")
+        if not constrain:  # a fixed model: values only, no free parameters
+            return
+        if "qdamp" in model.refined:
+            self._free(fit.qdamp(), float(model.value("qdamp")))
+        if "qbroad" in model.refined:
+            self._free(fit.qbroad(), float(model.value("qbroad")))
+        for index, phase in enumerate(model.phases, start=1):
+            fit.setphase(index)
             for name, ref in (("scale", fit.pscale()), ("delta1", fit.delta1()), ("delta2", fit.delta2()),
                               ("diameter", fit.spdiameter())):
                 if name in phase.refined:
@@ -127,8 +133,6 @@ class Pdffit2Model:
                 self._positions(phase)
             if "occupancy" in phase.refined:
                 raise SystemExit("occupancy refinement is not mapped to PDFfit2 here")
-        self.np = np
-        self.torch = torch
 
     def _free(self, ref, value) -> int:
         self.parameters += 1
@@ -172,8 +176,6 @@ class Pdffit2Model:
         return self.parameters
 
     def _positions(self, phase):
-        import numpy as np
-
         crystal = phase.crystal
         p_map = phase.position_map.numpy()
         columns = [self._free_value(0.0) for _ in range(p_map.shape[1])]
@@ -188,7 +190,6 @@ class Pdffit2Model:
                 if terms:
                     self.fit.constrain(ref, f"{offset[axis]:.12f} + " + " + ".join(terms))
         self.position_columns = columns
-        _ = np
 
     def refine(self):
         self.fit.refine(1e-8)
@@ -217,7 +218,7 @@ def fixed_model_gr(model, r, g, radiation):
     """PDFfit2's G(r) of ``model``'s current state on its fit points (no refinement)."""
     import numpy as np
 
-    peer = Pdffit2Model(model, r, g, radiation)
+    peer = Pdffit2Model(model, r, g, radiation, constrain=False)
     peer.fit.calc()
     return np.asarray(peer.fit.getpdf_fit()), peer
 
@@ -270,7 +271,7 @@ def run_recipe(path: Path, quick: bool, rows: list):
         g_fixed_ours = g_ours.numpy()
         rw_fixed = float(np.sqrt(np.sum((g_fixed_ours - g_fixed_peer) ** 2) / np.sum(g_fixed_peer**2)))
 
-        def ours_eval():
+        def ours_eval(model=model):
             with torch.no_grad():
                 model()
 

@@ -119,7 +119,8 @@ def test_refined_lattice_stays_in_the_symmetry_subspace():
     ("CdSe_wurtzite", ("lattice", "adp", "diameter"), "anisotropic"),
 ])
 def test_gradients_match_finite_differences(name, refine, adp):
-    r = np.round(np.arange(1.0, 12.0001, 0.02), 6)
+    """Directional derivative of <G, target> along a random direction of each parameter group."""
+    r = np.round(np.arange(1.0, 9.0001, 0.02), 6)
     model = _model(name, r=r, qmax=20.0, qdamp=0.03, qbroad=0.01, delta2=1.0, refine=refine, adp=adp,
                    dataset_refine=("qdamp", "qbroad"),
                    envelope="sphere" if "diameter" in refine else "none", diameter=25.0)
@@ -128,19 +129,18 @@ def test_gradients_match_finite_differences(name, refine, adp):
     generator = torch.Generator().manual_seed(2)
     for p in free:
         p.data.normal_(0, 0.5, generator=generator)
-    loss = (model() * target).sum()
-    grads = torch.autograd.grad(loss, free)
+    grads = torch.autograd.grad((model() * target).sum(), free)
+    eps = 1e-4
     for p, grad in zip(free, grads, strict=True):
-        for k in range(p.numel()):
-            eps = 1e-4
-            with torch.no_grad():
-                p.view(-1)[k] += eps
-                up = float((model() * target).sum())
-                p.view(-1)[k] -= 2 * eps
-                down = float((model() * target).sum())
-                p.view(-1)[k] += eps
-            numeric = (up - down) / (2 * eps)
-            assert float(grad.view(-1)[k]) == pytest.approx(numeric, rel=1e-4, abs=1e-6)
+        direction = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        with torch.no_grad():
+            p += eps * direction
+            up = float((model() * target).sum())
+            p -= 2 * eps * direction
+            down = float((model() * target).sum())
+            p += eps * direction
+        numeric = (up - down) / (2 * eps)
+        assert float((grad * direction).sum()) == pytest.approx(numeric, rel=1e-5, abs=1e-7)
 
 
 # ------------------------------------------------------------------ PDFfit2 side by side
