@@ -97,6 +97,8 @@ class Pdffit2Model:
                 for element in phase.crystal.elements:
                     fit.set_scat("N", element, NEUTRON_COHERENT_LENGTH_FM[element])
         stype = "N" if radiation == "neutron" else "X"
+        positive = np.asarray(r) > 0  # as emverse: no r = 0 point (PDFfit2's G(0) would be NaN)
+        r, g = np.asarray(r)[positive], np.asarray(g)[positive]
         fit.read_data_lists(stype, model.qmax, float(model.value("qdamp").detach()), list(map(float, r)),
                             list(map(float, g)))
         fit.pdfrange(1, float(model.r[0]), float(model.r[-1]))
@@ -142,10 +144,17 @@ class Pdffit2Model:
 
     def _lattice(self, phase):
         import numpy as np
+        import torch
+        from emverse_pdf.crystal_fit import metric_from_vector
+        from emverse_pdf.periodic import cell_parameters
 
         basis = phase.metric_basis_np  # rows g11, g22, g33, g12, g13, g23
-        if np.abs(basis[3:]).max() > 1e-9:
-            raise SystemExit("refined cell angles are not mapped to PDFfit2 here")
+        g0 = phase.metric().detach()
+        angles = np.array(cell_parameters(g0)[3:])
+        for column in basis.T:  # the symmetry must hold the angles (cubic ... orthorhombic, hexagonal)
+            moved = g0 + 1e-3 * float(g0.diagonal().mean()) * metric_from_vector(torch.as_tensor(column))
+            if np.abs(np.array(cell_parameters(moved)[3:]) - angles).max() > 1e-6:
+                raise SystemExit("refined cell angles are not mapped to PDFfit2 here")
         lengths = [math.sqrt(float(phase.metric()[k, k])) for k in range(3)]
         seen: list[tuple[np.ndarray, int]] = []
         for k in range(3):
@@ -201,14 +210,9 @@ class Pdffit2Model:
         return float(np.sqrt(np.sum((obs - calc) ** 2) / np.sum(obs**2)))
 
     def lattice(self, index: int = 1) -> tuple[float, float, float]:
-        return tuple(float(self.fit.getvar(self.fit.lat(k))) for k in (1, 2, 3)) if index == 1 else (
-            self._phase_lattice(index))
-
-    def _phase_lattice(self, index):
+        """a, b, c (Å) of phase ``index`` (1-based)."""
         self.fit.setphase(index)
-        out = tuple(float(self.fit.getvar(self.fit.lat(k))) for k in (1, 2, 3))
-        self.fit.setphase(1)
-        return out
+        return tuple(float(self.fit.getvar(self.fit.lat(k))) for k in (1, 2, 3))
 
     def value(self, name: str) -> float:
         return float(self.fit.getvar(getattr(self.fit, name)()))

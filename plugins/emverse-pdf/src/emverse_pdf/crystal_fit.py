@@ -65,7 +65,7 @@ def _metric_basis(crystal: Crystal) -> np.ndarray:
     return vt[rank:].T.copy()
 
 
-def _metric_from_vector(g6: torch.Tensor) -> torch.Tensor:
+def metric_from_vector(g6: torch.Tensor) -> torch.Tensor:
     g11, g22, g33, g12, g13, g23 = g6.unbind()
     return torch.stack([torch.stack([g11, g12, g13]), torch.stack([g12, g22, g23]),
                         torch.stack([g13, g23, g33])])
@@ -204,7 +204,7 @@ class CrystalPhase(nn.Module):
 
     # ----------------------------------------------------------- quantities
     def metric(self) -> torch.Tensor:
-        return _metric_from_vector(self.metric_basis @ self.values.value("metric"))
+        return metric_from_vector(self.metric_basis @ self.values.value("metric"))
 
     def site_positions(self) -> torch.Tensor:
         flat = self.position_start + self.position_map @ self.values.value("xyz")
@@ -234,7 +234,7 @@ class CrystalPhase(nn.Module):
             recip = torch.sqrt(torch.diag(torch.linalg.inv(g)))
             worst = 0.0
             for row in u6:
-                u = _metric_from_vector(row)
+                u = metric_from_vector(row)
                 cart = torch.linalg.eigvals((recip[:, None] * u * recip[None, :]) @ g).real
                 worst = max(worst, float(cart.abs().max()))
             return worst
@@ -249,7 +249,7 @@ class CrystalPhase(nn.Module):
 
             return isotropic
         recip = torch.sqrt(torch.diag(torch.linalg.inv(metric)))
-        u_site = torch.stack([_metric_from_vector(row) for row in self.site_u6()])  # (s, 3, 3)
+        u_site = torch.stack([metric_from_vector(row) for row in self.site_u6()])  # (s, 3, 3)
         sigma_site = recip[None, :, None] * u_site * recip[None, None, :]  # fractional covariance
         rot = self.atom_rotation
         sigma_atom = rot @ sigma_site[self.atom_site] @ rot.transpose(1, 2)
@@ -326,8 +326,11 @@ class CrystalPDFModel(nn.Module):
                                f"({r[0]:.3f}-{r[-1]:.3f} Å); choose fit_rmin/fit_rmax within it")
         self.qmax = float(qmax)
         extension = termination_extension(self.qmax)
-        # like PDFfit2: extend below the fit range only down to the data's first point
-        self.calc_first = int(round((max(self.r0, fit_rmin - extension) - self.r0) / self.step))
+        # like PDFfit2: extend below the fit range only down to the data's first point, here the
+        # first with r > 0 (the pair sum's G(0) is 0/0; PDFfit2 would carry that NaN everywhere)
+        first_positive = int(np.argmax(r > 0))
+        self.calc_first = max(first_positive,
+                              int(round((max(self.r0, fit_rmin - extension) - self.r0) / self.step)))
         self.calc_last = int(round((fit_rmax + extension - self.r0) / self.step))
         self.phases = nn.ModuleList(phases)
         self.instrument = _Refinable()
