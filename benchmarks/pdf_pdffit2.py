@@ -72,6 +72,7 @@ def _structure(phase):
     for k, site in enumerate(phase.crystal.atom_site):
         atom = Atom(phase.crystal.sites[site].element, positions[k], lattice=lattice,
                     occupancy=float(occupancy[k]))
+        atom.anisotropy = True  # the U_cif of U_iso, written out (diffpy.structure would keep U_iso only)
         atom.U = u_site[site] * iso_shape
         atoms.append(atom)
     return Structure(atoms, lattice=lattice), iso_shape
