@@ -201,6 +201,31 @@ class CrystalPhase(nn.Module):
         multiplicity[centres] = [crystal.multiplicity(s) for s in range(n_sites)]
         self.centres = centres
         self.register_buffer("multiplicity", torch.as_tensor(multiplicity))
+        # rotations of the operations that fix each centre atom: its equivalent pairs are merged
+        self.centre_rotations = {}
+        for i in centres:
+            x = crystal.atom_positions[i]
+            fixing = [op.rotation.astype(float) for op in crystal.operations
+                      if np.all(np.abs(np.mod(op.apply(x) - x + 0.5, 1.0) - 0.5) < 1e-6)]
+            self.centre_rotations[int(i)] = np.asarray(fixing)
+        self._pairs_cache = None
+
+    def pairs(self, metric: torch.Tensor, positions: torch.Tensor, r_lo: float, r_hi: float):
+        """Pairs within [r_lo, r_hi] Å, reused while no distance can have moved by 0.2 Å."""
+        g = metric.detach().cpu().numpy()
+        x = positions.detach().cpu().numpy()
+        cache = self._pairs_cache
+        if cache is not None and cache[2] <= r_lo and cache[3] >= r_hi:
+            g0, x0 = cache[0], cache[1]
+            stretch = r_hi * float(np.abs(g - g0).max()) / (2 * float(np.diag(g0).min()))
+            moved = 2 * float(np.abs(x - x0).max()) * math.sqrt(float(np.diag(g).max()))
+            if stretch + moved < 0.2:
+                return cache[4]
+        margin = 0.5  # found a little wider, so that small steps reuse the list
+        pairs = find_pairs(metric, positions, self.centres, max(0.0, r_lo - margin), r_hi + margin,
+                           atom_site=self.crystal.atom_site, centre_rotations=self.centre_rotations)
+        self._pairs_cache = (g, x, max(0.0, r_lo - margin), r_hi + margin, pairs)
+        return pairs
 
     # ----------------------------------------------------------- quantities
     def metric(self) -> torch.Tensor:
@@ -363,8 +388,7 @@ class CrystalPDFModel(nn.Module):
             positions = phase.atom_positions()
             reach = GAUSSIAN_CUTOFF_SIGMAS * math.sqrt(2 * phase.max_msd()) * math.sqrt(
                 1 + float(qbroad.detach()) ** 2 * float(r_calc[-1]) ** 2) + 0.5
-            pairs = find_pairs(metric, positions, phase.centres, max(0.0, float(r_calc[0]) - reach),
-                               float(r_calc[-1]) + reach)
+            pairs = phase.pairs(metric, positions, max(0.0, float(r_calc[0]) - reach), float(r_calc[-1]) + reach)
             g = phase_pdf(
                 start, self.step, n_points, metric=metric, positions=positions,
                 msd_of_pair=phase.msd_function(metric), occupancy=phase.occupancy(),

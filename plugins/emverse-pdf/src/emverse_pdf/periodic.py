@@ -84,21 +84,30 @@ class PhasePairs:
     """Pairs (centre atom, neighbour atom, lattice shift) with r_lo <= r_ij <= r_hi.
 
     ``centre``/``neighbour``: (P,) atom indices into the unit cell; ``shift``: (P, 3)
-    integer lattice translations of the neighbour. Found without gradients.
+    integer lattice translations of the neighbour; ``count``: (P,) how many pairs each
+    stands for (pairs that a symmetry operation fixing the centre maps onto each other
+    have the same length and width for every symmetric parameter value, so one of
+    them is computed). Found without gradients.
     """
 
-    def __init__(self, centre: np.ndarray, neighbour: np.ndarray, shift: np.ndarray):
+    def __init__(self, centre: np.ndarray, neighbour: np.ndarray, shift: np.ndarray, count: np.ndarray):
         self.centre = centre
         self.neighbour = neighbour
         self.shift = shift
+        self.count = count
 
     def __len__(self) -> int:
         return int(self.centre.size)
 
 
 def find_pairs(metric: torch.Tensor, positions: torch.Tensor, centres: np.ndarray,
-               r_lo: float, r_hi: float) -> PhasePairs:
-    """All pairs from ``centres`` to any atom (any cell) with r_lo <= r <= r_hi (Å)."""
+               r_lo: float, r_hi: float, *, atom_site: np.ndarray | None = None,
+               centre_rotations: dict[int, np.ndarray] | None = None) -> PhasePairs:
+    """All pairs from ``centres`` to any atom (any cell) with r_lo <= r <= r_hi (Å).
+
+    With ``centre_rotations`` (centre -> (G, 3, 3) rotation parts of the operations that
+    fix it) and ``atom_site``, pairs equivalent under those operations are merged.
+    """
     g = metric.detach().double().cpu().numpy()
     x = positions.detach().double().cpu().numpy()
     reciprocal_lengths = np.sqrt(np.diag(np.linalg.inv(g)))
@@ -106,17 +115,34 @@ def find_pairs(metric: torch.Tensor, positions: torch.Tensor, centres: np.ndarra
     reach = np.ceil(r_hi * reciprocal_lengths).astype(int) + 1
     grids = np.meshgrid(*[np.arange(-m, m + 1) for m in reach], indexing="ij")
     shifts = np.stack([v.reshape(-1) for v in grids], axis=1).astype(float)  # (S, 3)
-    centre_list, neighbour_list, shift_list = [], [], []
+    parts: list[tuple[np.ndarray, ...]] = []
     for i in centres:
         d = x[None, :, :] + shifts[:, None, :] - x[i][None, None, :]  # (S, n, 3)
         dist2 = np.einsum("sni,ij,snj->sn", d, g, d)
         keep = (dist2 >= r_lo * r_lo) & (dist2 <= r_hi * r_hi) & (dist2 > 1e-8)
         s_idx, n_idx = np.nonzero(keep)
-        centre_list.append(np.full(s_idx.size, i, dtype=np.int64))
-        neighbour_list.append(n_idx.astype(np.int64))
-        shift_list.append(shifts[s_idx])
-    return PhasePairs(np.concatenate(centre_list), np.concatenate(neighbour_list),
-                      np.concatenate(shift_list, axis=0))
+        count = np.ones(s_idx.size)
+        rotations = None if centre_rotations is None else centre_rotations.get(int(i))
+        if rotations is not None and len(rotations) > 1 and s_idx.size:
+            keys = _orbit_keys(d[s_idx, n_idx], rotations)
+            keys = np.concatenate([atom_site[n_idx][:, None], keys], axis=1)
+            _, first, count = np.unique(keys, axis=0, return_index=True, return_counts=True)
+            s_idx, n_idx, count = s_idx[first], n_idx[first], count.astype(float)
+        parts.append((np.full(s_idx.size, i, dtype=np.int64), n_idx.astype(np.int64), shifts[s_idx], count))
+    return PhasePairs(*(np.concatenate([p[k] for p in parts], axis=0) for k in range(4)))
+
+
+def _orbit_keys(d: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """(P, 3) integer key of each pair vector's orbit: the lexicographically smallest R d."""
+    images = np.rint(np.einsum("gij,pj->pgi", rotations, d) * 1e6).astype(np.int64)  # (P, G, 3)
+    big = np.iinfo(np.int64).max
+    chosen = np.ones(images.shape[:2], dtype=bool)
+    key = np.empty((d.shape[0], 3), dtype=np.int64)
+    for axis in range(3):
+        values = np.where(chosen, images[:, :, axis], big)
+        key[:, axis] = values.min(axis=1)
+        chosen &= images[:, :, axis] == key[:, axis][:, None]
+    return key
 
 
 def gaussian_pair_sum(r0: float, step: float, n_points: int, centres: torch.Tensor,
@@ -192,7 +218,8 @@ def phase_pdf(
     sharpening = 1 - delta1 / dist - delta2 / dist**2 + (qbroad * dist) ** 2
     # PDFfit2 drops pairs whose width would be imaginary; a tiny floor does the same here
     sigma = torch.sqrt((sigma_prime2 * sharpening).clamp_min(1e-12))
-    amplitude = multiplicity[i] * occupancy[i] * occupancy[j] * weights[i] * weights[j] / mean_b**2
+    count = torch.as_tensor(pairs.count, dtype=dtype, device=positions.device)
+    amplitude = count * multiplicity[i] * occupancy[i] * occupancy[j] * weights[i] * weights[j] / mean_b**2
     peaks = gaussian_pair_sum(r0, step, n_points, dist, sigma, amplitude)
     safe_r = torch.where(r > 0, r, torch.ones_like(r))
     return torch.where(r > 0, peaks / (n_atoms * safe_r) - baseline, torch.zeros_like(r))
