@@ -92,6 +92,11 @@ class _Refinable(nn.Module):
     def value(self, name: str) -> torch.Tensor:
         return getattr(self, f"start_{name}") + self._units[name] * self.offsets[name]
 
+    def rescale(self, name: str, factor: float) -> None:
+        """Multiply a quantity's start value and its unit by ``factor`` (offset unchanged)."""
+        getattr(self, f"start_{name}").mul_(factor)
+        self._units[name] *= abs(factor)
+
     def is_free(self, name: str) -> bool:
         return bool(self.offsets[name].requires_grad) and self.offsets[name].numel() > 0
 

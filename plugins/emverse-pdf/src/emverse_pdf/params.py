@@ -206,6 +206,8 @@ class CrystalDatasetOptions:
     ``qmin`` (Å⁻¹): only for the small-angle check of particle envelopes (None: header).
     ``qdamp``, ``qbroad`` (Å⁻¹): start values. ``fit_rmin``/``fit_rmax`` (Å): fit
     range, inside the data (None: the data's last point). ``refine``: qdamp, qbroad.
+    ``start_scale_from_data``: multiply the phases' start scales by the least-squares factor
+    between the start model and the data (G is linear in them) before refining.
     """
 
     observation: str
@@ -219,6 +221,7 @@ class CrystalDatasetOptions:
     fit_rmin: float = attrs.field(default=1.5, validator=non_negative)
     fit_rmax: float | None = attrs.field(default=None, validator=_optional_positive)
     refine: tuple[str, ...] = attrs.field(default=("qdamp",), validator=_names_in(_DATASET_REFINABLE))
+    start_scale_from_data: bool = True
 
     def __attrs_post_init__(self):
         if not self.phases:

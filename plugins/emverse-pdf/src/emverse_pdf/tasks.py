@@ -272,6 +272,14 @@ def _crystal_model(loaded, carried: dict[str, float], ctx):
         refine=refine, source=loaded.data.path)
     lo = model.fit_first
     g_obs = torch.as_tensor(loaded.data.g[lo:lo + model.r.numel()], dtype=torch.float64)
+    if options.start_scale_from_data:
+        # G is linear in the scales: start them at the least-squares factor of the start model,
+        # so the optimiser does not spend its first steps (or a wrong turn) on the magnitude
+        with torch.no_grad():
+            calc = model()
+            factor = float((calc * g_obs).sum() / (calc * calc).sum())
+            for phase in model.phases:
+                phase.values.rescale("scale", factor)
     return model.to(ctx.device), g_obs.to(ctx.device)
 
 
