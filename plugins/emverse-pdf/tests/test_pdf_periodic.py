@@ -115,7 +115,7 @@ def test_refined_lattice_stays_in_the_symmetry_subspace():
 
 
 @pytest.mark.parametrize("name, refine, adp", [
-    ("TiO2_rutile", ("lattice", "xyz", "adp", "delta2", "scale"), "isotropic"),
+    ("TiO2_rutile", ("lattice", "xyz", "adp", "delta2", "scale", "occupancy", "delta1"), "isotropic"),
     ("CdSe_wurtzite", ("lattice", "adp", "diameter"), "anisotropic"),
 ])
 def test_gradients_match_finite_differences(name, refine, adp):
