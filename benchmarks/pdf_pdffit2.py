@@ -42,6 +42,10 @@ RECIPES = [
 ]
 
 
+def _number(value) -> float:
+    return float(value.detach())
+
+
 def pdffit2_session():
     from diffpy.pdffit2 import PdfFit, redirect_stdout
 
@@ -100,34 +104,34 @@ class Pdffit2Model:
         stype = "N" if radiation == "neutron" else "X"
         positive = np.asarray(r) > 0  # as emverse: no r = 0 point (PDFfit2's G(0) would be NaN)
         r, g = np.asarray(r)[positive], np.asarray(g)[positive]
-        fit.read_data_lists(stype, model.qmax, float(model.value("qdamp").detach()), list(map(float, r)),
+        fit.read_data_lists(stype, model.qmax, _number(model.value("qdamp")), list(map(float, r)),
                             list(map(float, g)))
         fit.pdfrange(1, float(model.r[0]), float(model.r[-1]))
-        fit.setvar(fit.qbroad(), float(model.value("qbroad")))
+        fit.setvar(fit.qbroad(), _number(model.value("qbroad")))
         self.parameters = 0
         self.np = np
         self.torch = torch
         for index, phase in enumerate(model.phases, start=1):
             fit.setphase(index)
-            fit.setvar(fit.pscale(), float(phase.value("scale")))
-            fit.setvar(fit.delta1(), float(phase.value("delta1")))
-            fit.setvar(fit.delta2(), float(phase.value("delta2")))
+            fit.setvar(fit.pscale(), _number(phase.value("scale")))
+            fit.setvar(fit.delta1(), _number(phase.value("delta1")))
+            fit.setvar(fit.delta2(), _number(phase.value("delta2")))
             if phase.envelope == "sphere":
-                fit.setvar(fit.spdiameter(), float(phase.value("diameter")))
+                fit.setvar(fit.spdiameter(), _number(phase.value("diameter")))
             elif phase.envelope != "none":
                 raise SystemExit("PDFfit2 has only the spherical envelope")
         if not constrain:  # a fixed model: values only, no free parameters
             return
         if "qdamp" in model.refined:
-            self._free(fit.qdamp(), float(model.value("qdamp")))
+            self._free(fit.qdamp(), _number(model.value("qdamp")))
         if "qbroad" in model.refined:
-            self._free(fit.qbroad(), float(model.value("qbroad")))
+            self._free(fit.qbroad(), _number(model.value("qbroad")))
         for index, phase in enumerate(model.phases, start=1):
             fit.setphase(index)
             for name, ref in (("scale", fit.pscale()), ("delta1", fit.delta1()), ("delta2", fit.delta2()),
                               ("diameter", fit.spdiameter())):
                 if name in phase.refined:
-                    self._free(ref, float(phase.value(name)))
+                    self._free(ref, _number(phase.value(name)))
             if "lattice" in phase.refined:
                 self._lattice(phase)
             if "adp" in phase.refined:
@@ -156,7 +160,7 @@ class Pdffit2Model:
             moved = g0 + 1e-3 * float(g0.diagonal().mean()) * metric_from_vector(torch.as_tensor(column))
             if np.abs(np.array(cell_parameters(moved)[3:]) - angles).max() > 1e-6:
                 raise SystemExit("refined cell angles are not mapped to PDFfit2 here")
-        lengths = [math.sqrt(float(phase.metric()[k, k])) for k in range(3)]
+        lengths = [math.sqrt(_number(phase.metric()[k, k])) for k in range(3)]
         seen: list[tuple[np.ndarray, int]] = []
         for k in range(3):
             row = basis[k] / max(np.linalg.norm(basis[k]), 1e-12)
@@ -263,7 +267,7 @@ def run_recipe(path: Path, quick: bool, rows: list):
             rw_ours = math.sqrt(float(model.loss(g_ours, g_obs)))
         rw_peer = peer.rw(g_obs.numpy())
         if is_calibrant:
-            ours_instrument = {"qdamp": float(model.value("qdamp")), "qbroad": float(model.value("qbroad"))}
+            ours_instrument = {"qdamp": _number(model.value("qdamp")), "qbroad": _number(model.value("qbroad"))}
             peer_instrument = {"qdamp": peer.value("qdamp"), "qbroad": peer.value("qbroad")}
         lattice_ours = [phase.summary() for phase in model.phases]
         deviations = []
