@@ -309,6 +309,17 @@ class _Validator:
             return None
         values = {k: val for k, val in table.items() if k != "type"}
         params = self.structure(params_cls, values, path)
+        # parameters that name input files may check their contents now, before any run
+        # directory exists (``validate_files(resolve)``, resolve: recipe path -> Path)
+        validate_files = getattr(params, "validate_files", None)
+        if params is not None and callable(validate_files):
+            from emverse import paths
+
+            try:
+                validate_files(lambda p: paths.resolve(p, self.base_dir))
+            except Exception as exc:
+                self.error(path, _reason(exc))
+                return None
         return ComponentSpec(type=name, params=params)
 
     def structure(self, cls, values: dict, path: str):

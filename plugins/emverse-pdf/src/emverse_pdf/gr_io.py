@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 from emverse.errors import EmverseError
 
-__all__ = ["GrData", "read_gr", "write_gr"]
+__all__ = ["GrData", "header_value", "read_gr", "write_gr"]
 
 _NUMBER_LINE = re.compile(r"^\s*[-+]?(\d|\.\d|nan|inf)", re.IGNORECASE)
 
@@ -92,6 +92,28 @@ class GrData:
         return attrs.evolve(self, r=self.r[keep], g=self.g[keep], dr=sub(self.dr), dg=sub(self.dg))
 
 
+def _is_start_marker(line: str) -> bool:
+    """PDFgetX3/xPDFsuite write '#### start data', PDFgetX2 '##### start data'."""
+    text = line.strip()
+    return text.startswith("####") and text.lstrip("#").strip().lower() == "start data"
+
+
+def header_value(data: GrData, key: str) -> float | None:
+    """A number from the header by (case-insensitive) key, also where it sits in a comment line.
+
+    First the parsed ``key = value`` metadata; else the first ``key=number`` anywhere in the
+    header text, e.g. PDFgetX2's ``## S(q)  qmin=1.0  qmax=30.0`` or PDFgetN's
+    ``## Damp Qmin=2.0 Qmax=32``. ``optqmax=`` or ``qmaxinst =`` do not match ``qmax``.
+    """
+    value = data.get(key)
+    if isinstance(value, (int, float)):
+        return float(value)
+    pattern = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(key)}\s*=\s*([-+]?\d+\.?\d*(?:[eE][-+]?\d+)?)",
+                         re.IGNORECASE)
+    match = pattern.search(data.header)
+    return float(match.group(1)) if match else None
+
+
 def _convert(value: str):
     text = value.strip()
     try:
@@ -134,7 +156,7 @@ def read_gr(path: str | os.PathLike) -> GrData:
 
     start = None
     for i, line in enumerate(lines):
-        if line.strip().lower().startswith("#### start data"):
+        if _is_start_marker(line):
             start = i + 1
             break
     if start is None:

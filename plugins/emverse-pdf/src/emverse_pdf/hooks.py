@@ -32,3 +32,10 @@ def emverse_components():
         params="emverse_pdf.params:FitStructureParams",
         summary="Refine a starting nanoparticle structure against a .gr file (or its own simulated PDF)",
     )
+    yield Component(
+        kind="task",
+        name="pdf.fit_crystal",
+        impl="emverse_pdf.tasks:FitCrystalTask",
+        params="emverse_pdf.params:FitCrystalParams",
+        summary="Refine periodic crystals (and nanoparticle envelopes) against G(r): calibrant first, then samples",
+    )

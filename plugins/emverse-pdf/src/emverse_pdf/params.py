@@ -142,3 +142,128 @@ class FitStructureParams:
     truth_structure: str = "icosahedron:Au:2:2.88"
     perturb_angstrom: float = attrs.field(default=0.0, validator=non_negative)
     write_gr: bool = True
+
+
+# ---------------------------------------------------------------- periodic crystals
+_PHASE_REFINABLE = ("scale", "lattice", "xyz", "adp", "occupancy", "delta1", "delta2", "diameter")
+_DATASET_REFINABLE = ("qdamp", "qbroad")
+
+
+def _names_in(allowed: tuple[str, ...]):
+    def check(instance, attribute, value):
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise ValueError(f"{attribute.name} {unknown} unknown; choose from {', '.join(allowed)}")
+
+    return check
+
+
+@attrs.frozen
+class CrystalPhaseOptions:
+    """One crystalline phase of ``pdf.fit_crystal``.
+
+    ``structure``: a CIF (relative to the recipe, or ``shared:...``), read by
+    ``emverse.crystal.Crystal.from_cif``. ``name``: label in metrics (default: the
+    CIF's file stem). ``scale``: start scale (phase fraction × data scale).
+    ``delta1`` (Å), ``delta2`` (Å²): correlated-motion sharpening. ``adp``:
+    "isotropic" or "anisotropic". ``uiso``: start U_iso (Å²) for all sites
+    (None keeps the CIF's). ``envelope``: "none", "sphere" (``diameter`` Å, as
+    PDFfit2's spdiameter) or "spheroid" (``diameter`` equatorial, ``polar_diameter`` Å).
+    ``refine``: which of scale, lattice, xyz, adp, occupancy, delta1, delta2, diameter move.
+    """
+
+    structure: str
+    name: str = ""
+    scale: float = 1.0
+    delta1: float = 0.0
+    delta2: float = 0.0
+    adp: str = attrs.field(default="isotropic", validator=attrs.validators.in_(("isotropic", "anisotropic")))
+    uiso: float | None = attrs.field(default=None, validator=_optional_positive)
+    envelope: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "sphere", "spheroid")))
+    diameter: float | None = attrs.field(default=None, validator=_optional_positive)
+    polar_diameter: float | None = attrs.field(default=None, validator=_optional_positive)
+    refine: tuple[str, ...] = attrs.field(default=("scale", "lattice", "adp", "delta2"),
+                                          validator=_names_in(_PHASE_REFINABLE))
+
+    def __attrs_post_init__(self):
+        if self.envelope != "none" and self.diameter is None:
+            raise ValueError(f"envelope {self.envelope!r} needs diameter (Å), e.g. diameter = 40.0")
+        if self.envelope == "spheroid" and self.polar_diameter is None:
+            raise ValueError("envelope 'spheroid' needs polar_diameter (Å) beside diameter (equatorial)")
+        if "diameter" in self.refine and self.envelope == "none":
+            raise ValueError("refine lists 'diameter' but envelope = 'none'; set envelope = 'sphere'")
+
+
+@attrs.frozen
+class CrystalDatasetOptions:
+    """One measured G(r) and the phases that make it (``pdf.fit_crystal``).
+
+    ``observation``: a ``.gr`` file (relative to the recipe or ``shared:...``) on a
+    uniform r grid. ``name``: label in metrics (default: the file stem).
+    ``radiation``: "xray" (pair weights Z) or "neutron" (b_c, Sears 1992).
+    ``qmax`` (Å⁻¹): termination; None reads ``qmax`` from the file header (an
+    error if it has none); 0 switches the termination ripples off.
+    ``qmin`` (Å⁻¹): only for the small-angle check of particle envelopes (None: header).
+    ``qdamp``, ``qbroad`` (Å⁻¹): start values. ``fit_rmin``/``fit_rmax`` (Å): fit
+    range, inside the data (None: the data's last point). ``refine``: qdamp, qbroad.
+    ``start_scale_from_data``: multiply the phases' start scales by the least-squares factor
+    between the start model and the data (G is linear in them) before refining.
+    """
+
+    observation: str
+    phases: tuple[CrystalPhaseOptions, ...]
+    name: str = ""
+    radiation: str = attrs.field(default="xray", validator=attrs.validators.in_(("xray", "neutron")))
+    qmax: float | None = None
+    qmin: float | None = None
+    qdamp: float = attrs.field(default=0.0, validator=non_negative)
+    qbroad: float = attrs.field(default=0.0, validator=non_negative)
+    fit_rmin: float = attrs.field(default=1.5, validator=non_negative)
+    fit_rmax: float | None = attrs.field(default=None, validator=_optional_positive)
+    refine: tuple[str, ...] = attrs.field(default=("qdamp",), validator=_names_in(_DATASET_REFINABLE))
+    start_scale_from_data: bool = True
+
+    def __attrs_post_init__(self):
+        if not self.phases:
+            raise ValueError(f"dataset {self.observation!r} has no phases; add [[...phases]] with a structure")
+        if self.qmax is not None and self.qmax < 0:
+            raise ValueError(f"qmax = {self.qmax} Å⁻¹ is negative; give the data's Qmax or 0 for no termination")
+        if self.fit_rmax is not None and not self.fit_rmax > self.fit_rmin:
+            raise ValueError(f"fit_rmax {self.fit_rmax} Å must be above fit_rmin {self.fit_rmin} Å")
+
+
+@attrs.frozen
+class FitCrystalParams:
+    """Task ``pdf.fit_crystal``: refine periodic crystals (and particles) against measured G(r).
+
+    ``calibrant`` (optional): a dataset of a standard (Ni, Si, Ag, bulk CdSe...)
+    fitted first; the instrument parameters named in ``carry`` (qdamp, qbroad)
+    are then fixed at its refined values in every sample (not refined there).
+    ``samples``: the datasets fitted next, each on its own. The [refiner]
+    (``core.lbfgs`` or ``core.adam``) fits each dataset in turn.
+    ``write_gr``: write each fitted G(r) as ``<name>.fitted.gr``.
+
+    The files are checked when the recipe is validated (before a run directory
+    exists): a readable ``.gr`` with a uniform grid, a Qmax (recipe or header),
+    a fit range inside the data, CIFs whose atoms do not overlap under their
+    symmetry (see :meth:`validate_files`).
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("refiner",)
+    samples: tuple[CrystalDatasetOptions, ...] = ()
+    calibrant: CrystalDatasetOptions | None = None
+    carry: tuple[str, ...] = attrs.field(default=("qdamp", "qbroad"), validator=_names_in(_DATASET_REFINABLE))
+    write_gr: bool = True
+
+    def __attrs_post_init__(self):
+        if not self.samples and self.calibrant is None:
+            raise ValueError("give at least one dataset: [[options.samples]] (and optionally [options.calibrant])")
+
+    def validate_files(self, resolve) -> None:
+        """Check every observation and CIF (``resolve`` maps a recipe path to a file)."""
+        from emverse_pdf.crystal_data import check_dataset
+
+        if self.calibrant is not None:
+            check_dataset(self.calibrant, resolve, "options.calibrant")
+        for k, dataset in enumerate(self.samples):
+            check_dataset(dataset, resolve, f"options.samples[{k}]")

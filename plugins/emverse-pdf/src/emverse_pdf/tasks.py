@@ -15,7 +15,7 @@ from emverse_pdf.metrics import rwp
 from emverse_pdf.model import DebyePDF
 from emverse_pdf.structures import Structure, kabsch_rmsd, parse_structure_spec, write_xyz
 
-__all__ = ["FitStructureTask", "comparison_figure"]
+__all__ = ["FitCrystalTask", "FitStructureTask", "comparison_figure"]
 
 
 class FitStructureTask(Task):
@@ -167,3 +167,132 @@ def comparison_figure(r, g_obs, curves: dict, title: str = "", obs_label: str = 
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+class FitCrystalTask(Task):
+    """Task ``pdf.fit_crystal``: calibrant first, then samples, each a periodic-crystal PDF fit.
+
+    A Task rather than the core ``refine`` workflow because it chains fits: the
+    calibrant's refined Qdamp/Qbroad become fixed instrument values of every
+    sample. The physics is :mod:`emverse_pdf.periodic`, the parametrisation
+    :class:`emverse_pdf.crystal_fit.CrystalPDFModel` (an ``nn.Module`` with
+    ``forward()`` and ``loss``) and the optimiser the recipe's [refiner], so the
+    fit itself can move to the core workflow unchanged.
+
+    Metrics per dataset ``<name>.``: ``rw_start``, ``rw``, the refined lattice
+    (``<phase>.a`` ... in Å and degrees), scale, δ's, U_iso (Å²), diameters (Å), qdamp,
+    qbroad (Å⁻¹); ``rw`` alone when there is one sample (else ``rw_max``).
+    """
+
+    def __init__(self, samples, calibrant=None, carry=("qdamp", "qbroad"), write_gr=True):
+        self.samples = samples
+        self.calibrant = calibrant
+        self.carry = tuple(carry)
+        self.write_gr = write_gr
+
+    def run(self, ctx):
+        from emverse.run import RunResult
+
+        from emverse_pdf.crystal_data import load_dataset
+
+        refiner = ctx.build("refiner")
+        metrics: dict[str, float] = {}
+        instrument: dict[str, float] = {}
+        jobs = [("options.calibrant", self.calibrant, True)] if self.calibrant is not None else []
+        jobs += [(f"options.samples[{k}]", d, False) for k, d in enumerate(self.samples)]
+        sample_rw = []
+        for field, options, is_calibrant in jobs:
+            loaded = load_dataset(options, ctx.resolve_path, field)
+            carried = {} if is_calibrant else {k: v for k, v in instrument.items() if k in self.carry}
+            model, g_obs = _crystal_model(loaded, carried, ctx)
+            prefix = "calibrant" if is_calibrant and not self.samples else loaded.name
+            for warning in _small_angle_warnings(model, loaded):
+                ctx.log.warning(warning)
+            with torch.no_grad():
+                rw_start = math.sqrt(float(model.loss(model(), g_obs)))
+            bar = ctx.progress(total=getattr(refiner, "steps", None), desc=f"pdf.fit_crystal {loaded.name}")
+
+            def callback(step, _model, loss, bar=bar):
+                bar.update(1)
+                bar.set_postfix(rw=f"{math.sqrt(max(loss, 0.0)):.4f}")
+
+            result = refiner.refine(model, g_obs, generator=ctx.generator(f"refine:{loaded.name}"),
+                                    callback=callback)
+            bar.close()
+            with torch.no_grad():
+                g_fit = model()
+                rw = math.sqrt(float(model.loss(g_fit, g_obs)))
+            summary = model.summary()
+            ctx.log.info("%s: Rw %.4f -> %.4f after %d iterations; %s", loaded.name, rw_start, rw,
+                         result.iterations, summary)
+            for warning in _small_angle_warnings(model, loaded):
+                ctx.log.warning("after the fit: %s", warning)
+            metrics[f"{prefix}.rw_start"] = rw_start
+            metrics[f"{prefix}.rw"] = rw
+            metrics.update({f"{prefix}.{k}": v for k, v in summary.items()})
+            if is_calibrant:
+                instrument = {"qdamp": summary["qdamp"], "qbroad": summary["qbroad"]}
+            else:
+                sample_rw.append(rw)
+            r = model.r.cpu().numpy()
+            ctx.save_figure(f"fit-{loaded.name}", comparison_figure(
+                r, g_obs.cpu().numpy(), {"refined": g_fit.cpu().numpy()},
+                title=f"{loaded.name}: Rw {rw_start:.4f} -> {rw:.4f}"))
+            ctx.add_table(f"fit-{loaded.name}", ["quantity", "value"],
+                          [["rw", f"{rw:.5f}"]] + [[k, f"{v:.6g}"] for k, v in summary.items()])
+            if self.write_gr:
+                write_gr(ctx.out_dir / f"{loaded.name}.fitted.gr", model.r, g_fit,
+                         metadata={"rw": f"{rw:.6g}", "qmax": model.qmax, **{
+                             k: f"{v:.8g}" for k, v in summary.items()}},
+                         comment=f"pdf.fit_crystal fit of {loaded.data.path}")
+        if len(sample_rw) == 1:
+            metrics["rw"] = sample_rw[0]
+        elif sample_rw:
+            metrics["rw_max"] = max(sample_rw)
+        elif self.calibrant is not None:
+            metrics["rw"] = metrics["calibrant.rw"]
+        return RunResult(metrics=metrics)
+
+
+def _crystal_model(loaded, carried: dict[str, float], ctx):
+    """CrystalPDFModel of a loaded dataset (instrument values in ``carried`` are fixed)."""
+    from emverse_pdf.crystal_fit import CrystalPDFModel, CrystalPhase
+
+    options = loaded.options
+    phases = []
+    for spec, crystal in zip(options.phases, loaded.crystals, strict=True):
+        phases.append(CrystalPhase(
+            crystal, radiation=options.radiation, adp=spec.adp, scale=spec.scale, delta1=spec.delta1,
+            delta2=spec.delta2, uiso=spec.uiso, envelope=spec.envelope, diameter=spec.diameter,
+            polar_diameter=spec.polar_diameter, refine=spec.refine, name=spec.name or crystal.name))
+    refine = [k for k in options.refine if k not in carried]
+    model = CrystalPDFModel(
+        phases, loaded.data.r, fit_rmin=options.fit_rmin, fit_rmax=loaded.fit_rmax, qmax=loaded.qmax,
+        qdamp=carried.get("qdamp", options.qdamp), qbroad=carried.get("qbroad", options.qbroad),
+        refine=refine, source=loaded.data.path)
+    lo = model.fit_first
+    g_obs = torch.as_tensor(loaded.data.g[lo:lo + model.r.numel()], dtype=torch.float64)
+    if options.start_scale_from_data:
+        # G is linear in the scales: start them at the least-squares factor of the start model,
+        # so the optimiser does not spend its first steps (or a wrong turn) on the magnitude
+        with torch.no_grad():
+            calc = model()
+            factor = float((calc * g_obs).sum() / (calc * calc).sum())
+            for phase in model.phases:
+                phase.values.rescale("scale", factor)
+    return model.to(ctx.device), g_obs.to(ctx.device)
+
+
+def _small_angle_warnings(model, loaded) -> list[str]:
+    from emverse_pdf.envelope import small_angle_warning
+
+    out = []
+    for phase in model.phases:
+        if phase.envelope != "none":
+            diameter = float(phase.value("diameter"))
+            if phase.envelope == "spheroid":
+                diameter = max(diameter, float(phase.value("polar_diameter")))
+            text = small_angle_warning(loaded.qmin, diameter, loaded.data.path)
+            if text:
+                out.append(text)
+    return out
