@@ -113,6 +113,27 @@ def structure_factors(
     )
 
 
+#: |Im F| / max|F| below which structure factors count as real (float64 rounding is ~1e-16)
+REAL_TOLERANCE = 1e-10
+
+
+def is_real_potential(crystal: Crystal, f: torch.Tensor) -> bool:
+    """True when the structure factors ``f`` (complex, any shape) are real for every value
+    of the refinable parameters: the crystal is centrosymmetric and ``f`` (computed at one
+    generic parameter set) has no imaginary part, i.e. the origin is on an inversion centre.
+
+    Atoms are expanded from the asymmetric unit with the space-group operations, so
+    inversion-related atoms keep related positions and U tensors under refinement and F
+    stays real; then the structure matrix is real symmetric and the real ``eigh`` is exact.
+    """
+    if not torch.is_complex(f):
+        return True
+    if not crystal.is_centrosymmetric or f.numel() == 0:
+        return False
+    f = f.detach()
+    return float(f.imag.abs().max()) <= REAL_TOLERANCE * float(f.abs().max())
+
+
 def u_from_f(f: torch.Tensor, crystal: Crystal, voltage_kv: float) -> torch.Tensor:
     """U_g (Å⁻²) = γ F_g / (π Ω) from F_g (Å)."""
     return f * (potential_prefactor(voltage_kv) / crystal.volume)
