@@ -44,6 +44,7 @@ import math
 
 import numpy as np
 import torch
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.noise import NoNoise, PoissonNoise
@@ -52,7 +53,6 @@ from emverse.parameter_space import Parameter, ParameterSpace
 from emverse_bloch.bethe import propagate_bethe
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal, load_structure
-from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     check_zone_axis,
     excitation_errors,

@@ -14,13 +14,12 @@ import math
 
 import numpy as np
 import torch
-
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse.errors import EmverseError
 
 from emverse_bloch.bethe import propagate_bethe
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal
-from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     excitation_errors,
     incident_direction,

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from emverse.electron import potential_prefactor
 from emverse.errors import EmverseError
 
 from emverse_bloch.crystal import Crystal
-from emverse.electron import potential_prefactor
 from emverse_bloch.scattering_factors import scattering_factor
 
 
