@@ -65,9 +65,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import abtem
+    from emverse.electron import wavelength_angstrom
     from emverse_bloch.cbed import OVERRIDE_HKL, BlochCBED
     from emverse_bloch.crystal import mgb2
-    from emverse.electron import wavelength_angstrom
     from emverse_bloch.structure_factors import structure_factors
 
     crystal = mgb2()
