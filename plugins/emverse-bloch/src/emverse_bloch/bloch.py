@@ -38,8 +38,8 @@ METHODS = ("eig", "expm")
 
 
 #: upper bound on the elements of one (chunk, T, N, N) temporary in the eig backward pass
-#: (complex: 16 bytes each, so 2**22 elements = 64 MiB); the batch is cut into chunks below it
-BACKWARD_CHUNK_ELEMENTS = 2**22
+#: (complex: 16 bytes each, so 2**20 elements = 16 MiB); the batch is cut into chunks below it
+BACKWARD_CHUNK_ELEMENTS = 2**20
 
 
 def _eigen_propagate(vectors, eigenvalues, phase_per_eigen):
