@@ -107,9 +107,11 @@ class _HermitianPropagation(torch.autograd.Function):
             lam_flat = eigenvalues.reshape(flat, n)
             s_flat = s.reshape(flat, n_t)
             g_flat = grad_psi.reshape(flat, n_t, n)
-            parts = [_daleckii_krein(v[i:i + chunk], lam_flat[i:i + chunk], s_flat[i:i + chunk],
-                                     g_flat[i:i + chunk]) for i in range(0, flat, chunk)]
-            grad_matrix = torch.cat(parts).reshape(*batch, n, n)
+            grad_matrix = torch.empty_like(v)  # filled chunk by chunk: no concatenated copy
+            for i in range(0, flat, chunk):
+                grad_matrix[i:i + chunk] = _daleckii_krein(v[i:i + chunk], lam_flat[i:i + chunk],
+                                                           s_flat[i:i + chunk], g_flat[i:i + chunk])
+            grad_matrix = grad_matrix.reshape(*batch, n, n)
         return grad_matrix, grad_s
 
 
