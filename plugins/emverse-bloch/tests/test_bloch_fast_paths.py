@@ -116,3 +116,44 @@ def test_bethe_switch_reaches_the_model_from_recipe_params():
     model = BlochCBED.from_params(CbedParams(detector_pixels=8, g_max=1.0, bethe_strong_beams=12))
     assert model.bethe_strong_beams == 12
     assert CbedParams().bethe_strong_beams == 0  # off by default
+
+
+def _grid(n=3, step=0.8e-3):
+    axis = torch.arange(-n, n + 1, dtype=torch.float64) * step
+    tx, ty = torch.meshgrid(axis, axis, indexing="xy")
+    return tx.reshape(-1), ty.reshape(-1)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_symmetric_directions_share_solves_exactly(mgb2_crystal, broken):
+    """Directions related by the 2mm symmetry of MgB2 [010] share one solve; a U tensor
+    that breaks the mirrors (U13 ≠ 0 on Mg: U(h0l) ≠ U(-h0l)) must switch those off and
+    keep the 2-fold axis, so both cases agree with solving every direction."""
+    from emverse_bloch.direction_symmetry import share_directions, zone_axis_operations
+    from emverse_bloch.geometry import select_beams, zone_axis_orientation
+    from emverse_bloch.structure_factors import StructureParameters
+    from emverse_bloch.structure_matrix import CouplingTable
+
+    structure = StructureParameters.from_crystal(mgb2_crystal)
+    if broken:
+        u = structure.u_cif.clone()
+        u[0] = torch.tensor([[0.006, 0.003, 0.002], [0.003, 0.006, 0.0], [0.002, 0.0, 0.004]])
+        structure = StructureParameters(structure.positions, u, structure.occupancy)
+    tx, ty = _grid()
+    kw = dict(g_max=1.2, thickness=[300.0, 2800.0], structure=structure, tilt_rad=(tx, ty))
+    with torch.no_grad():
+        _, shared = zone_axis_intensities(mgb2_crystal, (0, 1, 0), **kw)
+        _, every = zone_axis_intensities(mgb2_crystal, (0, 1, 0), share_symmetric_directions=False, **kw)
+    assert (shared - every).abs().max() < 1e-12
+    orientation = zone_axis_orientation(mgb2_crystal, (0, 1, 0))
+    beams = select_beams(mgb2_crystal, orientation, 40.0, 1.2, 0.05)
+    table = CouplingTable(beams)
+    operations = zone_axis_operations(mgb2_crystal, (0, 1, 0), orientation, beams, table.hkl,
+                                      structure_factors(mgb2_crystal, table.hkl, structure))
+    representatives, _, _ = share_directions(torch.tan(tx).numpy(), torch.tan(ty).numpy(), operations)
+    if broken:
+        assert len(operations) == 1  # only the 2-fold axis (h, l) -> (-h, -l) holds
+        assert len(representatives) == 25
+    else:
+        assert len(operations) == 3  # 2mm: two mirrors and the 2-fold axis
+        assert len(representatives) == 16  # 49 grid directions, 16 orbits

@@ -20,6 +20,7 @@ from emverse.errors import EmverseError
 from emverse_bloch.bethe import propagate_bethe
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal
+from emverse_bloch.direction_symmetry import share_directions, zone_axis_operations
 from emverse_bloch.geometry import (
     excitation_errors,
     incident_direction,
@@ -65,6 +66,7 @@ def zone_axis_intensities(
     return_amplitudes: bool = False,
     real_symmetric: bool | None = None,
     bethe_strong_beams: int = 0,
+    share_symmetric_directions: bool = True,
 ):
     """(beams (N, 3), I (..., T, N)) for thicknesses (T,) Å at zone axis [uvw].
 
@@ -74,6 +76,9 @@ def zone_axis_intensities(
     demands it, False keeps the complex Hermitian one. ``bethe_strong_beams``: 0 solves
     all beams exactly; n > 0 solves the n beams of smallest excitation error exactly and
     folds the rest in by Bethe potentials (:mod:`emverse_bloch.bethe`; approximate).
+    ``share_symmetric_directions``: directions related by a symmetry of the zone axis
+    share one solve (:mod:`emverse_bloch.direction_symmetry`; exact, used only for
+    intensities without gradients and without Bethe potentials).
     """
     if orientation is None:
         orientation = zone_axis_orientation(crystal, zone_axis)
@@ -94,20 +99,36 @@ def zone_axis_intensities(
     if (real if real_symmetric is None else real_symmetric) and method == "eig":
         u = u.real
     g_lab = torch.as_tensor(crystal.g_vectors(beams) @ np.asarray(orientation).T, dtype=dtype)
-    tx = torch.as_tensor(tilt_rad[0], dtype=dtype)
-    ty = torch.as_tensor(tilt_rad[1], dtype=dtype)
-    direction = incident_direction(tx, ty)
-    s = excitation_errors(g_lab, direction, k)
+    tx, ty = torch.broadcast_tensors(torch.as_tensor(tilt_rad[0], dtype=dtype),
+                                     torch.as_tensor(tilt_rad[1], dtype=dtype))
     metric = None
     if use_metric:
         metric = metric_diagonal(g_lab, torch.tensor([0.0, 0.0, 1.0], dtype=dtype), k)
-    matrix = structure_matrix(table.gather(u), s, k, metric)
+    couplings = table.gather(u)
     t = torch.as_tensor(thickness, dtype=dtype).reshape(-1)
-    t = t.expand(*matrix.shape[:-2], -1)
-    if bethe_strong_beams:
-        psi = propagate_bethe(matrix, t, k, bethe_strong_beams, metric)
-    else:
-        psi = propagate(matrix, t, k, method, metric)
+
+    def solve(tx, ty):
+        s = excitation_errors(g_lab, incident_direction(tx, ty), k)
+        matrix = structure_matrix(couplings, s, k, metric)
+        t_b = t.expand(*matrix.shape[:-2], -1)
+        if bethe_strong_beams:
+            return propagate_bethe(matrix, t_b, k, bethe_strong_beams, metric)
+        return propagate(matrix, t_b, k, method, metric)
+
+    inputs = (tx, ty, t, structure.positions, structure.u_cif, structure.occupancy)
+    needs_grad = torch.is_grad_enabled() and any(v.requires_grad for v in inputs)
+    if share_symmetric_directions and tx.numel() > 1 and not (return_amplitudes or needs_grad
+                                                              or bethe_strong_beams):
+        operations = zone_axis_operations(crystal, zone_axis, orientation, beams, table.hkl, u)
+        representatives, source, gather = share_directions(
+            torch.tan(tx).reshape(-1).numpy(), torch.tan(ty).reshape(-1).numpy(), operations)
+        if len(representatives) < tx.numel():
+            rep = torch.as_tensor(representatives)
+            psi = solve(tx.reshape(-1)[rep], ty.reshape(-1)[rep])
+            intensity = (psi.real**2 + psi.imag**2)[torch.as_tensor(source)]  # (P, T, N)
+            index = torch.as_tensor(gather)[:, None, :].expand_as(intensity)
+            return beams, intensity.gather(-1, index).reshape(*tx.shape, *intensity.shape[-2:])
+    psi = solve(tx, ty)
     if return_amplitudes:
         return beams, psi
     return beams, psi.real**2 + psi.imag**2
