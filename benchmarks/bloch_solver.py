@@ -21,7 +21,8 @@ eigendecomposition and the beam intensities.
 * "N directions batched": abTEM called once per direction (it has no batch) with the
   zone-axis beam set (tilting its crystal re-selects beams: 113–116 instead of 117,
   so its calls stay on the zone axis, which costs the same), vs one emverse call for
-  N directions within 3 mrad of it (per direction = total / N).
+  N directions within 3 mrad of it (the printed times are for all N; the ratio is
+  the same per direction).
 
 emverse picks the real symmetric ``eigh`` (MgB2 is centrosymmetric with the origin
 on the inversion centre, so every U_g is real). Figures: the largest intensity
