@@ -1,45 +1,49 @@
-"""Time per diffraction pattern of the emverse multislice model vs abTEM, same potential.
+"""Multislice 4D-STEM: time per diffraction pattern, emverse vs abTEM, same potential and probe.
 
-Realistic (MEP-Diffusion) sizes by default: a (16, 100, 100) phase volume at
-1.6 Å × 0.2 Å × 0.2 Å, 300 kV, 21.4 mrad, 200 Å defocus, Cs 5000 Å, scan
-positions on a 0.512 Å grid (the paper's 26 × 26 = 676; ``--positions``
-takes the first N to keep a run short on a shared CPU). Both codes use the
-same abTEM potential slices (our phase = σ·V), the same probe and positions,
-float32, and the same thread count. Printed: seconds per pattern for abTEM
-(forward), emverse forward (no grad), emverse forward + backward (gradient of
-a loss w.r.t. the volume), the ratios, and the relative L2 difference of the
-two 4D-STEM stacks.
+    python benchmarks/multislice_forward.py [--positions 64] [--repeats 9] [--dtype float32]
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/multislice_forward.py --positions 64
+Realistic (MEP-Diffusion) sizes: a (16, 100, 100) SrTiO3 phase volume at
+1.6 Å × 0.2 Å × 0.2 Å, 300 kV, 21.4 mrad, 200 Å defocus, Cs 5000 Å, scan positions on a
+0.512 Å grid (the paper's 26 × 26 = 676; ``--positions`` takes the first N). Both codes
+use the same abTEM potential slices (emverse's phase = σ·V), the same probe and
+positions, one thread (pinned in this script before abTEM is imported, dask
+synchronous). abTEM's wave functions are complex64 whatever is asked, so the float64
+case compares emverse float64 with abTEM's only precision.
+
+Each repeat times both sides back to back (harness.interleaved); printed are min and
+median per pattern and, last, the ratio emverse / abTEM (< 1: emverse is faster), for
+the forward pass; then emverse's forward + backward per pattern and its peak memory, and
+the relative L2 difference of the two 4D-STEM stacks.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Timing, interleaved, peak_memory, pin_threads, record, report, timed  # noqa: E402
+
+pin_threads(1)  # before abTEM (numba, dask, FFT) is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
-def _best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def per_pattern(timing: Timing, n: int) -> Timing:
+    return Timing([t / n for t in timing.times])
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(16, 100, 100), help="depth H W (voxels)")
     parser.add_argument("--positions", type=int, default=64, help="scan positions timed (≤ 676)")
     parser.add_argument("--batch", type=int, default=64, help="scan positions per emverse call")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
 
     import abtem
     from emverse_multislice.ptychography import MultislicePtychography
@@ -51,52 +55,46 @@ def main(argv=None):
     potential = abtem.Potential(atoms, gpts=(h, w), slice_thickness=(dz,) * depth)
     potential = potential.build(lazy=False).compute()
     volume = torch.tensor(abtem.core.energy.energy2sigma(voltage * 1e3) * np.asarray(potential.array),
-                          dtype=torch.float32)[None]
+                          dtype=dtype)[None]
 
     model = MultislicePtychography(
         voltage_kv=voltage, semiangle_mrad=21.4, defocus_angstrom=200.0, cs_angstrom=5000.0,
         sampling_angstrom=sampling, slice_thickness_angstrom=dz, object_shape=(depth, h, w),
         scan_shape=(26, 26), scan_step_angstrom=0.512,
-    )
+    )  # float64 operators, cast to the input's precision in forward
     n = min(args.positions, model.n_scan)
-    positions = model.positions_angstrom[:n].numpy()
-
+    positions = model.positions_angstrom[:n].double().numpy()
     probe = abtem.Probe(energy=voltage * 1e3, semiangle_cutoff=21.4, defocus=200.0, Cs=5000.0)
     probe.grid.match(potential)
     scan = abtem.CustomScan(positions)
-
-    reference = {}
+    chunks = torch.arange(n).split(args.batch)
+    out = {}
 
     def run_abtem():
         waves = probe.multislice(potential=potential, scan=scan, lazy=False)
-        reference["y"] = np.asarray(waves.diffraction_patterns(max_angle=None, fftshift=True).compute().array)
-
-    chunks = torch.arange(n).split(args.batch)
+        out["abtem"] = np.asarray(waves.diffraction_patterns(max_angle=None, fftshift=True).compute().array)
 
     def run_forward():
         with torch.no_grad():
-            reference["mine"] = torch.cat([model(volume, scan_indices=c) for c in chunks], dim=1)
-
-    x = volume.clone().requires_grad_(True)
+            out["emverse"] = torch.cat([model(volume, scan_indices=c) for c in chunks], dim=1)
 
     def run_backward():
+        x = volume.clone().requires_grad_(True)
         for c in chunks:
-            loss = model(x, scan_indices=c).sqrt().sum()
-            loss.backward()
+            model(x, scan_indices=c).sqrt().sum().backward()
 
-    run_abtem(), run_forward(), run_backward()  # warm-up (numba JIT, FFT plans)
-    t_abtem = _best_of(run_abtem, args.repeats) / n
-    t_fwd = _best_of(run_forward, args.repeats) / n
-    t_bwd = _best_of(run_backward, args.repeats) / n
-    mine = reference["mine"][0].numpy()
-    rel = float(np.linalg.norm(mine - reference["y"]) / np.linalg.norm(reference["y"]))
-
-    print(f"volume {depth}×{h}×{w} (1.6 Å × 0.2 Å²), {n} positions, float32, {args.threads} thread(s)")
-    print(f"abTEM multislice          {t_abtem * 1e3:8.3f} ms / pattern")
-    print(f"emverse forward           {t_fwd * 1e3:8.3f} ms / pattern   ratio abTEM/emverse = {t_abtem / t_fwd:.2f}")
-    print(f"emverse forward+backward  {t_bwd * 1e3:8.3f} ms / pattern   ratio abTEM/emverse = {t_abtem / t_bwd:.2f}")
-    print(f"relative L2 difference of the two stacks (float32): {rel:.2e}")
-    return {"abtem": t_abtem, "forward": t_fwd, "forward_backward": t_bwd, "relative_l2": rel}
+    print(f"volume {depth}×{h}×{w} (1.6 Å × 0.2 Å²), {n} positions, {args.dtype}, "
+          f"threads {torch.get_num_threads()}, {args.repeats} repeats")
+    ours, peer = interleaved(run_forward, run_abtem, args.repeats)
+    mine = out["emverse"][0].double().numpy()
+    rel = float(np.linalg.norm(mine - out["abtem"]) / np.linalg.norm(out["abtem"]))
+    record(f"multislice {args.dtype}: relative L2 difference of the two 4D-STEM stacks", rel, "")
+    backward = per_pattern(timed(run_backward, max(3, args.repeats // 3)), n)
+    record(f"multislice {args.dtype}: emverse forward + backward per pattern (min)", backward.min * 1e3, "ms")
+    record(f"multislice {args.dtype}: emverse forward + backward peak memory ({n} positions)",
+           peak_memory(run_backward), "MiB")
+    report(f"multislice SrTiO3 {depth}x{h}x{w} {args.dtype}, per pattern", per_pattern(ours, n),
+           per_pattern(peer, n), "abTEM multislice", "ms")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from emverse.electron import wavelength_angstrom
 from emverse.errors import EmverseError
 from emverse_bloch.bloch import intensities, propagate
-from emverse.electron import wavelength_angstrom
 from emverse_bloch.simulate import wavenumber_for, zone_axis_intensities
 from emverse_bloch.structure_factors import StructureParameters
 

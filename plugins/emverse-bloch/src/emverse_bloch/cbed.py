@@ -31,6 +31,11 @@ tilt); overlapping discs add incoherently. The beam set (|g| ≤ g_max,
 are built once per parameter set, only the diagonal changes per direction.
 The pattern holds fractions of the incident intensity per direction (no
 normalisation over the detector).
+
+Speed: when every U_g is real (MgB2: centrosymmetric, origin on the inversion
+centre) the structure matrix is real symmetric and the real ``eigh`` runs (exact,
+chosen at construction); ``bethe_strong_beams`` > 0 folds the weak beams in by Bethe
+potentials (approximate, off by default; see :mod:`emverse_bloch.bethe`).
 """
 
 from __future__ import annotations
@@ -39,14 +44,15 @@ import math
 
 import numpy as np
 import torch
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.noise import NoNoise, PoissonNoise
 from emverse.parameter_space import Parameter, ParameterSpace
 
+from emverse_bloch.bethe import propagate_bethe
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal, load_structure
-from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     check_zone_axis,
     excitation_errors,
@@ -55,7 +61,12 @@ from emverse_bloch.geometry import (
     select_beams,
     zone_axis_orientation,
 )
-from emverse_bloch.structure_factors import Overrides, StructureParameters, structure_factors
+from emverse_bloch.structure_factors import (
+    Overrides,
+    StructureParameters,
+    is_real_potential,
+    structure_factors,
+)
 from emverse_bloch.structure_matrix import CouplingTable, structure_matrix
 
 #: reflections whose F are free parameters, in the order of the parameter vector
@@ -104,6 +115,7 @@ class BlochCBED(ForwardModel):
         dose_electrons_per_pixel: float = 0.0,
         crystal: Crystal | None = None,
         mip_corrected: bool = True,
+        bethe_strong_beams: int = 0,
     ):
         noise = PoissonNoise(dose_electrons_per_pixel) if dose_electrons_per_pixel > 0 else NoNoise()
         super().__init__(noise)
@@ -140,6 +152,18 @@ class BlochCBED(ForwardModel):
         g_lab = self.crystal.g_vectors(self.beams) @ self.orientation.T
         self.register_buffer("g_lab", torch.as_tensor(g_lab, dtype=torch.float64))
         self.parameter_space = mgb2_parameter_space()
+        if bethe_strong_beams < 0:
+            raise EmverseError(
+                f"bethe_strong_beams {bethe_strong_beams} must be >= 0 (0: every beam solved exactly)"
+            )
+        self.bethe_strong_beams = int(bethe_strong_beams)
+        # real U_g at a generic parameter set (the prior-box centre) and real symmetry
+        # phases of the overrides: real for every x (see is_real_potential)
+        self.real_symmetric = (
+            method == "eig" and not self.absorption
+            and bool(np.all(np.abs(self.override_plan.phase.imag) < 1e-12))
+            and is_real_potential(self.crystal, self.potential_table(self.default_parameters()))
+        )
 
         # detector: which (pixel, beam) pairs, and the incident direction of each
         n = int(detector_pixels)
@@ -214,7 +238,10 @@ class BlochCBED(ForwardModel):
                 f"thickness {thickness.detach().min().item():.4g} Å is negative; give thicknesses >= 0 Å"
             )
         dtype = x.dtype
-        couplings = self.couplings.gather(self.potential_table(x))[:, None]  # (B,1,N,N)
+        table = self.potential_table(x)
+        if self.real_symmetric:
+            table = table.real
+        couplings = self.couplings.gather(table)[:, None]  # (B,1,N,N)
         tilt = torch.deg2rad(x[:, 10:12])  # (B,2)
         angle = self.pair_angle.to(dtype)[None] + tilt[:, None, :]  # (B,P,2)
         direction = incident_direction(angle[..., 0], angle[..., 1])  # (B,P,3)
@@ -227,7 +254,11 @@ class BlochCBED(ForwardModel):
             absorption0 = torch.tensor(self.absorption * self.u0, dtype=dtype, device=x.device)
         matrix = structure_matrix(couplings, s, self.wavenumber, metric, absorption0)
         t = thickness[:, None, None].expand(-1, self.n_directions, 1)
-        psi = propagate(matrix, t, self.wavenumber, self.method, metric)[..., 0, :]  # (B,P,N)
+        if self.bethe_strong_beams:
+            psi = propagate_bethe(matrix, t, self.wavenumber, self.bethe_strong_beams, metric)
+        else:
+            psi = propagate(matrix, t, self.wavenumber, self.method, metric)
+        psi = psi[..., 0, :]  # (B,P,N)
         picked = psi.gather(-1, self.pair_beam[None, :, None].expand(x.shape[0], -1, 1))[..., 0]
         values = picked.real**2 + picked.imag**2
         pattern = torch.zeros(x.shape[0], self.shape[0] * self.shape[1], dtype=dtype, device=x.device)

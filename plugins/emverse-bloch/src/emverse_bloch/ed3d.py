@@ -63,13 +63,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.parameter_space import Parameter, ParameterSpace
 
 from emverse_bloch.bloch import propagate
 from emverse_bloch.crystal import Crystal, load_structure
-from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse_bloch.geometry import (
     excitation_errors,
     hkl_sphere,

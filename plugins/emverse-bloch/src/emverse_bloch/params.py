@@ -49,6 +49,9 @@ class CbedParams:
     method: str = attrs.field(default="eig", validator=one_of("eig", "expm"))
     absorption: float = attrs.field(default=0.0, validator=non_negative)  # κ, U' = κU
     dose_electrons_per_pixel: float = attrs.field(default=0.0, validator=non_negative)  # 0: no noise
+    # 0: every beam solved exactly; n > 0: n beams per direction exactly, the rest folded in
+    # by Bethe potentials (faster, approximate: see docs/emverse-bloch.md for the error)
+    bethe_strong_beams: int = attrs.field(default=0, validator=non_negative)
 
 
 @attrs.frozen

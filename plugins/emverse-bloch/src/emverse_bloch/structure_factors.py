@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from emverse.electron import potential_prefactor
 from emverse.errors import EmverseError
 
 from emverse_bloch.crystal import Crystal
-from emverse.electron import potential_prefactor
 from emverse_bloch.scattering_factors import scattering_factor
 
 
@@ -111,6 +111,27 @@ def structure_factors(
     return torch.complex(
         (amplitude * torch.cos(phase)).sum(-2), (amplitude * torch.sin(phase)).sum(-2)
     )
+
+
+#: |Im F| / max|F| below which structure factors count as real (float64 rounding is ~1e-16)
+REAL_TOLERANCE = 1e-10
+
+
+def is_real_potential(crystal: Crystal, f: torch.Tensor) -> bool:
+    """True when the structure factors ``f`` (complex, any shape) are real for every value
+    of the refinable parameters: the crystal is centrosymmetric and ``f`` (computed at one
+    generic parameter set) has no imaginary part, i.e. the origin is on an inversion centre.
+
+    Atoms are expanded from the asymmetric unit with the space-group operations, so
+    inversion-related atoms keep related positions and U tensors under refinement and F
+    stays real; then the structure matrix is real symmetric and the real ``eigh`` is exact.
+    """
+    if not torch.is_complex(f):
+        return True
+    if not crystal.is_centrosymmetric or f.numel() == 0:
+        return False
+    f = f.detach()
+    return float(f.imag.abs().max()) <= REAL_TOLERANCE * float(f.abs().max())
 
 
 def u_from_f(f: torch.Tensor, crystal: Crystal, voltage_kv: float) -> torch.Tensor:

@@ -64,14 +64,14 @@ def structure_matrix(
     metric: torch.Tensor | None = None,
     diagonal_absorption: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Assemble A (..., N, N) complex, in Å⁻².
+    """Assemble A (..., N, N) in Å⁻²: complex, or real when the couplings are real (a
+    real symmetric matrix, see :func:`emverse_bloch.structure_factors.is_real_potential`).
 
-    couplings: (..., N, N) complex U(h_j − h_i) in Å⁻² (diagonal ignored);
+    couplings: (..., N, N) complex or real U(h_j − h_i) in Å⁻² (diagonal ignored);
     excitation_error: (..., N) Å⁻¹; wavenumber: K in Å⁻¹; metric: (..., N) or None (M = 1);
     diagonal_absorption: U'_0 (Å⁻²), added as +i U'_0 on the diagonal.
     """
     n = couplings.shape[-1]
-    eye = torch.eye(n, dtype=torch.bool, device=couplings.device)
     diag = 2.0 * wavenumber * excitation_error
     off = couplings
     if metric is not None:
@@ -80,5 +80,10 @@ def structure_matrix(
     diag = diag.to(couplings.dtype)
     if diagonal_absorption is not None:
         diag = diag + 1j * torch.as_tensor(diagonal_absorption, device=diag.device)[..., None]
-    off, diag = torch.broadcast_tensors(off, torch.diag_embed(diag))
-    return torch.where(eye, diag, off)
+    # one copy of the couplings with the diagonal written in place (cheaper than
+    # torch.where over a diag_embed: this assembly is ~15 % of a CBED forward pass)
+    dtype = torch.promote_types(off.dtype, diag.dtype)
+    batch = torch.broadcast_shapes(off.shape[:-2], diag.shape[:-1])
+    matrix = off.to(dtype).expand(*batch, n, n).clone()
+    matrix.diagonal(dim1=-2, dim2=-1).copy_(diag.expand(*batch, n))
+    return matrix
