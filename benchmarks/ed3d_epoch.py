@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 from emverse.testing import shared_data_dir
-from emverse_ed3d.crystal import read_structure
+from emverse.crystal import Crystal
 from emverse_ed3d.pets import read_pets
 from emverse_ed3d.problem import build_model
 from emverse_ed3d.refiners import Ed3dAdam, Ed3dLBFGS
@@ -30,13 +30,13 @@ from emverse_ed3d.synthetic import make_synthetic
 def setup(args, backend):
     root = shared_data_dir() / "ed3d_pets" / "quartz"
     geometry = read_pets(root / "quartz_exp.cif_pets").select_frames(range(0, 99, args.frame_stride))
-    truth = read_structure(root / "quartz_refined_P3221.cif")
+    truth = Crystal.from_cif(root / "quartz_refined_P3221.cif")
     data, t_true = make_synthetic(geometry, truth, profile="sinusoidal", mean_angstrom=400.0,
                                   amplitude_angstrom=150.0, dynamic_range=1e6, g_max=args.g_max,
-                                  n_tilts=args.n_tilts, backend=backend,
+                                  n_tilts=args.n_tilts,
                                   generator=torch.Generator().manual_seed(7), rng=np.random.default_rng(7))
     model = build_model(data, truth, thickness_model="nn", t_min=50.0, t_max=1000.0, t_init=400.0,
-                        backend=backend, g_max=args.g_max, n_tilts=args.n_tilts, check_cell=False,
+                        g_max=args.g_max, n_tilts=args.n_tilts, check_cell=False,
                         generator=torch.Generator().manual_seed(1))
     model.structure.perturb(0.2, torch.Generator().manual_seed(2))
     st = model.structure

@@ -16,8 +16,8 @@ class RefineParams:
     geometry is used and the intensities are simulated from ``structure`` with the
     thickness profile below (dynamic range, drop < 1 count, Poisson, σ = √I).
     Start model: ``start_structure`` if given, else ``structure`` perturbed by up to
-    ``perturbation_angstrom`` (symmetry-aware); ``enantiomer`` ("P3121"/"P3221")
-    inverts the structure into the other hand before refining.
+    ``perturbation_angstrom`` (symmetry-aware); ``enantiomer`` (a name, e.g. "P3121")
+    inverts the structure into the other hand (x -> −x, operations (R, t) -> (R, −t)) before refining.
     Units: Å, Å⁻¹, degrees.
     """
 
@@ -26,7 +26,7 @@ class RefineParams:
     data: str = "shared:ed3d_pets/quartz/quartz_exp.cif_pets"
     structure: str = "shared:ed3d_pets/quartz/quartz_refined_P3221.cif"
     start_structure: str = ""
-    enantiomer: str = attrs.field(default="", validator=one_of("", "P3121", "P3221"))
+    enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
     # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
     frame_stride: int = attrs.field(default=1, validator=positive)
     max_frames: int = attrs.field(default=0, validator=non_negative)
@@ -52,7 +52,8 @@ class RefineParams:
     t_init_angstrom: float = attrs.field(default=500.0, validator=positive)
     quadratic_prior: bool = False
     # physics
-    physics_backend: str = attrs.field(default="bloch", validator=one_of("bloch", "native"))
+    # proportional absorption: U' = κ U (the structure matrix carries (1 + iκ) U); 0 = none
+    absorption: float = attrs.field(default=0.0, validator=non_negative)
     method: str = attrs.field(default="eig", validator=one_of("eig", "expm"))
     g_max: float = attrs.field(default=1.4, validator=positive)
     sg_max: float = attrs.field(default=0.01, validator=positive)

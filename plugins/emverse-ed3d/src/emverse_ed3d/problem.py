@@ -7,20 +7,53 @@ import logging
 import attrs
 import numpy as np
 import torch
+from emverse.crystal import Crystal
 from emverse.errors import EmverseError
 
-from emverse_ed3d.crystal import AsymmetricUnit, check_cell_matches, reciprocal_matrix
-from emverse_ed3d.model import HybridEd3dModel, RefinableStructure, frame_orientations
-from emverse_ed3d.pets import PetsData
-from emverse_ed3d.physics import make_physics
+from emverse_ed3d.model import (
+    HybridEd3dModel,
+    RefinableStructure,
+    cell_columns,
+    frame_orientations,
+    reciprocal_columns,
+)
+from emverse_ed3d.pets import PetsData, wavelength_to_voltage_kv
+from emverse_ed3d.physics import BlochPhysics
 from emverse_ed3d.thickness import build_thickness_model
 
 log = logging.getLogger(__name__)
 
 
+def check_cell_matches(structure: Crystal, data_cell, *, rel_tol: float = 0.02, angle_tol: float = 1.0):
+    """Raise if the structure's cell disagrees with the data's cell (lengths within
+    ``rel_tol``, angles within ``angle_tol`` degrees), or its symmetry contradicts
+    the data's metric (e.g. a hexagonal group on an orthorhombic cell)."""
+    s = np.array([*structure.cell_lengths, *structure.cell_angles], float)
+    d = np.asarray(data_cell, float)
+    name = structure.spacegroup or structure.name
+    bad = [n for k, n in enumerate(("a", "b", "c")) if abs(s[k] - d[k]) > rel_tol * d[k]]
+    bad += [n for k, n in zip(range(3, 6), ("alpha", "beta", "gamma"), strict=True) if abs(s[k] - d[k]) > angle_tol]
+    if bad:
+        raise EmverseError(
+            f"structure cell {tuple(round(x, 4) for x in s)} ({name}) disagrees with the "
+            f"data cell {tuple(round(x, 4) for x in d)} in {', '.join(bad)}; use the structure that belongs "
+            "to this data set (or transform it to the data's setting)"
+        )
+    # every rotation must preserve the data's metric tensor G = AᵀA
+    A = cell_columns(data_cell)
+    G = A.T @ A
+    for op in structure.operations:
+        R = op.rotation
+        if not np.allclose(R.T @ G @ R, G, rtol=2e-2, atol=2e-2 * G.max()):
+            raise EmverseError(
+                f"space group {name} does not fit the data cell {tuple(round(x, 4) for x in d)}: "
+                "one of its operations does not preserve the metric; check the space group and cell setting"
+            )
+
+
 def restrict_resolution(data: PetsData, g_max: float) -> PetsData:
     """Keep reflections with |g| ≤ g_max (Å⁻¹); frames left empty are dropped (counted)."""
-    B = reciprocal_matrix(data.cell)
+    B = reciprocal_columns(data.cell)
     g = np.linalg.norm(data.hkl @ B.T, axis=1)
     keep = g <= g_max + 1e-9
     out = attrs.evolve(data, hkl=data.hkl[keep], intensity=data.intensity[keep], sigma=data.sigma[keep],
@@ -41,7 +74,7 @@ def filter_excitation(data: PetsData, rsg_max: float | None, semi_angle: np.ndar
     if rsg_max is None or rsg_max <= 0:
         return data
     orientations, axes = frame_orientations(data, data.cell)
-    B = reciprocal_matrix(data.cell)
+    B = reciprocal_columns(data.cell)
     k0 = 1.0 / data.wavelength_angstrom
     g = np.einsum("nij,jk,nk->ni", orientations[data.frame_index], B, data.hkl)
     s_g = (2 * k0 * g[:, 2] - (g**2).sum(1)) / (2 * k0)
@@ -71,7 +104,7 @@ def semi_angle_deg(data: PetsData, override: float | None) -> np.ndarray:
 
 def build_model(
     data: PetsData,
-    structure: AsymmetricUnit,
+    structure: Crystal,
     *,
     thickness_model: str = "nn",
     t_min: float = 50.0,
@@ -81,7 +114,7 @@ def build_model(
     anisotropic: bool | None = None,
     hydrogens: str = "free",
     riding_adp: bool = True,
-    backend: str = "bloch",
+    absorption: float = 0.0,
     g_max: float = 1.4,
     sg_max: float = 0.01,
     n_tilts: int = 5,
@@ -98,10 +131,11 @@ def build_model(
     data = filter_excitation(data, rsg_max, semi_angle_deg(data, rocking_semi_angle_deg))
     st = RefinableStructure(structure, anisotropic=anisotropic, hydrogens=hydrogens, riding_adp=riding_adp)
     orientations, axes = frame_orientations(data, data.cell)
-    physics = make_physics(
-        backend, st, orientations, axes, data.wavelength_angstrom, semi_angle_deg(data, rocking_semi_angle_deg),
-        data.hkl, data.frame_index, g_max=g_max, sg_max=sg_max, n_tilts=n_tilts,
-        precession=data.geometry.startswith("precession"), method=method, bucket_ratio=bucket_ratio,
+    physics = BlochPhysics(
+        st, orientations, axes, wavelength_to_voltage_kv(data.wavelength_angstrom),
+        semi_angle_deg(data, rocking_semi_angle_deg), data.hkl, data.frame_index, g_max=g_max, sg_max=sg_max,
+        n_tilts=n_tilts, precession=data.geometry.startswith("precession"), method=method,
+        bucket_ratio=bucket_ratio, absorption=absorption,
     )
     theta = frame_theta(data)
     span = float(np.ptp(theta)) / 2 if theta.size > 1 else 1.0

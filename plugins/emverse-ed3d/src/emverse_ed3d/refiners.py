@@ -15,8 +15,7 @@ import time
 import numpy as np
 import torch
 from emverse.interfaces import RefinementResult, Refiner
-
-from emverse_ed3d.dynamical import rotation_x, rotation_y, rotation_z
+from emverse_bloch.geometry import rotation_x, rotation_y, rotation_z
 
 
 def _trainable(model):

@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 import torch
+from emverse.crystal import Crystal
 from emverse.interfaces import OptionsTask
 
 from emverse_ed3d import metrics as M
-from emverse_ed3d.crystal import check_cell_matches, direct_matrix, read_structure
-from emverse_ed3d.model import HYDROGEN_ELEMENTS
+from emverse_ed3d.model import HYDROGEN_ELEMENTS, SiteArrays
 from emverse_ed3d.pets import read_pets, summary
-from emverse_ed3d.problem import build_model
+from emverse_ed3d.problem import build_model, check_cell_matches
 
 
 def _select_frames(data, stride: int, max_frames: int):
@@ -29,7 +29,7 @@ class Ed3dRefineTask(OptionsTask):
         o = ctx.options
         data = read_pets(ctx.resolve_path(o.data))
         data = _select_frames(data, o.frame_stride, o.max_frames)
-        truth = read_structure(ctx.resolve_path(o.structure))
+        truth = Crystal.from_cif(ctx.resolve_path(o.structure))
         check_cell_matches(truth, data.cell)
         ctx.log.info("data: %s", summary(data))
         t_true = None
@@ -40,20 +40,19 @@ class Ed3dRefineTask(OptionsTask):
                 data, truth, profile=o.thickness_profile, mean_angstrom=o.profile_mean_angstrom,
                 amplitude_angstrom=o.profile_amplitude_angstrom, dynamic_range=o.dynamic_range, g_max=o.g_max,
                 sg_max=o.sg_max, rsg_max=o.rsg_max or 0.66, n_tilts=o.n_tilts,
-                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, backend=o.physics_backend,
-                method=o.method, generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
+                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, method=o.method, generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
             )
             ctx.log.info("synthetic data: %s", summary(data))
-        start = read_structure(ctx.resolve_path(o.start_structure)) if o.start_structure else truth
+        start = Crystal.from_cif(ctx.resolve_path(o.start_structure)) if o.start_structure else truth
         reference = truth
         if o.enantiomer:
-            start = start.enantiomer(o.enantiomer)
-            reference = truth.enantiomer(o.enantiomer)
+            start = start.inverted(name=o.enantiomer)
+            reference = truth.inverted(name=o.enantiomer)
         anisotropic = None if o.adp == "auto" else (o.adp == "aniso")
         model = build_model(
             data, start, thickness_model=o.thickness_model, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom,
             t_init=o.t_init_angstrom, quadratic_prior=o.quadratic_prior, anisotropic=anisotropic,
-            backend=o.physics_backend, g_max=o.g_max, sg_max=o.sg_max, n_tilts=o.n_tilts,
+            absorption=o.absorption, g_max=o.g_max, sg_max=o.sg_max, n_tilts=o.n_tilts,
             rocking_semi_angle_deg=o.rocking_semi_angle_deg or None,
             rsg_max=None if o.synthetic else (o.rsg_max or None), method=o.method,
             hydrogens=o.hydrogens, riding_adp=o.riding_adp, bucket_ratio=o.bucket_ratio,
@@ -72,22 +71,23 @@ class Ed3dRefineTask(OptionsTask):
         ctx.log.info("refining %d reflections on %d frames (%s physics, beams per frame ≤ %d)",
                      used.n_reflections, used.n_frames, model.physics.name, int(np.max(model.physics.n_beams)))
 
-        ref_frac = reference.frac
-        ref_u = reference.u_cart
-        A = direct_matrix(reference.cell)
-        heavy = np.array([el not in HYDROGEN_ELEMENTS for el in reference.elements])
+        ref_sites = SiteArrays(reference)
+        ref_frac = ref_sites.frac
+        ref_u = ref_sites.u_cart
+        A = ref_sites.cell_matrix
+        heavy = np.array([el not in HYDROGEN_ELEMENTS for el in ref_sites.elements])
         has_h = not heavy.all()
         theta_deg = np.degrees(model.theta.numpy())
 
         def structure_errors(model):
             out = {
-                "asu_rmsd": M.asu_rmsd(st.frac_asu().detach().numpy(), ref_frac, A, reference.rotations,
-                                       reference.translations),
+                "asu_rmsd": M.asu_rmsd(st.frac_asu().detach().numpy(), ref_frac, A, ref_sites.rotations,
+                                       ref_sites.translations),
                 "adp_error": M.adp_frobenius(st.u_asu().detach().numpy(), ref_u),
             }
             if has_h:  # the same over the non-H atoms only
                 out["asu_rmsd_non_h"] = M.asu_rmsd(st.frac_asu().detach().numpy()[heavy], ref_frac[heavy], A,
-                                                   reference.rotations, reference.translations)
+                                                   ref_sites.rotations, ref_sites.translations)
                 out["adp_error_non_h"] = M.adp_frobenius(st.u_asu().detach().numpy()[heavy], ref_u[heavy])
             if t_true is not None:
                 out["thickness_rms"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["rms_angstrom"]
@@ -156,8 +156,8 @@ class Ed3dRefineTask(OptionsTask):
                 values = metric(i_calc, truth_table)
             elif isinstance(metric, M.AsuRMSD):
                 values = metric({"frac": st.frac_asu().detach()},
-                                {"frac": ref_frac, "cell_matrix": A, "rotations": reference.rotations,
-                                 "translations": reference.translations})
+                                {"frac": ref_frac, "cell_matrix": A, "rotations": ref_sites.rotations,
+                                 "translations": ref_sites.translations})
             elif isinstance(metric, M.AdpError):
                 values = metric(st.u_asu().detach(), ref_u)
             elif isinstance(metric, M.ThicknessProfileError):
@@ -192,7 +192,7 @@ class Ed3dRefineTask(OptionsTask):
             "frac_asu": st.frac_asu().detach().contiguous(), "u_asu": st.u_asu().detach().contiguous(),
             "thickness_angstrom": model.thickness().detach().contiguous(),
             "theta_rad": model.theta.detach().contiguous(),
-        }, metadata={"space_group": start.space_group, "labels": ",".join(start.labels)})
+        }, metadata={"space_group": start.spacegroup, "labels": ",".join(s.label for s in start.sites)})
         return RunResult(metrics=out)
 
     @staticmethod
