@@ -503,8 +503,13 @@ class Crystal:
             lines.append(f"_cell_length_{key} {value:.6f}")
         for key, value in zip(("alpha", "beta", "gamma"), self.cell_angles, strict=True):
             lines.append(f"_cell_angle_{key} {value:.6f}")
-        if self.spacegroup:
-            lines.append(f"_space_group_name_H-M_alt '{self.spacegroup}'")
+        symbol, number = self.spacegroup, None
+        if not symbol:
+            symbol, number = _space_group_type(self)
+        if symbol:  # ASE's reader needs a symbol; the operations below define the group
+            lines.append(f"_space_group_name_H-M_alt '{symbol}'")
+        if number:
+            lines.append(f"_space_group_IT_number {number}")
         lines += ["", "loop_", "_space_group_symop_operation_xyz"]
         lines += [f"'{_xyz(op)}'" for op in self.operations]
         lines += ["", "loop_", "_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x",
@@ -556,6 +561,24 @@ def _reciprocal_lengths(cell_lengths, cell_angles) -> np.ndarray:
 
     lattice = cellpar_to_cell([*cell_lengths, *cell_angles])
     return np.linalg.norm(np.linalg.inv(lattice).T, axis=1)
+
+
+def _space_group_type(crystal: Crystal) -> tuple[str, int | None]:
+    """(Hermann–Mauguin symbol, number) of the crystal's operations by spglib, or ('', None)
+    when spglib is not installed or does not recognise them."""
+    try:
+        import spglib
+    except ImportError:
+        return "", None
+    rotations = np.array([op.rotation for op in crystal.operations], dtype=np.intc)
+    translations = np.array([op.translation for op in crystal.operations], dtype=float)
+    try:
+        found = spglib.get_spacegroup_type_from_symmetry(rotations, translations, crystal.lattice)
+    except Exception:  # spglib raises or returns None for sets that are not a group
+        return "", None
+    if found is None:
+        return "", None
+    return str(found.international_full), int(found.number)
 
 
 def _xyz(op: SymmetryOperation) -> str:

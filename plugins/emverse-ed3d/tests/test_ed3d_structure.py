@@ -110,6 +110,9 @@ def test_enantiomer(quartz_structure):
     inv = (-ref) % 1.0
     d = np.abs(((pos[:, None] - inv[None]) + 0.5) % 1.0 - 0.5).sum(-1)
     assert np.all(d.min(1) < 1e-6) and len(pos) == len(ref)
+    # spglib names the groups from the operations alone: P3₂21 (154) -> P3₁21 (152)
+    assert "_space_group_IT_number 154" in quartz_structure.to_cif()
+    assert "_space_group_IT_number 152" in other.to_cif()
 
 
 def test_refined_crystal_round_trips_through_a_cif(quartz_structure, tmp_path):

@@ -291,13 +291,21 @@ class HybridEd3dModel(nn.Module):
         self.register_buffer("f_obs", f_obs)
         self.register_buffer("weight", w)
         self.n_frames = physics.n_frames
+        # per-frame corrective rotations, left-multiplied onto the PETS2 orientation (lab frame):
+        # a fixed part (Nelder–Mead prepass, earlier refinement stages) times small rotations by
+        # refinable angles (α, β, ω) about lab x, y, z (rad; no gradient unless requires_grad is set)
         self.register_buffer("orientation_delta", torch.eye(3, dtype=dtype).repeat(self.n_frames, 1, 1))
+        self.orientation_angles = nn.Parameter(torch.zeros(self.n_frames, 3, dtype=dtype), requires_grad=False)
 
     def thickness(self) -> torch.Tensor:
         return self.thickness_model(self.theta)
 
+    def orientation_correction(self) -> torch.Tensor:
+        """(F, 3, 3) corrective rotations: R(angles) · orientation_delta."""
+        return small_rotations(self.orientation_angles) @ self.orientation_delta
+
     def unscaled(self) -> torch.Tensor:
-        return self.physics.intensities(self.thickness(), orientation_delta=self.orientation_delta,
+        return self.physics.intensities(self.thickness(), orientation_delta=self.orientation_correction(),
                                         kinematical=self.kinematical)
 
     def scales(self, i_calc: torch.Tensor) -> torch.Tensor:
@@ -317,7 +325,7 @@ class HybridEd3dModel(nn.Module):
     def frame_wr(self, frame: int, rotation: torch.Tensor | None = None) -> float:
         """wR(all) of one frame with an optional corrective rotation (no gradients)."""
         with torch.no_grad():
-            delta = self.orientation_delta.clone()
+            delta = self.orientation_correction().clone()
             if rotation is not None:
                 delta[frame] = rotation.to(delta.dtype)
             i_calc = self.physics.intensities(self.thickness(), orientation_delta=delta, frames=[frame],
@@ -327,6 +335,13 @@ class HybridEd3dModel(nn.Module):
             w2 = self.weight[rows] ** 2
             k = (w2 * self.f_obs[rows] * f_calc).sum() / (w2 * f_calc**2).sum().clamp_min(1e-30)
             return float(wr_all(k**2 * i_calc, self.i_obs[rows], self.sigma[rows], self.instability))
+
+
+def small_rotations(angles_rad: torch.Tensor) -> torch.Tensor:
+    """R = R_z(ω) R_y(β) R_x(α) for angles (..., 3) = (α, β, ω) in rad (paper §4.3)."""
+    from emverse_bloch.geometry import rotation_x, rotation_y, rotation_z
+
+    return rotation_z(angles_rad[..., 2]) @ rotation_y(angles_rad[..., 1]) @ rotation_x(angles_rad[..., 0])
 
 
 def check_reflections_in_range(hkl: np.ndarray, reciprocal: np.ndarray, g_max: float) -> np.ndarray:

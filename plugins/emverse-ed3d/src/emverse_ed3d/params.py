@@ -58,7 +58,13 @@ class RefineParams:
     g_max: float = attrs.field(default=1.4, validator=positive)
     sg_max: float = attrs.field(default=0.01, validator=positive)
     rsg_max: float = attrs.field(default=0.66, validator=non_negative)
-    n_tilts: int = attrs.field(default=7, validator=positive)
+    # sub-orientations per virtual frame (rocking-curve samples); 0 = automatic: the smallest odd n with
+    # ΔS·t ≤ rocking_target (ΔS the step in excitation error of the largest |g⊥|, t = rocking_thickness_angstrom,
+    # 0 = t_init_angstrom; for synthetic data the profile's maximum). Synthetic data are generated with
+    # 2n − 1 (finer than the fit). A check at the end compares n with 2n − 1 and warns.
+    n_tilts: int = attrs.field(default=0, validator=non_negative)
+    rocking_target: float = attrs.field(default=0.5, validator=positive)
+    rocking_thickness_angstrom: float = attrs.field(default=0.0, validator=non_negative)
     rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
     # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
     # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
@@ -67,6 +73,16 @@ class RefineParams:
     epochs: int = attrs.field(default=0, validator=non_negative)  # 0: the refiner's own default
     refine_orientation: bool = False
     orientation_max_iter: int = attrs.field(default=40, validator=positive)
+    # per-frame orientation angles refined by the gradient together with everything else (lr: the
+    # refiner's lr_orientation); after reselect_after_epochs (0 = never) the reflections are selected
+    # again (rsg_max) with the refined orientations, and the remaining epochs run on the new set
+    refine_orientation_gradient: bool = False
+    reselect_after_epochs: int = attrs.field(default=0, validator=non_negative)
+    # at the end: wR with 2n − 1 sub-orientations and ΔS·t at the refined thickness (warns when under-sampled)
+    rocking_check: bool = True
+    # at the end: the refined structure inverted (other hand) on the same thickness/orientations/scales-fit,
+    # a z-score of the per-reflection weighted residual differences and its bootstrap (over frames) spread
+    absolute_structure: bool = False
     metrics_every: int = attrs.field(default=1, validator=positive)
     # where the parameters' gradients flow: positions, ADPs, thickness model
     refine_positions: bool = True
@@ -81,6 +97,7 @@ class AdamParams:
     lr: float = attrs.field(default=1e-3, validator=positive)
     lr_thickness: float = attrs.field(default=0.0, validator=non_negative)  # 0: same as lr
     target_wr: float = attrs.field(default=0.0, validator=non_negative)  # stop early below this wR
+    lr_orientation: float = attrs.field(default=2e-4, validator=positive)  # rad, per-frame orientation angles
 
 
 @attrs.frozen

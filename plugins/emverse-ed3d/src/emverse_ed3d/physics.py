@@ -29,6 +29,10 @@ class BlochPhysics:
                  g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0, absorption=0.0):
         from emverse_bloch.geometry import rotation_z
 
+        self._arguments = dict(structure=structure, orientations=orientations, axes=axes, voltage_kv=voltage_kv,
+                               semi_angle_deg=semi_angle_deg, hkl=hkl, frame_index=frame_index, g_max=g_max,
+                               sg_max=sg_max, n_tilts=n_tilts, precession=precession, method=method,
+                               bucket_ratio=bucket_ratio, absorption=absorption)
         self.structure = structure
         self.crystal = structure.crystal
         semi = np.unique(np.round(np.asarray(semi_angle_deg, float), 6))
@@ -46,7 +50,8 @@ class BlochPhysics:
         self.n_tilts = int(n_tilts)
         self.options = dict(voltage_kv=self.voltage_kv, g_max=g_max, sg_max=sg_max,
                             rocking_semi_angle_deg=self.semi_angle_deg, n_sub_orientations=self.n_tilts,
-                            integration="precession" if precession else "rocking", absorption=float(absorption))
+                            integration="precession" if precession else "rocking", absorption=float(absorption),
+                            quadrature="trapezoid")
         self.method = "expm" if absorption and method == "eig" else method
         self.hkl = np.asarray(hkl)
         self.frame_index = np.asarray(frame_index)
@@ -58,6 +63,14 @@ class BlochPhysics:
         # reflections come out bucket by bucket; this puts them back in file order
         rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
         self._bucket_order = torch.as_tensor(np.argsort(rows, kind="stable"))
+
+    def with_sub_orientations(self, n_tilts: int) -> BlochPhysics:
+        """The same physics with another number of sub-orientations per frame."""
+        return BlochPhysics(**{**self._arguments, "n_tilts": int(n_tilts)})
+
+    def with_structure(self, structure) -> BlochPhysics:
+        """The same geometry and beams for another refinable structure (e.g. the other hand)."""
+        return BlochPhysics(**{**self._arguments, "structure": structure})
 
     def _plan(self, frames: tuple):
         if frames not in self._plans:

@@ -12,7 +12,12 @@ from emverse.interfaces import OptionsTask
 from emverse_ed3d import metrics as M
 from emverse_ed3d.model import HYDROGEN_ELEMENTS, SiteArrays
 from emverse_ed3d.pets import read_pets, summary
-from emverse_ed3d.problem import build_model, check_cell_matches
+from emverse_ed3d.problem import (
+    absolute_structure,
+    build_model,
+    check_cell_matches,
+    rocking_convergence,
+)
 
 
 def _select_frames(data, stride: int, max_frames: int):
@@ -33,14 +38,27 @@ class Ed3dRefineTask(OptionsTask):
         check_cell_matches(truth, data.cell)
         ctx.log.info("data: %s", summary(data))
         t_true = None
+        n_fit = o.n_tilts
+        rocking_thickness = o.rocking_thickness_angstrom or o.t_init_angstrom
         if o.synthetic:
+            from emverse_ed3d.problem import semi_angle_deg
+            from emverse_ed3d.rocking import sub_orientations_for
             from emverse_ed3d.synthetic import make_synthetic
 
+            semi = float(np.max(semi_angle_deg(data, o.rocking_semi_angle_deg or None)))
+            t_peak = o.profile_mean_angstrom + o.profile_amplitude_angstrom
+            rocking_thickness = o.rocking_thickness_angstrom or t_peak
+            if n_fit <= 0:  # |g⊥| ≤ g_max bounds the step
+                n_fit = sub_orientations_for(semi, o.g_max, rocking_thickness, o.rocking_target)
+            # the data are integrated twice as finely as the fit, so a too-coarse fit shows
+            n_data = 2 * n_fit - 1
+            ctx.log.info("synthetic data integrated over %d sub-orientations, the fit over %d", n_data, n_fit)
             data, t_true = make_synthetic(
                 data, truth, profile=o.thickness_profile, mean_angstrom=o.profile_mean_angstrom,
                 amplitude_angstrom=o.profile_amplitude_angstrom, dynamic_range=o.dynamic_range, g_max=o.g_max,
-                sg_max=o.sg_max, rsg_max=o.rsg_max or 0.66, n_tilts=o.n_tilts,
-                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, method=o.method, generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
+                sg_max=o.sg_max, rsg_max=o.rsg_max or 0.66, n_tilts=n_data,
+                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, method=o.method,
+                generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
             )
             ctx.log.info("synthetic data: %s", summary(data))
         start = Crystal.from_cif(ctx.resolve_path(o.start_structure)) if o.start_structure else truth
@@ -49,15 +67,16 @@ class Ed3dRefineTask(OptionsTask):
             start = start.inverted(name=o.enantiomer)
             reference = truth.inverted(name=o.enantiomer)
         anisotropic = None if o.adp == "auto" else (o.adp == "aniso")
-        model = build_model(
-            data, start, thickness_model=o.thickness_model, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom,
+        build_options = dict(
+            thickness_model=o.thickness_model, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom,
             t_init=o.t_init_angstrom, quadratic_prior=o.quadratic_prior, anisotropic=anisotropic,
-            absorption=o.absorption, g_max=o.g_max, sg_max=o.sg_max, n_tilts=o.n_tilts,
+            absorption=o.absorption, g_max=o.g_max, sg_max=o.sg_max, n_tilts=n_fit,
+            rocking_target=o.rocking_target, rocking_thickness=rocking_thickness,
             rocking_semi_angle_deg=o.rocking_semi_angle_deg or None,
             rsg_max=None if o.synthetic else (o.rsg_max or None), method=o.method,
             hydrogens=o.hydrogens, riding_adp=o.riding_adp, bucket_ratio=o.bucket_ratio,
-            generator=ctx.generator("thickness_nn"),
         )
+        model = build_model(data, start, generator=ctx.generator("thickness_nn"), **build_options)
         st = model.structure
         if not o.start_structure and o.perturbation_angstrom > 0:
             st.perturb(o.perturbation_angstrom, ctx.generator("perturbation"))
@@ -111,19 +130,46 @@ class Ed3dRefineTask(OptionsTask):
         refiner = ctx.build("refiner")
         if o.epochs and hasattr(refiner, "epochs"):
             refiner.epochs = o.epochs
-        bar = ctx.progress(total=refiner.epochs, desc=f"ed3d {o.thickness_model}")
+        total_epochs = refiner.epochs
+        bar = ctx.progress(total=total_epochs, desc=f"ed3d {o.thickness_model}")
+        done = [0]
 
         def callback(epoch, model, loss):
             bar.update(1)
             bar.set_postfix(wR=f"{loss:.4f}")
-            if epoch % o.metrics_every == 0 or epoch == refiner.epochs:
+            epoch += done[0]
+            if epoch % o.metrics_every == 0 or epoch == total_epochs:
                 return structure_errors(model)
             return None
 
+        # per-frame orientation angles refined by the gradient, with everything else; after
+        # ``reselect_after_epochs`` the reflections are selected again (Rsg) with the refined
+        # orientations and the refinement goes on with the same structure and thickness model
+        model.orientation_angles.requires_grad_(o.refine_orientation_gradient)
+        stages = [total_epochs]
+        if o.refine_orientation_gradient and 0 < o.reselect_after_epochs < total_epochs and not o.synthetic:
+            stages = [o.reselect_after_epochs, total_epochs - o.reselect_after_epochs]
         t0 = time.perf_counter()
-        result = refiner.refine(model, None, generator=ctx.generator("refiner"), callback=callback)
+        history: dict[str, list[float]] = {}
+        for stage, epochs in enumerate(stages):
+            if stage:
+                model = self._reselect(model, data, start, build_options)
+                used = model.data
+                ctx.log.info("re-selected reflections with the refined orientations: %d reflections on %d frames",
+                             used.n_reflections, used.n_frames)
+            refiner.epochs = epochs
+            result = refiner.refine(model, None, generator=ctx.generator(f"refiner{stage or ''}"),
+                                    callback=callback)
+            done[0] += result.iterations
+            for key, values in result.history.items():
+                history.setdefault(key, []).extend(values)
+        result.history = history
+        result.iterations = done[0]
         elapsed = time.perf_counter() - t0
         bar.close()
+        used = model.data
+        theta_deg = np.degrees(model.theta.numpy())
+        rocking = rocking_convergence(model) if o.rocking_check else {}
 
         with torch.no_grad():
             i_calc = model.calculated()
@@ -146,6 +192,15 @@ class Ed3dRefineTask(OptionsTask):
         if t_true is not None:
             out["thickness_rms_angstrom"] = final_errors["thickness_rms"]
             out["thickness_relative_error"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["relative"]
+        out.update(rocking)
+        if o.refine_orientation_gradient:
+            angles = model.orientation_angles.detach().numpy()
+            out["orientation_rms_correction_deg"] = float(np.degrees(np.sqrt((angles**2).mean())))
+        thickness_now = model.thickness().detach().numpy()
+        out.update({"thickness_min_angstrom": float(thickness_now.min()),
+                    "thickness_max_angstrom": float(thickness_now.max())})
+        if o.absolute_structure:
+            out.update(absolute_structure(model, ctx.generator("absolute_structure")))
         if orientation_info is not None:
             out["orientation_mean_frame_wr_before"] = float(orientation_info["wr_before"].mean())
             out["orientation_mean_frame_wr_after"] = float(orientation_info["wr_after"].mean())
@@ -172,6 +227,13 @@ class Ed3dRefineTask(OptionsTask):
 
         write_json(ctx.out_dir / "history.json", {k: list(map(float, v)) for k, v in result.history.items()})
         self._figures(ctx, result.history, theta_deg, model, t_true, i_calc, truth_table)
+        refined = st.refined_crystal(name=f"{start.name}-refined")
+        refined.to_cif(ctx.out_dir / "refined.cif", title=f"emverse ed3d.refine: wR(all) {wr['wr_all']:.4f}")
+        write_reflection_table(ctx.out_dir / "reflections.csv", used, i_calc)
+        write_json(ctx.out_dir / "thickness.json", {
+            "frame_id": [int(f) for f in used.frames.frame_id], "theta_deg": theta_deg.tolist(),
+            "thickness_angstrom": thickness_now.tolist(),
+            "orientation_correction": model.orientation_correction().detach().numpy().tolist()})
         ctx.add_table(
             "refinement", ["quantity", "start", "final"],
             [["wR(all)", f"{start_wr:.4f}", f"{wr['wr_all']:.4f}"],
@@ -194,6 +256,21 @@ class Ed3dRefineTask(OptionsTask):
             "theta_rad": model.theta.detach().contiguous(),
         }, metadata={"space_group": start.spacegroup, "labels": ",".join(s.label for s in start.sites)})
         return RunResult(metrics=out)
+
+    @staticmethod
+    def _reselect(model, data, start, build_options):
+        """A new model on reflections selected with the model's refined orientations; the
+        structure and thickness modules (and the orientations) carry over."""
+        corrections = np.repeat(np.eye(3)[None], data.n_frames, axis=0)
+        refined_ids = {int(f): c for f, c in zip(model.data.frames.frame_id,
+                                                  model.orientation_correction().detach().numpy(), strict=True)}
+        for row, frame_id in enumerate(data.frames.frame_id):
+            if int(frame_id) in refined_ids:
+                corrections[row] = refined_ids[int(frame_id)]
+        new = build_model(data, start, corrections=corrections, structure_module=model.structure,
+                          thickness_module=model.thickness_model, **build_options)
+        new.orientation_angles.requires_grad_(True)
+        return new
 
     @staticmethod
     def _figures(ctx, history, theta_deg, model, t_true, i_calc, truth_table):
@@ -230,3 +307,13 @@ class Ed3dRefineTask(OptionsTask):
         fig = M.WRAll().figure(i_calc, truth_table)
         ctx.save_figure("iobs_vs_icalc", fig)
         plt.close(fig)
+
+
+def write_reflection_table(path, data, i_calc) -> None:
+    """h k l, frame id (the PETS2 file's), I_obs, σ(I), I_calc (scaled) — one row per reflection."""
+    i_calc = i_calc.detach().cpu().numpy()
+    frame_id = data.frames.frame_id[data.frame_index]
+    lines = ["h,k,l,frame_id,i_obs,sigma,i_calc"]
+    for (h, k, ell), f, io, sg, ic in zip(data.hkl, frame_id, data.intensity, data.sigma, i_calc, strict=True):
+        lines.append(f"{h},{k},{ell},{f},{io:.6g},{sg:.6g},{ic:.6g}")
+    path.write_text("\n".join(lines) + "\n")
