@@ -33,7 +33,7 @@ differentiable part can be called in every optimisation step::
         scale=None,                # (F,) or (B, F) per-frame scale; None: 1
         override_values=None,      # (…, K) F in Å for plan.overrides
         mode="dynamical",          # or "kinematical"
-        method="eig",              # or "expm"
+        method="eig",              # or "expm"; with absorption "expm" (exact) or "eig_absorptive" (first order)
     )                              # -> (M,) or (B, M): integrated intensity of each observed reflection
 
 Geometry: the orientation matrix R maps crystal Cartesian vectors (``Crystal.lattice``
@@ -302,7 +302,8 @@ def frame_intensities(
         raise EmverseError(f"mode {mode!r} is unknown; use 'dynamical' or 'kinematical'")
     if plan.absorption and method == "eig" and mode == "dynamical":
         raise EmverseError(
-            "absorption makes the structure matrix non-Hermitian; use method='expm' with absorption"
+            "absorption makes the structure matrix non-Hermitian; use method='expm' (exact) or "
+            "'eig_absorptive' (first order) with absorption"
         )
     real = structure.positions.dtype if structure is not None else torch.as_tensor(thickness).dtype
     if not real.is_floating_point:
@@ -345,12 +346,15 @@ def frame_intensities(
     else:
         from emverse_bloch.structure_matrix import structure_matrix
 
-        absorption0 = None
-        if plan.absorption:
-            absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=real, device=device)
-        matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
         t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
-        psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
+        if method == "eig_absorptive":
+            psi = _absorptive_propagation(plan, couplings[..., :, None, :, :], s, k, metric, t)
+        else:
+            absorption0 = None
+            if plan.absorption:
+                absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=real, device=device)
+            matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
+            psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
         beam_int = _integrate(psi.real**2 + psi.imag**2, plan)
     if scale is not None:
         beam_int = beam_int * torch.as_tensor(scale, dtype=real, device=device)[..., None]
@@ -359,6 +363,27 @@ def frame_intensities(
     fi = torch.as_tensor(plan.frame_index, device=device)
     bi = torch.as_tensor(plan.beam_index, device=device)
     return beam_int[..., fi, bi]
+
+
+def _absorptive_propagation(plan, couplings, excitation_error, wavenumber, metric, thickness):
+    """ψ (..., F, K, N) with proportional absorption to first order in κ (Hirsch et al.;
+    Humphreys & Hirsch 1968): A = V Λ Vᴴ is the Hermitian (absorption-free) structure matrix,
+    each Bloch wave j decays with μ_j = κ v_jᴴ W v_j, W the potential part of A (the couplings
+    U M_i M_j and U_0 on the diagonal), ψ = M V exp(iπt(Λ + iμ)/K) Vᴴ e₀. Exact for κ = 0;
+    the error against the exact non-Hermitian exponential (``method="expm"``) is O(κ²).
+    Gradients flow through ``torch.linalg.eigh`` (a degenerate pair can make them non-finite)."""
+    from emverse_bloch.structure_matrix import structure_matrix
+
+    matrix = structure_matrix(couplings, excitation_error, wavenumber, metric)
+    potential = structure_matrix(couplings, torch.zeros_like(excitation_error), wavenumber, metric)
+    potential = potential + plan.u0 * torch.eye(potential.shape[-1], dtype=potential.dtype,
+                                                device=potential.device)
+    eigenvalues, vectors = torch.linalg.eigh(matrix)
+    decay = plan.absorption * torch.einsum("...ij,...ik,...kj->...j", vectors.conj(), potential, vectors).real
+    phase = thickness * (math.pi / wavenumber)  # (..., F, K, 1)
+    weights = torch.polar(torch.exp(-phase * decay), phase * eigenvalues) * vectors[..., 0, :].conj()
+    psi = torch.einsum("...ij,...j->...i", vectors, weights)
+    return psi * metric
 
 
 def quadrature_weights(n: int, quadrature: str, integration: str = "rocking") -> torch.Tensor:

@@ -54,7 +54,7 @@ class RefineParams:
     # physics
     # proportional absorption: U' = κ U (the structure matrix carries (1 + iκ) U); 0 = none
     absorption: float = attrs.field(default=0.0, validator=non_negative)
-    method: str = attrs.field(default="eig", validator=one_of("eig", "expm"))
+    method: str = attrs.field(default="eig", validator=one_of("eig", "expm", "eig_absorptive"))
     g_max: float = attrs.field(default=1.4, validator=positive)
     sg_max: float = attrs.field(default=0.01, validator=positive)
     rsg_max: float = attrs.field(default=0.66, validator=non_negative)

@@ -52,7 +52,8 @@ class BlochPhysics:
                             rocking_semi_angle_deg=self.semi_angle_deg, n_sub_orientations=self.n_tilts,
                             integration="precession" if precession else "rocking", absorption=float(absorption),
                             quadrature="trapezoid")
-        self.method = "expm" if absorption and method == "eig" else method
+        # with absorption the eigen-solve takes it to first order (exact route: method = "expm")
+        self.method = "eig_absorptive" if absorption and method == "eig" else method
         self.hkl = np.asarray(hkl)
         self.frame_index = np.asarray(frame_index)
         self.n_frames = len(orientations)
