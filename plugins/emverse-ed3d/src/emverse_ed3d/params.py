@@ -26,6 +26,10 @@ class RefineParams:
     data: str = "shared:ed3d_pets/quartz/quartz_exp.cif_pets"
     structure: str = "shared:ed3d_pets/quartz/quartz_refined_P3221.cif"
     start_structure: str = ""
+    # a finished ed3d.refine run directory: start from its refined.cif, its thickness profile (the
+    # network is first fitted to it) and its per-frame orientation corrections (matched by frame id)
+    continue_from: str = ""
+    evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
     enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
     # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
     frame_stride: int = attrs.field(default=1, validator=positive)

@@ -62,6 +62,10 @@ class Ed3dRefineTask(OptionsTask):
             )
             ctx.log.info("synthetic data: %s", summary(data))
         start = Crystal.from_cif(ctx.resolve_path(o.start_structure)) if o.start_structure else truth
+        previous = None
+        if o.continue_from:
+            previous = load_previous_run(ctx.resolve_path(o.continue_from), data)
+            start = previous["crystal"]
         reference = truth
         if o.enantiomer:
             start = start.inverted(name=o.enantiomer)
@@ -76,9 +80,12 @@ class Ed3dRefineTask(OptionsTask):
             rsg_max=None if o.synthetic else (o.rsg_max or None), method=o.method,
             hydrogens=o.hydrogens, riding_adp=o.riding_adp, bucket_ratio=o.bucket_ratio,
         )
-        model = build_model(data, start, generator=ctx.generator("thickness_nn"), **build_options)
+        model = build_model(data, start, generator=ctx.generator("thickness_nn"),
+                            corrections=previous["corrections"] if previous else None, **build_options)
+        if previous:
+            fit_thickness_to(model, previous)
         st = model.structure
-        if not o.start_structure and o.perturbation_angstrom > 0:
+        if not (o.start_structure or o.continue_from) and o.perturbation_angstrom > 0:
             st.perturb(o.perturbation_angstrom, ctx.generator("perturbation"))
         if o.start_u_iso_angstrom2 > 0:
             st.set_adp(torch.eye(3, dtype=st.x0.dtype).repeat(st.x0.shape[0], 1, 1) * o.start_u_iso_angstrom2)
@@ -130,6 +137,8 @@ class Ed3dRefineTask(OptionsTask):
         refiner = ctx.build("refiner")
         if o.epochs and hasattr(refiner, "epochs"):
             refiner.epochs = o.epochs
+        if o.evaluate_only:
+            refiner.epochs = 0
         total_epochs = refiner.epochs
         bar = ctx.progress(total=total_epochs, desc=f"ed3d {o.thickness_model}")
         done = [0]
@@ -317,3 +326,45 @@ def write_reflection_table(path, data, i_calc) -> None:
     for (h, k, ell), f, io, sg, ic in zip(data.hkl, frame_id, data.intensity, data.sigma, i_calc, strict=True):
         lines.append(f"{h},{k},{ell},{f},{io:.6g},{sg:.6g},{ic:.6g}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def load_previous_run(run_dir, data) -> dict:
+    """refined.cif, thickness profile and orientation corrections of a finished run, the last two
+    mapped onto ``data``'s frames by PETS2 frame id (frames the run did not have: identity, and a
+    thickness interpolated in θ)."""
+    import json
+    from pathlib import Path
+
+    from emverse.errors import EmverseError
+
+    run_dir = Path(run_dir)
+    missing = [n for n in ("refined.cif", "thickness.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise EmverseError(
+            f"options.continue_from = {str(run_dir)!r} lacks {', '.join(missing)}; give the directory of a "
+            "finished ed3d.refine run"
+        )
+    saved = json.loads((run_dir / "thickness.json").read_text())
+    by_id = {int(f): (t, np.asarray(c)) for f, t, c in zip(saved["frame_id"], saved["thickness_angstrom"],
+                                                              saved["orientation_correction"], strict=True)}
+    corrections = np.array([by_id[int(f)][1] if int(f) in by_id else np.eye(3) for f in data.frames.frame_id])
+    return {"crystal": Crystal.from_cif(run_dir / "refined.cif"), "corrections": corrections,
+            "theta_deg": np.asarray(saved["theta_deg"]), "thickness": np.asarray(saved["thickness_angstrom"])}
+
+
+def fit_thickness_to(model, previous, steps: int = 2000) -> None:
+    """Fit the model's thickness network to a previous run's profile t(θ) (least squares, Adam;
+    no physics involved), so a continued refinement starts from it."""
+    order = np.argsort(previous["theta_deg"])
+    theta_deg = np.degrees(model.theta.detach().numpy())
+    target = torch.as_tensor(np.interp(theta_deg, previous["theta_deg"][order], previous["thickness"][order]),
+                             dtype=model.theta.dtype)
+    params = [p for p in model.thickness_model.parameters() if p.requires_grad]
+    if not params:
+        return
+    optimiser = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = ((model.thickness() - target) ** 2).mean()
+        loss.backward()
+        optimiser.step()
