@@ -191,7 +191,7 @@ class Ed3dRefineTask(OptionsTask):
             "start_wr_all": start_wr, "start_asu_rmsd_angstrom": start_errors["asu_rmsd"],
             "epochs": float(result.iterations), "refine_seconds": elapsed,
             "seconds_per_epoch": elapsed / max(result.iterations, 1),
-            "n_frames": float(used.n_frames), "mean_thickness_angstrom": float(model.thickness().mean()),
+            "n_frames": float(used.n_frames), "mean_thickness_angstrom": float(model.thickness().detach().mean()),
         }
         if has_h:
             out["asu_rmsd_non_h_angstrom"] = final_errors["asu_rmsd_non_h"]
