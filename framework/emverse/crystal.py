@@ -32,10 +32,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
 from emverse.errors import EmverseError
 
 #: fractional tolerance for "the same position" (site symmetry, de-duplication)
@@ -453,6 +454,84 @@ class Crystal:
             constraints.append(np.asarray(block).T)  # (9, 6)
         return _null_space(np.concatenate(constraints, axis=0))
 
+    # ---------------------------------------------------- derived structures
+    def with_sites(self, positions=None, u_cif=None, name: str | None = None) -> Crystal:
+        """The same cell and symmetry with new asymmetric-unit positions (S, 3)
+        (fractional) and/or displacement tensors (S, 3, 3) (Å², CIF convention)."""
+        sites = []
+        for i, site in enumerate(self.sites):
+            pos = site.position if positions is None else np.asarray(positions[i], dtype=float)
+            u = site.u_cif if u_cif is None else np.asarray(u_cif[i], dtype=float)
+            sites.append(replace(site, position=pos, u_cif=u))
+        return Crystal(self.cell_lengths, self.cell_angles, tuple(sites), self.operations,
+                       name=name or self.name, spacegroup=self.spacegroup)
+
+    def inverted(self, name: str | None = None) -> Crystal:
+        """The enantiomorph: every position x -> −x and every operation (R, t) -> (R, −t)
+        (the inversion-conjugate group, e.g. P3₂21 -> P3₁21). U tensors are unchanged
+        (inversion leaves a displacement covariance as it is)."""
+        operations = tuple(
+            SymmetryOperation(op.rotation.copy(), np.mod(-op.translation, 1.0)) for op in self.operations
+        )
+        sites = [replace(site, position=np.mod(-np.asarray(site.position, dtype=float), 1.0))
+                 for site in self.sites]
+        return Crystal(self.cell_lengths, self.cell_angles, tuple(sites), operations,
+                       name=name or f"{self.name}-inverted", spacegroup="")
+
+    @property
+    def u_cartesian_basis(self) -> np.ndarray:
+        """N (3, 3) with U_cart = N U_cif Nᵀ: N = Aᵀ diag(|a*|, |b*|, |c*|), A = ``lattice``."""
+        return self.lattice.T @ np.diag(np.linalg.norm(self.reciprocal_lattice, axis=1))
+
+    def u_cartesian(self, u_cif) -> np.ndarray:
+        """CIF U tensors (..., 3, 3) -> Cartesian U (..., 3, 3) in Å² (frame of ``lattice``)."""
+        n = self.u_cartesian_basis
+        return n @ np.asarray(u_cif, dtype=float) @ n.T
+
+    def u_cif(self, u_cartesian) -> np.ndarray:
+        """Inverse of :meth:`u_cartesian` (Å²)."""
+        n_inv = np.linalg.inv(self.u_cartesian_basis)
+        return n_inv @ np.asarray(u_cartesian, dtype=float) @ n_inv.T
+
+    def to_cif(self, path: str | Path | None = None, *, title: str = "") -> str:
+        """The structure as CIF text (cell, symmetry operations, sites with occupancies and
+        U_iso/U_ij in Å²); written to ``path`` when given. Readable by :meth:`from_cif`."""
+        lines = [f"data_{re.sub(r'[^A-Za-z0-9_-]', '_', self.name) or 'crystal'}"]
+        if title:
+            lines.append(f"_publ_section_title '{title}'")
+        for key, value in zip(("a", "b", "c"), self.cell_lengths, strict=True):
+            lines.append(f"_cell_length_{key} {value:.6f}")
+        for key, value in zip(("alpha", "beta", "gamma"), self.cell_angles, strict=True):
+            lines.append(f"_cell_angle_{key} {value:.6f}")
+        symbol, number = self.spacegroup, None
+        if not symbol:
+            symbol, number = _space_group_type(self)
+        if symbol:  # ASE's reader needs a symbol; the operations below define the group
+            lines.append(f"_space_group_name_H-M_alt '{symbol}'")
+        if number:
+            lines.append(f"_space_group_IT_number {number}")
+        lines += ["", "loop_", "_space_group_symop_operation_xyz"]
+        lines += [f"'{_xyz(op)}'" for op in self.operations]
+        lines += ["", "loop_", "_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x",
+                  "_atom_site_fract_y", "_atom_site_fract_z", "_atom_site_occupancy",
+                  "_atom_site_U_iso_or_equiv"]
+        for site in self.sites:
+            u_eq = float(np.trace(self.u_cartesian(site.u_cif)) / 3)
+            x, y, z = site.position
+            lines.append(f"{site.label} {site.element} {x:.8f} {y:.8f} {z:.8f} {site.occupancy:.6f} {u_eq:.8f}")
+        aniso = [s for s in self.sites if s.anisotropic]
+        if aniso:
+            lines += ["", "loop_", "_atom_site_aniso_label"]
+            lines += [f"_atom_site_aniso_U_{k}" for k in ("11", "22", "33", "12", "13", "23")]
+            for site in aniso:
+                u = site.u_cif
+                lines.append(f"{site.label} " + " ".join(
+                    f"{v:.8f}" for v in (u[0, 0], u[1, 1], u[2, 2], u[0, 1], u[0, 2], u[1, 2])))
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
     def to_ase(self):
         """The expanded unit cell as ``ase.Atoms`` (for peer codes such as abTEM)."""
         from ase import Atoms
@@ -482,6 +561,43 @@ def _reciprocal_lengths(cell_lengths, cell_angles) -> np.ndarray:
 
     lattice = cellpar_to_cell([*cell_lengths, *cell_angles])
     return np.linalg.norm(np.linalg.inv(lattice).T, axis=1)
+
+
+def _space_group_type(crystal: Crystal) -> tuple[str, int | None]:
+    """(Hermann–Mauguin symbol, number) of the crystal's operations by spglib, or ('', None)
+    when spglib is not installed or does not recognise them."""
+    try:
+        import spglib
+    except ImportError:
+        return "", None
+    rotations = np.array([op.rotation for op in crystal.operations], dtype=np.intc)
+    translations = np.array([op.translation for op in crystal.operations], dtype=float)
+    try:
+        found = spglib.get_spacegroup_type_from_symmetry(rotations, translations, crystal.lattice)
+    except Exception:  # spglib raises or returns None for sets that are not a group
+        return "", None
+    if found is None:
+        return "", None
+    return str(found.international_full), int(found.number)
+
+
+def _xyz(op: SymmetryOperation) -> str:
+    """An operation as CIF text, e.g. '-y,x-y,z+2/3'."""
+    from fractions import Fraction
+
+    rows = []
+    for r, t in zip(op.rotation, op.translation, strict=True):
+        terms = ""
+        for coeff, var in zip(r, "xyz", strict=True):
+            if coeff:
+                sign = "-" if coeff < 0 else "+"
+                mag = "" if abs(coeff) == 1 else f"{abs(int(coeff))}*"
+                terms += f"{sign}{mag}{var}"
+        frac = Fraction(float(t)).limit_denominator(24)
+        if frac:
+            terms += f"+{frac}"
+        rows.append(terms.lstrip("+"))
+    return ",".join(rows)
 
 
 def _u6_to_matrix(u6) -> np.ndarray:

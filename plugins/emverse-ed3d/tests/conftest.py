@@ -32,9 +32,9 @@ def quartz_exp(pets_dir):
 
 @pytest.fixture(scope="session")
 def quartz_structure(pets_dir):
-    from emverse_ed3d.crystal import read_structure
+    from emverse.crystal import Crystal
 
-    return read_structure(pets_dir / "quartz" / "quartz_refined_P3221.cif")
+    return Crystal.from_cif(pets_dir / "quartz" / "quartz_refined_P3221.cif")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from emverse_ed3d.crystal import direct_matrix
 from emverse_ed3d.metrics import (
     AdpError,
     AsuRMSD,
@@ -63,8 +62,10 @@ def test_optimal_frame_scale_recovers_known_scales():
 
 
 def test_asu_rmsd_is_symmetry_and_lattice_aware(quartz_structure):
-    s = quartz_structure
-    A = direct_matrix(s.cell)
+    from emverse_ed3d.model import SiteArrays
+
+    s = SiteArrays(quartz_structure)
+    A = s.cell_matrix
     # the same atoms written as other symmetry images, shifted by lattice vectors: RMSD 0
     moved = np.stack([s.rotations[3] @ s.frac[0] + s.translations[3] + [1, 0, -2],
                       s.rotations[2] @ s.frac[1] + s.translations[2]])

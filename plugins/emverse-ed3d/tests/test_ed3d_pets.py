@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 from emverse.errors import EmverseError
-from emverse_ed3d.crystal import direct_matrix, reciprocal_matrix
-from emverse_ed3d.model import frame_orientations
+from emverse_ed3d.model import cell_columns, frame_orientations, reciprocal_columns
 from emverse_ed3d.pets import read_pets, wavelength_to_voltage_kv
 
 
@@ -45,7 +44,7 @@ def test_synthetic_files_count_skipped_zero_sigma(pets_dir):
 def test_orientation_convention_reproduces_zone_axes(pets_dir, name):
     """M_i = R_z(ω) R_x(α) R_y(β) U0 puts the beam (lab z) along the zone axis PETS lists."""
     d = read_pets(pets_dir / name)
-    A = direct_matrix(d.cell)
+    A = cell_columns(d.cell)
     R, _ = frame_orientations(d, d.cell)
     worst = 0.0
     for f in range(d.n_frames):
@@ -59,7 +58,7 @@ def test_orientation_convention_reproduces_zone_axes(pets_dir, name):
 def test_observed_reflections_lie_on_the_ewald_sphere_for_beam_along_minus_z(quartz_exp):
     d = quartz_exp
     R, _ = frame_orientations(d, d.cell)
-    B = reciprocal_matrix(d.cell)
+    B = reciprocal_columns(d.cell)
     k0 = 1 / d.wavelength_angstrom
     g = np.einsum("nij,jk,nk->ni", R[d.frame_index], B, d.hkl)
     g2 = (g**2).sum(1)

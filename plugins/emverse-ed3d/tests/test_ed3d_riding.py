@@ -3,27 +3,24 @@
 import numpy as np
 import pytest
 import torch
+from emverse.crystal import Crystal
 from emverse.errors import EmverseError
-from emverse_ed3d.crystal import AsymmetricUnit, direct_matrix, read_structure
 from emverse_ed3d.model import RefinableStructure
-from emverse_ed3d.physics import beam_buckets, bloch_available
+from emverse_ed3d.physics import beam_buckets
 from emverse_ed3d.problem import build_model
 
 
 @pytest.fixture(scope="module")
 def paracetamol(pets_dir):
-    return read_structure(pets_dir / "paracetamol_formII" / "paracetamol_Pbca.cif")
+    return Crystal.from_cif(pets_dir / "paracetamol_formII" / "paracetamol_Pbca.cif")
 
 
 def _toy(h_frac, c_frac=(0.05, 0.0, 0.0)):
     """P-1 cell of 10 Å with one C and one H: the inversion image of C is at −x."""
-    return AsymmetricUnit(
-        cell=(10.0, 10.0, 10.0, 90.0, 90.0, 90.0), space_group="P-1",
-        rotations=np.array([np.eye(3), -np.eye(3)]), translations=np.zeros((2, 3)),
-        labels=("C1", "H1"), elements=("C", "H"), frac=np.array([c_frac, h_frac]),
-        u_cart=np.stack([np.eye(3) * 0.02, np.eye(3) * 0.05]), anisotropic=np.zeros(2, dtype=bool),
-        occupancy=np.ones(2),
-    )
+    return Crystal.from_sites((10.0, 10.0, 10.0), (90.0, 90.0, 90.0), [
+        {"label": "C1", "element": "C", "position": c_frac, "u_iso": 0.02},
+        {"label": "H1", "element": "H", "position": h_frac, "u_iso": 0.05},
+    ], spacegroup=["x,y,z", "-x,-y,-z"])
 
 
 def test_parents_and_adp_factors_of_paracetamol(paracetamol):
@@ -41,7 +38,7 @@ def test_parents_and_adp_factors_of_paracetamol(paracetamol):
 
 def test_riding_h_keeps_its_offset_and_passes_gradients_to_the_parent(paracetamol):
     st = RefinableStructure(paracetamol, anisotropic=False, hydrogens="riding")
-    labels = list(paracetamol.labels)
+    labels = [s.label for s in paracetamol.sites]
     h, c8 = labels.index("H7"), labels.index("C8")
     A = st.A
     offset0 = (st.frac_asu()[h] - st.frac_asu()[c8]).detach() @ A.T
@@ -89,7 +86,7 @@ def test_h_without_a_parent_is_refused():
 def test_free_hydrogens_and_riding_positions_with_free_adp(paracetamol):
     st = RefinableStructure(paracetamol, hydrogens="free")
     st.perturb(0.2, torch.Generator().manual_seed(1))
-    A = direct_matrix(paracetamol.cell)
+    A = st.A.numpy()
     shifts = np.linalg.norm((st.frac_asu().detach().numpy() - st.x0.numpy()) @ A.T, axis=1)
     assert np.all(shifts[11:] > 0)  # every H moved on its own
     ride = RefinableStructure(paracetamol, anisotropic=False, hydrogens="riding", riding_adp=False)
@@ -106,7 +103,6 @@ def test_beam_buckets():
     assert beam_buckets(n, 0.0) == [tuple(range(6))]
 
 
-@pytest.mark.skipif(not bloch_available(), reason="emverse-bloch not installed")
 def test_bucketed_batches_give_the_padded_result(quartz_exp, quartz_structure):
     data = quartz_exp.select_frames([0, 5, 20, 33, 47, 61, 80, 95])
     out = {}

@@ -19,6 +19,7 @@ differentiable part can be called in every optimisation step::
         g_max=1.5,                 # Å⁻¹, beams in the Bloch matrix: |g| <= g_max ...
         sg_max=0.02,               # Å⁻¹ ... and |S_g| <= sg_max at some sub-orientation
         rocking_semi_angle_deg=0.5, n_sub_orientations=5,   # rocking / precession integration
+        quadrature="mean",         # or "trapezoid": half weight at the ends of the rocking range
         integration="rocking",     # or "precession"
         absorption=0.0,            # κ: U' = κ U (proportional absorption); needs method="expm"
         parametrization="lobato",  # or "kirkland"
@@ -32,7 +33,7 @@ differentiable part can be called in every optimisation step::
         scale=None,                # (F,) or (B, F) per-frame scale; None: 1
         override_values=None,      # (…, K) F in Å for plan.overrides
         mode="dynamical",          # or "kinematical"
-        method="eig",              # or "expm"
+        method="eig",              # or "expm"; with absorption "expm" (exact) or "eig_absorptive" (first order)
     )                              # -> (M,) or (B, M): integrated intensity of each observed reflection
 
 Geometry: the orientation matrix R maps crystal Cartesian vectors (``Crystal.lattice``
@@ -81,6 +82,7 @@ from emverse_bloch.structure_factors import Overrides, StructureParameters, stru
 from emverse_bloch.structure_matrix import unique_rows
 
 INTEGRATIONS = ("rocking", "precession")
+QUADRATURES = ("mean", "trapezoid")
 
 
 @dataclass
@@ -105,6 +107,7 @@ class FramePlan:
     override_plan: object = None
     u0: float = 0.0
     extras: dict = field(default_factory=dict)
+    sub_weights: torch.Tensor | None = None  # (n_sub,) quadrature weights summing to 1
 
     @property
     def n_frames(self) -> int:
@@ -162,6 +165,7 @@ def plan_frames(
     parametrization: str = "lobato",
     overrides: Overrides | None = None,
     mip_corrected: bool = True,
+    quadrature: str = "mean",
 ) -> FramePlan:
     """Choose each frame's beams and index the couplings (see the module docstring)."""
     rots = _check_orientations(orientations)
@@ -243,6 +247,7 @@ def plan_frames(
         parametrization=parametrization,
         overrides=overrides,
         u0=u0,
+        sub_weights=quadrature_weights(len(sub), quadrature, integration),
     )
     if overrides is not None:
         plan.override_plan = overrides.plan(crystal, table)
@@ -297,7 +302,8 @@ def frame_intensities(
         raise EmverseError(f"mode {mode!r} is unknown; use 'dynamical' or 'kinematical'")
     if plan.absorption and method == "eig" and mode == "dynamical":
         raise EmverseError(
-            "absorption makes the structure matrix non-Hermitian; use method='expm' with absorption"
+            "absorption makes the structure matrix non-Hermitian; use method='expm' (exact) or "
+            "'eig_absorptive' (first order) with absorption"
         )
     real = structure.positions.dtype if structure is not None else torch.as_tensor(thickness).dtype
     if not real.is_floating_point:
@@ -336,17 +342,20 @@ def frame_intensities(
         beam_int = (amp * torch.sinc(x / math.pi)) ** 2
         beam_int = beam_int * valid
         beam_int[..., 0] = 0.0
-        beam_int = beam_int.mean(-2)
+        beam_int = _integrate(beam_int, plan)
     else:
         from emverse_bloch.structure_matrix import structure_matrix
 
-        absorption0 = None
-        if plan.absorption:
-            absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=real, device=device)
-        matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
         t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
-        psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
-        beam_int = (psi.real**2 + psi.imag**2).mean(-2)
+        if method == "eig_absorptive":
+            psi = _absorptive_propagation(plan, couplings[..., :, None, :, :], s, k, metric, t)
+        else:
+            absorption0 = None
+            if plan.absorption:
+                absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=real, device=device)
+            matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
+            psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
+        beam_int = _integrate(psi.real**2 + psi.imag**2, plan)
     if scale is not None:
         beam_int = beam_int * torch.as_tensor(scale, dtype=real, device=device)[..., None]
     if return_beams:
@@ -354,6 +363,46 @@ def frame_intensities(
     fi = torch.as_tensor(plan.frame_index, device=device)
     bi = torch.as_tensor(plan.beam_index, device=device)
     return beam_int[..., fi, bi]
+
+
+def _absorptive_propagation(plan, couplings, excitation_error, wavenumber, metric, thickness):
+    """ψ (..., F, K, N) with proportional absorption to first order in κ (Hirsch et al.;
+    Humphreys & Hirsch 1968): A = V Λ Vᴴ is the Hermitian (absorption-free) structure matrix,
+    each Bloch wave j decays with μ_j = κ v_jᴴ W v_j, W the potential part of A (the couplings
+    U M_i M_j and U_0 on the diagonal), ψ = M V exp(iπt(Λ + iμ)/K) Vᴴ e₀. Exact for κ = 0;
+    the error against the exact non-Hermitian exponential (``method="expm"``) is O(κ²).
+    Gradients flow through ``torch.linalg.eigh`` (a degenerate pair can make them non-finite)."""
+    from emverse_bloch.structure_matrix import structure_matrix
+
+    matrix = structure_matrix(couplings, excitation_error, wavenumber, metric)
+    potential = structure_matrix(couplings, torch.zeros_like(excitation_error), wavenumber, metric)
+    potential = potential + plan.u0 * torch.eye(potential.shape[-1], dtype=potential.dtype,
+                                                device=potential.device)
+    eigenvalues, vectors = torch.linalg.eigh(matrix)
+    decay = plan.absorption * torch.einsum("...ij,...ik,...kj->...j", vectors.conj(), potential, vectors).real
+    phase = thickness * (math.pi / wavenumber)  # (..., F, K, 1)
+    weights = torch.polar(torch.exp(-phase * decay), phase * eigenvalues) * vectors[..., 0, :].conj()
+    psi = torch.einsum("...ij,...j->...i", vectors, weights)
+    return psi * metric
+
+
+def quadrature_weights(n: int, quadrature: str, integration: str = "rocking") -> torch.Tensor:
+    """Weights (n,) summing to 1 over the sub-orientations: ``"mean"`` (equal), or ``"trapezoid"``
+    (half weight at the two ends of a rocking range: the exact mean of a function that is linear
+    between samples, the continuous-rotation frame's integral; precession points lie on a circle,
+    equal weights)."""
+    if quadrature not in QUADRATURES:
+        raise EmverseError(f"quadrature {quadrature!r} is unknown; use one of {QUADRATURES}")
+    weights = torch.ones(n, dtype=torch.float64)
+    if quadrature == "trapezoid" and integration == "rocking" and n > 1:
+        weights[0] = weights[-1] = 0.5
+    return weights / weights.sum()
+
+
+def _integrate(beam_intensity: torch.Tensor, plan: FramePlan) -> torch.Tensor:
+    """Weighted mean over the sub-orientation axis (-2) with the plan's quadrature weights."""
+    weights = plan.sub_weights.to(beam_intensity.device, beam_intensity.dtype)
+    return (beam_intensity * weights[:, None]).sum(-2)
 
 
 def ed3d_intensities(

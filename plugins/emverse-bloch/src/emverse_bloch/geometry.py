@@ -73,7 +73,17 @@ def rotation_x(angle_rad: torch.Tensor) -> torch.Tensor:
          torch.stack([zero, s, c], -1)], -2)
 
 
+def rotation_y(angle_rad: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices about lab y, shape (..., 3, 3)."""
+    c, s = torch.cos(angle_rad), torch.sin(angle_rad)
+    one, zero = torch.ones_like(c), torch.zeros_like(c)
+    return torch.stack(
+        [torch.stack([c, zero, s], -1), torch.stack([zero, one, zero], -1),
+         torch.stack([-s, zero, c], -1)], -2)
+
+
 def rotation_z(angle_rad: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices about lab z, shape (..., 3, 3)."""
     c, s = torch.cos(angle_rad), torch.sin(angle_rad)
     one, zero = torch.ones_like(c), torch.zeros_like(c)
     return torch.stack(

@@ -24,17 +24,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+from emverse.crystal import Crystal
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.parameter_space import Parameter, ParameterSpace
 from torch import nn
 
-from emverse_ed3d import dynamical
-from emverse_ed3d.crystal import AsymmetricUnit, direct_matrix, reciprocal_matrix
 from emverse_ed3d.metrics import amplitude_weights, optimal_frame_scale, wr_all
 
 _TRIL = torch.tril_indices(3, 3)
@@ -44,11 +41,40 @@ RIDING_MAX_BOND = 1.5  # Å: an H farther than this from every non-H atom has no
 HYDROGEN_ELEMENTS = ("H", "D")
 
 
-def riding_parents(asu: AsymmetricUnit) -> list[tuple[int, int, int, np.ndarray, float]]:
+class SiteArrays:
+    """Numpy view of a :class:`emverse.crystal.Crystal`'s asymmetric unit for the refinement:
+    labels, elements, fractional positions (snapped onto their special positions), Cartesian U
+    (Å²), occupancies, the operations as arrays and each site's site-symmetry operations."""
+
+    def __init__(self, crystal: Crystal):
+        self.crystal = crystal
+        self.labels = tuple(s.label for s in crystal.sites)
+        self.elements = tuple(s.element for s in crystal.sites)
+        self.rotations = np.array([op.rotation for op in crystal.operations], dtype=float)
+        self.translations = np.array([op.translation for op in crystal.operations], dtype=float)
+        self.cell_matrix = crystal.lattice.T  # columns a, b, c (Å): r_cart = A @ x_frac
+        self.site_ops = [crystal.site_symmetry(i) for i in range(len(crystal.sites))]
+        frac = []
+        for i, site in enumerate(crystal.sites):
+            # the mean of the site-symmetry images lies exactly on the special position
+            x = np.asarray(site.position, dtype=float)
+            images = [self.rotations[k] @ x + self.translations[k] for k in self.site_ops[i]]
+            frac.append(np.mean([y - np.round(y - x) for y in images], axis=0))
+        self.frac = np.array(frac)
+        self.u_cart = np.array([crystal.u_cartesian(s.u_cif) for s in crystal.sites])
+        self.anisotropic = np.array([s.anisotropic for s in crystal.sites], dtype=bool)
+        self.occupancy = np.array([s.occupancy for s in crystal.sites], dtype=float)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.labels)
+
+
+def riding_parents(asu: SiteArrays) -> list[tuple[int, int, int, np.ndarray, float]]:
     """For every H atom of ``asu``: ``(h, parent, op, rotation, distance)`` — the nearest
     non-H atom over all space-group images and lattice translations (start model),
     the operation whose image is nearest, its rotation and the X–H distance (Å)."""
-    A = direct_matrix(asu.cell)
+    A = asu.cell_matrix
     heavy = [j for j, el in enumerate(asu.elements) if el not in HYDROGEN_ELEMENTS]
     out = []
     for h, el in enumerate(asu.elements):
@@ -77,44 +103,42 @@ def riding_parents(asu: AsymmetricUnit) -> list[tuple[int, int, int, np.ndarray,
 
 
 class RefinableStructure(nn.Module):
-    def __init__(self, asu: AsymmetricUnit, *, anisotropic: bool | None = None, hydrogens: str = "free",
+    """The asymmetric unit of a :class:`~emverse.crystal.Crystal` as refinable tensors (see the
+    module docstring); ``crystal`` keeps the cell, symmetry and expansion."""
+
+    def __init__(self, crystal: Crystal, *, anisotropic: bool | None = None, hydrogens: str = "free",
                  riding_adp: bool = True, dtype=torch.float64):
         super().__init__()
         if hydrogens not in HYDROGEN_MODES:
             raise EmverseError(f"hydrogens = {hydrogens!r} is unknown; use one of {HYDROGEN_MODES}")
-        asu = asu.snapped()
+        asu = SiteArrays(crystal)
+        self.crystal = crystal
         self.asu = asu
         self.elements = list(asu.elements)
-        A = direct_matrix(asu.cell)
+        A = asu.cell_matrix
         A_inv = np.linalg.inv(A)
         self.register_buffer("A", torch.as_tensor(A, dtype=dtype))
         self.register_buffer("x0", torch.as_tensor(asu.frac, dtype=dtype))
-        projectors, _site_rot_cart, op_rot, op_trans, op_atom = [], [], [], [], []
-        max_site = 1
-        for i in range(asu.n_atoms):
-            site = asu.site_symmetry(i)
-            max_site = max(max_site, len(site))
+        max_site = max(len(ops) for ops in asu.site_ops)
         site_stack = np.zeros((asu.n_atoms, max_site, 3, 3))
         site_count = np.zeros(asu.n_atoms)
-        for i in range(asu.n_atoms):
-            site = asu.site_symmetry(i)
+        projectors = []
+        for i, site in enumerate(asu.site_ops):
             projectors.append(np.mean([asu.rotations[s] for s in site], axis=0))
             for k, s in enumerate(site):
                 site_stack[i, k] = A @ asu.rotations[s] @ A_inv
             site_count[i] = len(site)
-            for s in asu.orbit_ops(i):
-                op_rot.append(asu.rotations[s])
-                op_trans.append(asu.translations[s])
-                op_atom.append(i)
+        # the expansion of the crystal: atom m = R_m x_{site(m)} + t_m
+        op_rot = crystal.atom_rotation
         self.register_buffer("projector", torch.as_tensor(np.array(projectors), dtype=dtype))
         self.register_buffer("site_rot_cart", torch.as_tensor(site_stack, dtype=dtype))
         self.register_buffer("site_count", torch.as_tensor(site_count, dtype=dtype))
-        self.register_buffer("op_rot", torch.as_tensor(np.array(op_rot), dtype=dtype))
+        self.register_buffer("op_rot", torch.as_tensor(op_rot, dtype=dtype))
         self.register_buffer("op_rot_cart", torch.as_tensor(np.array([A @ R @ A_inv for R in op_rot]), dtype=dtype))
-        self.register_buffer("op_trans", torch.as_tensor(np.array(op_trans), dtype=dtype))
-        self.register_buffer("op_atom", torch.as_tensor(np.array(op_atom), dtype=torch.long))
+        self.register_buffer("op_trans", torch.as_tensor(crystal.atom_translation, dtype=dtype))
+        self.register_buffer("op_atom", torch.as_tensor(crystal.atom_site, dtype=torch.long))
         self.register_buffer("occupancy", torch.as_tensor(asu.occupancy, dtype=dtype))
-        self.cell_elements = [self.elements[i] for i in op_atom]
+        self.cell_elements = list(crystal.atom_elements)
         self.anisotropic = bool(asu.anisotropic.any()) if anisotropic is None else bool(anisotropic)
         self.delta = nn.Parameter(torch.zeros(asu.n_atoms, 3, dtype=dtype))
         self.hydrogens = hydrogens
@@ -139,6 +163,18 @@ class RefinableStructure(nn.Module):
         free = torch.ones(asu.n_atoms, dtype=torch.bool)
         free[self.ride_h] = False
         self.register_buffer("free_atoms", free)
+
+    def refined_crystal(self, name: str | None = None) -> Crystal:
+        """The current parameters as a :class:`~emverse.crystal.Crystal` (positions, U; the
+        sites keep their anisotropic flag when the refinement is anisotropic)."""
+        from dataclasses import replace
+
+        frac = self.frac_asu().detach().cpu().numpy()
+        u_cif = self.crystal.u_cif(self.u_asu().detach().cpu().numpy())
+        sites = tuple(replace(s, position=frac[i], u_cif=u_cif[i], anisotropic=self.anisotropic)
+                      for i, s in enumerate(self.crystal.sites))
+        return Crystal(self.crystal.cell_lengths, self.crystal.cell_angles, sites, self.crystal.operations,
+                       name=name or self.crystal.name, spacegroup=self.crystal.spacegroup)
 
     # ------------------------------------------------------------------ ADPs
     def set_adp(self, u_cart: torch.Tensor) -> None:
@@ -255,13 +291,21 @@ class HybridEd3dModel(nn.Module):
         self.register_buffer("f_obs", f_obs)
         self.register_buffer("weight", w)
         self.n_frames = physics.n_frames
+        # per-frame corrective rotations, left-multiplied onto the PETS2 orientation (lab frame):
+        # a fixed part (Nelder–Mead prepass, earlier refinement stages) times small rotations by
+        # refinable angles (α, β, ω) about lab x, y, z (rad; no gradient unless requires_grad is set)
         self.register_buffer("orientation_delta", torch.eye(3, dtype=dtype).repeat(self.n_frames, 1, 1))
+        self.orientation_angles = nn.Parameter(torch.zeros(self.n_frames, 3, dtype=dtype), requires_grad=False)
 
     def thickness(self) -> torch.Tensor:
         return self.thickness_model(self.theta)
 
+    def orientation_correction(self) -> torch.Tensor:
+        """(F, 3, 3) corrective rotations: R(angles) · orientation_delta."""
+        return small_rotations(self.orientation_angles) @ self.orientation_delta
+
     def unscaled(self) -> torch.Tensor:
-        return self.physics.intensities(self.thickness(), orientation_delta=self.orientation_delta,
+        return self.physics.intensities(self.thickness(), orientation_delta=self.orientation_correction(),
                                         kinematical=self.kinematical)
 
     def scales(self, i_calc: torch.Tensor) -> torch.Tensor:
@@ -281,7 +325,7 @@ class HybridEd3dModel(nn.Module):
     def frame_wr(self, frame: int, rotation: torch.Tensor | None = None) -> float:
         """wR(all) of one frame with an optional corrective rotation (no gradients)."""
         with torch.no_grad():
-            delta = self.orientation_delta.clone()
+            delta = self.orientation_correction().clone()
             if rotation is not None:
                 delta[frame] = rotation.to(delta.dtype)
             i_calc = self.physics.intensities(self.thickness(), orientation_delta=delta, frames=[frame],
@@ -291,6 +335,13 @@ class HybridEd3dModel(nn.Module):
             w2 = self.weight[rows] ** 2
             k = (w2 * self.f_obs[rows] * f_calc).sum() / (w2 * f_calc**2).sum().clamp_min(1e-30)
             return float(wr_all(k**2 * i_calc, self.i_obs[rows], self.sigma[rows], self.instability))
+
+
+def small_rotations(angles_rad: torch.Tensor) -> torch.Tensor:
+    """R = R_z(ω) R_y(β) R_x(α) for angles (..., 3) = (α, β, ω) in rad (paper §4.3)."""
+    from emverse_bloch.geometry import rotation_x, rotation_y, rotation_z
+
+    return rotation_z(angles_rad[..., 2]) @ rotation_y(angles_rad[..., 1]) @ rotation_x(angles_rad[..., 0])
 
 
 def check_reflections_in_range(hkl: np.ndarray, reciprocal: np.ndarray, g_max: float) -> np.ndarray:
@@ -306,21 +357,31 @@ def frame_orientations(data, cell) -> tuple[np.ndarray, np.ndarray]:
     decomposition) of ``UB·B⁻¹``; the goniometer axis of frame i is ``R_z(ω) x̂``.
     Checked in the tests against the zone axes the file lists.
     """
-    B = reciprocal_matrix(cell)
+    from emverse_bloch.geometry import rotation_x, rotation_y, rotation_z
+
+    B = reciprocal_columns(cell)
     M0 = data.ub @ np.linalg.inv(B)
     u, _, vt = np.linalg.svd(M0)
     U0 = u @ vt
     if np.linalg.det(U0) < 0:
         raise EmverseError(f"{data.source}: UB·B⁻¹ is not a proper rotation; the UB matrix or cell is wrong")
     fr = data.frames
-    orientations, axes = [], []
-    for a, b, o in zip(np.radians(fr.alpha_deg), np.radians(fr.beta_deg), np.radians(fr.omega_deg), strict=False):
-        rz = dynamical._np_rz(o)
-        orientations.append(rz @ dynamical._np_rx(a) @ _np_ry(b) @ U0)
-        axes.append(rz @ np.array([1.0, 0.0, 0.0]))
-    return np.array(orientations), np.array(axes)
+    rz = rotation_z(torch.as_tensor(np.radians(fr.omega_deg), dtype=torch.float64)).numpy()
+    rx = rotation_x(torch.as_tensor(np.radians(fr.alpha_deg), dtype=torch.float64)).numpy()
+    ry = rotation_y(torch.as_tensor(np.radians(fr.beta_deg), dtype=torch.float64)).numpy()
+    orientations = rz @ rx @ ry @ U0
+    axes = rz[:, :, 0]
+    return orientations, axes
 
 
-def _np_ry(a):
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+def cell_columns(cell) -> np.ndarray:
+    """Direct basis a, b, c as columns (Å), a along x and b in the xy plane (ASE's setting,
+    as :class:`emverse.crystal.Crystal`): r_cart = A @ x_frac."""
+    from ase.geometry import cellpar_to_cell
+
+    return np.asarray(cellpar_to_cell(list(cell)), dtype=float).T
+
+
+def reciprocal_columns(cell) -> np.ndarray:
+    """Reciprocal basis a*, b*, c* as columns (Å⁻¹, no 2π): g_cart = B @ hkl."""
+    return np.linalg.inv(cell_columns(cell)).T

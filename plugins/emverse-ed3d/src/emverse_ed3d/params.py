@@ -16,8 +16,8 @@ class RefineParams:
     geometry is used and the intensities are simulated from ``structure`` with the
     thickness profile below (dynamic range, drop < 1 count, Poisson, σ = √I).
     Start model: ``start_structure`` if given, else ``structure`` perturbed by up to
-    ``perturbation_angstrom`` (symmetry-aware); ``enantiomer`` ("P3121"/"P3221")
-    inverts the structure into the other hand before refining.
+    ``perturbation_angstrom`` (symmetry-aware); ``enantiomer`` (a name, e.g. "P3121")
+    inverts the structure into the other hand (x -> −x, operations (R, t) -> (R, −t)) before refining.
     Units: Å, Å⁻¹, degrees.
     """
 
@@ -26,7 +26,11 @@ class RefineParams:
     data: str = "shared:ed3d_pets/quartz/quartz_exp.cif_pets"
     structure: str = "shared:ed3d_pets/quartz/quartz_refined_P3221.cif"
     start_structure: str = ""
-    enantiomer: str = attrs.field(default="", validator=one_of("", "P3121", "P3221"))
+    # a finished ed3d.refine run directory: start from its refined.cif, its thickness profile (the
+    # network is first fitted to it) and its per-frame orientation corrections (matched by frame id)
+    continue_from: str = ""
+    evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
+    enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
     # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
     frame_stride: int = attrs.field(default=1, validator=positive)
     max_frames: int = attrs.field(default=0, validator=non_negative)
@@ -52,12 +56,19 @@ class RefineParams:
     t_init_angstrom: float = attrs.field(default=500.0, validator=positive)
     quadratic_prior: bool = False
     # physics
-    physics_backend: str = attrs.field(default="bloch", validator=one_of("bloch", "native"))
-    method: str = attrs.field(default="eig", validator=one_of("eig", "expm"))
+    # proportional absorption: U' = κ U (the structure matrix carries (1 + iκ) U); 0 = none
+    absorption: float = attrs.field(default=0.0, validator=non_negative)
+    method: str = attrs.field(default="eig", validator=one_of("eig", "expm", "eig_absorptive"))
     g_max: float = attrs.field(default=1.4, validator=positive)
     sg_max: float = attrs.field(default=0.01, validator=positive)
     rsg_max: float = attrs.field(default=0.66, validator=non_negative)
-    n_tilts: int = attrs.field(default=7, validator=positive)
+    # sub-orientations per virtual frame (rocking-curve samples); 0 = automatic: the smallest odd n with
+    # ΔS·t ≤ rocking_target (ΔS the step in excitation error of the largest |g⊥|, t = rocking_thickness_angstrom,
+    # 0 = t_init_angstrom; for synthetic data the profile's maximum). Synthetic data are generated with
+    # 2n − 1 (finer than the fit). A check at the end compares n with 2n − 1 and warns.
+    n_tilts: int = attrs.field(default=0, validator=non_negative)
+    rocking_target: float = attrs.field(default=0.5, validator=positive)
+    rocking_thickness_angstrom: float = attrs.field(default=0.0, validator=non_negative)
     rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
     # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
     # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
@@ -66,6 +77,16 @@ class RefineParams:
     epochs: int = attrs.field(default=0, validator=non_negative)  # 0: the refiner's own default
     refine_orientation: bool = False
     orientation_max_iter: int = attrs.field(default=40, validator=positive)
+    # per-frame orientation angles refined by the gradient together with everything else (lr: the
+    # refiner's lr_orientation); after reselect_after_epochs (0 = never) the reflections are selected
+    # again (rsg_max) with the refined orientations, and the remaining epochs run on the new set
+    refine_orientation_gradient: bool = False
+    reselect_after_epochs: int = attrs.field(default=0, validator=non_negative)
+    # at the end: wR with 2n − 1 sub-orientations and ΔS·t at the refined thickness (warns when under-sampled)
+    rocking_check: bool = True
+    # at the end: the refined structure inverted (other hand) on the same thickness/orientations/scales-fit,
+    # a z-score of the per-reflection weighted residual differences and its bootstrap (over frames) spread
+    absolute_structure: bool = False
     metrics_every: int = attrs.field(default=1, validator=positive)
     # where the parameters' gradients flow: positions, ADPs, thickness model
     refine_positions: bool = True
@@ -80,6 +101,7 @@ class AdamParams:
     lr: float = attrs.field(default=1e-3, validator=positive)
     lr_thickness: float = attrs.field(default=0.0, validator=non_negative)  # 0: same as lr
     target_wr: float = attrs.field(default=0.0, validator=non_negative)  # stop early below this wR
+    lr_orientation: float = attrs.field(default=2e-4, validator=positive)  # rad, per-frame orientation angles
 
 
 @attrs.frozen

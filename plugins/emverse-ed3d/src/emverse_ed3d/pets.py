@@ -28,8 +28,6 @@ import attrs
 import numpy as np
 from emverse.errors import EmverseError
 
-from emverse_ed3d.cif import cif_number, read_cif
-
 log = logging.getLogger(__name__)
 
 FRAME_COLUMNS = (
@@ -129,13 +127,13 @@ class PetsData:
         )
 
 
-def _require_columns(loop, columns, source, what):
-    if loop is None:
+def _require_columns(tags, columns, source, what):
+    missing = [c for c in columns if c not in tags]
+    if len(missing) == len(columns):
         raise EmverseError(
             f"{source}: no {what} loop found (expected columns {', '.join(columns)}); "
             "is this a PETS2 dynamical-refinement (.cif_pets) file?"
         )
-    missing = [c for c in columns if c not in loop]
     if missing:
         raise EmverseError(
             f"{source}: the {what} loop lacks column(s) {', '.join(missing)}; "
@@ -143,28 +141,57 @@ def _require_columns(loop, columns, source, what):
         )
 
 
+def _number(value) -> float:
+    """A CIF value as a float: ASE's parser gives numbers for numeric fields; ``.``/``?`` -> nan,
+    a standard uncertainty in brackets (``0.51538(12)``) is dropped."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value is None:
+        return float("nan")
+    text = str(value).strip()
+    if text in (".", "?", ""):
+        return float("nan")
+    return float(text.split("(")[0])
+
+
 def _numbers(values, column, source) -> np.ndarray:
     try:
-        return np.array([cif_number(v) for v in values], dtype=float)
+        return np.array([_number(v) for v in values], dtype=float)
     except ValueError as err:
         raise EmverseError(f"{source}: column {column} holds a non-number ({err}); fix the file") from err
 
 
+def _read_block(path: str | Path) -> tuple[dict, str]:
+    """Tags of the first data block (ASE's CIF parser, the project's one), lower-case keys."""
+    from ase.io.cif import parse_cif
+
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise EmverseError(f"PETS2 file {source!r} does not exist; check the path")
+    try:
+        blocks = list(parse_cif(source))
+    except Exception as err:  # the parser raises many types
+        raise EmverseError(f"{source}: not a readable CIF ({err}); give a PETS2 .cif_pets file") from err
+    if not blocks:
+        raise EmverseError(f"{source}: no data block; give a PETS2 .cif_pets file")
+    return {k.lower(): v for k, v in blocks[0].items()}, source
+
+
 def read_pets(path: str | Path, *, strict: bool = False) -> PetsData:
     """Read a PETS2 ``.cif_pets`` file (see the module docstring for the rules)."""
-    block = read_cif(path)
-    source = block.source
+    tags, source = _read_block(path)
 
     cell = []
     for tag in CELL_ITEMS:
-        value = block.item(tag)
+        value = tags.get(tag)
         if value is None:
             raise EmverseError(f"{source}: cell item {tag} is missing; the file needs a full cell")
-        cell.append(cif_number(value))
-    wavelength = block.item("_diffrn_radiation_wavelength")
+        cell.append(_number(value))
+    wavelength = tags.get("_diffrn_radiation_wavelength")
     if wavelength is None:
         raise EmverseError(f"{source}: _diffrn_radiation_wavelength is missing (Å); add it")
-    wavelength = cif_number(wavelength)
+    wavelength = _number(wavelength)
     if not wavelength > 0:
         raise EmverseError(f"{source}: wavelength {wavelength} Å is not positive; fix the file")
 
@@ -172,25 +199,23 @@ def read_pets(path: str | Path, *, strict: bool = False) -> PetsData:
     for i in range(3):
         for j in range(3):
             tag = f"_diffrn_orient_matrix_ub_{i + 1}{j + 1}"
-            value = block.item(tag)
+            value = tags.get(tag)
             if value is None:
                 raise EmverseError(f"{source}: orientation matrix item {tag} is missing; add the UB matrix")
-            ub[i, j] = cif_number(value)
+            ub[i, j] = _number(value)
     if abs(np.linalg.det(ub)) < 1e-12:
         raise EmverseError(f"{source}: the UB matrix is singular; fix the orientation matrix")
 
-    details = block.item("_diffrn_measurement_details", "") or ""
+    details = str(tags.get("_diffrn_measurement_details", "") or "")
     geometry_match = re.search(r"data collection geometry:\s*([a-z ]+)", details, re.I)
     geometry = geometry_match.group(1).strip().lower() if geometry_match else "continuous rotation"
     dstar_match = re.search(r"dstarmax:\s*([0-9.]+)", details, re.I)
     dstarmax = float(dstar_match.group(1)) if dstar_match else float("nan")
 
-    frame_loop = block.loop_with("_diffrn_zone_axis_id")
-    _require_columns(frame_loop, FRAME_COLUMNS, source, "frame (zone axis)")
-    refl_loop = block.loop_with("_refln_index_h")
-    _require_columns(refl_loop, REFLECTION_COLUMNS, source, "reflection")
+    _require_columns(tags, FRAME_COLUMNS, source, "frame (zone axis)")
+    _require_columns(tags, REFLECTION_COLUMNS, source, "reflection")
 
-    fcol = {c: _numbers(frame_loop[c], c, source) for c in FRAME_COLUMNS}
+    fcol = {c: _numbers(tags[c], c, source) for c in FRAME_COLUMNS}
     frame_id = fcol["_diffrn_zone_axis_id"].astype(int)
     if len(set(frame_id.tolist())) != frame_id.size:
         raise EmverseError(f"{source}: frame ids in _diffrn_zone_axis_id repeat; each frame needs one id")
@@ -200,7 +225,7 @@ def read_pets(path: str | Path, *, strict: bool = False) -> PetsData:
             f"{source}: frame(s) {frame_id[bad_frames].tolist()} have non-numeric geometry; fix the zone-axis loop"
         )
 
-    rcol = {c: _numbers(refl_loop[c], c, source) for c in REFLECTION_COLUMNS}
+    rcol = {c: _numbers(tags[c], c, source) for c in REFLECTION_COLUMNS}
     hkl_float = np.stack([rcol[c] for c in REFLECTION_COLUMNS[:3]], axis=1)
     if not np.all(np.isfinite(hkl_float)) or not np.all(hkl_float == np.round(hkl_float)):
         raise EmverseError(f"{source}: some h k l indices are not integers; fix the reflection loop")
@@ -277,13 +302,17 @@ def summary(data: PetsData) -> str:
 
 
 def wavelength_to_voltage_kv(wavelength_angstrom: float) -> float:
-    """Accelerating voltage (kV) whose relativistic electron wavelength is ``wavelength_angstrom``."""
-    h, m0, e, c = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 299792458.0
-    lam = wavelength_angstrom * 1e-10
-    # λ = h / sqrt(2 m0 e V (1 + eV/(2 m0 c²)))  -> quadratic in eV
-    p2 = (h / lam) ** 2
-    # (eV)² /c² + 2 m0 (eV) - p² = 0
-    a_ = 1.0 / c**2
-    b_ = 2 * m0
-    ev = (-b_ + math.sqrt(b_**2 + 4 * a_ * p2)) / (2 * a_)
-    return ev / e / 1e3
+    """Accelerating voltage (kV) whose relativistic electron wavelength is ``wavelength_angstrom``
+    (the inverse of :func:`emverse.electron.wavelength_angstrom`, solved by bisection)."""
+    from emverse.electron import wavelength_angstrom as wavelength_at
+
+    if not wavelength_angstrom > 0:
+        raise EmverseError(f"wavelength {wavelength_angstrom} Å is not positive; give λ in Å")
+    low, high = 1e-3, 1e5  # kV; λ falls monotonically with the voltage
+    for _ in range(200):
+        mid = math.sqrt(low * high)
+        if wavelength_at(mid) > wavelength_angstrom:
+            low = mid
+        else:
+            high = mid
+    return math.sqrt(low * high)

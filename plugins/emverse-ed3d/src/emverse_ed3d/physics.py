@@ -1,9 +1,10 @@
-"""Bloch-wave engines behind the refinement: emverse-bloch (default) or the native one.
+"""The Bloch-wave physics behind the refinement: emverse-bloch's ``bloch.ed3d`` solver.
 
-Both answer one question — the tilt-integrated intensities of the observed
-reflections of some frames, given the structure, a thickness per frame and
-optional corrective rotations — and are interchangeable (the tests check
-they agree).
+One question — the tilt-integrated intensities of the observed reflections of
+some frames, given the structure, a thickness per frame and optional
+corrective rotations — answered by emverse-bloch's functional 3D-ED API
+(:func:`emverse_bloch.ed3d.plan_frames` + :func:`~emverse_bloch.ed3d.frame_intensities`),
+with its structure factors (abTEM's Lobato table) and structure matrix.
 
 Geometry handed in: ``orientations`` (F, 3, 3) crystal-Cartesian -> lab with
 the PETS2 lab frame (beam along −z), ``axes`` (F, 3) the goniometer axis of
@@ -14,66 +15,9 @@ about lab x, so its orientation is ``Q_f = diag(1, −1, −1) R_z(−ω_f) M_f`
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from emverse.errors import EmverseError
-
-from emverse_ed3d import dynamical
-from emverse_ed3d.crystal import cell_volume, direct_matrix, reciprocal_matrix
-
-BACKENDS = ("bloch", "native")
-
-
-def bloch_available() -> bool:
-    try:
-        import emverse_bloch.ed3d  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the environment
-        return False
-    return True
-
-
-class NativePhysics:
-    """The plugin's own engine (:mod:`emverse_ed3d.dynamical`)."""
-
-    name = "native"
-
-    def __init__(self, structure, orientations, axes, wavelength, semi_angle_deg, hkl, frame_index, *,
-                 g_max, sg_max, n_tilts, precession=False, method="expm"):
-        self.structure = structure
-        n_frames = len(orientations)
-        obs = [hkl[frame_index == f] for f in range(n_frames)]
-        self.geometry = dynamical.FrameGeometry(
-            reciprocal_matrix(structure.asu.cell), orientations, axes, wavelength, semi_angle_deg, obs,
-            g_max=g_max, sg_max=sg_max, n_tilts=n_tilts, precession=precession,
-        )
-        self.gamma = dynamical.lorentz_factor_from_wavelength(wavelength)
-        self.frame_index = np.asarray(frame_index)
-        slots = np.empty(len(frame_index), dtype=int)
-        for f in np.unique(frame_index):
-            rows = np.flatnonzero(frame_index == f)
-            slots[rows] = self.geometry.slots(int(f), hkl[rows])
-        self.slots = slots
-        self.n_frames = n_frames
-        self.n_beams = self.geometry.n_beams
-
-    def _u_table(self):
-        frac, U, occ = self.structure.cell_atoms()
-        B = torch.as_tensor(self.geometry.reciprocal, dtype=frac.dtype)
-        hkl = torch.as_tensor(self.geometry.unique_diff, dtype=frac.dtype)
-        return dynamical.structure_factors(hkl, B, frac, U, self.structure.cell_elements, occ,
-                                           cell_volume(self.structure.asu.cell), self.gamma)
-
-    def intensities(self, thickness, orientation_delta=None, frames=None, kinematical=False):
-        """Intensities of the reflections of ``frames`` (all by default), in file order."""
-        frames = np.arange(self.n_frames) if frames is None else np.asarray(frames)
-        delta = None if orientation_delta is None else orientation_delta[frames]
-        beam = dynamical.frame_intensities(self.geometry, self._u_table(), thickness[frames], frames=frames,
-                                           orientation_delta=delta, kinematical=kinematical)
-        rows = np.flatnonzero(np.isin(self.frame_index, frames))
-        local = np.searchsorted(frames, self.frame_index[rows])
-        return beam[torch.as_tensor(local), torch.as_tensor(self.slots[rows])]
 
 
 class BlochPhysics:
@@ -81,36 +25,35 @@ class BlochPhysics:
 
     name = "bloch"
 
-    def __init__(self, structure, orientations, axes, wavelength, semi_angle_deg, hkl, frame_index, *,
-                 g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0):
-        from emverse_bloch.crystal import Crystal
+    def __init__(self, structure, orientations, axes, voltage_kv, semi_angle_deg, hkl, frame_index, *,
+                 g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0, absorption=0.0):
+        from emverse_bloch.geometry import rotation_z
 
-        from emverse_ed3d.pets import wavelength_to_voltage_kv
-
+        self._arguments = dict(structure=structure, orientations=orientations, axes=axes, voltage_kv=voltage_kv,
+                               semi_angle_deg=semi_angle_deg, hkl=hkl, frame_index=frame_index, g_max=g_max,
+                               sg_max=sg_max, n_tilts=n_tilts, precession=precession, method=method,
+                               bucket_ratio=bucket_ratio, absorption=absorption)
         self.structure = structure
-        asu = structure.asu
+        self.crystal = structure.crystal
         semi = np.unique(np.round(np.asarray(semi_angle_deg, float), 6))
         if semi.size != 1:
             raise EmverseError(
-                f"emverse-bloch takes one rocking semi-angle for all frames, the data has {semi.tolist()}; "
-                "use physics_backend = 'native'"
+                f"the frames have different rocking semi-angles {semi.tolist()} (deg); emverse-bloch takes one "
+                "for all frames: set options.rocking_semi_angle_deg"
             )
-        sites = [
-            {"label": lab, "element": el, "position": pos, "occupancy": float(occ), "u_iso": 0.01}
-            for lab, el, pos, occ in zip(asu.labels, asu.elements, asu.frac, asu.occupancy, strict=False)
-        ]
-        ops = []
-        for R, t in zip(asu.rotations, asu.translations, strict=False):
-            ops.append(",".join(_op_row(R[k], t[k]) for k in range(3)))
-        self.crystal = Crystal.from_sites(asu.cell[:3], asu.cell[3:], sites, spacegroup=ops, name=asu.space_group)
         flip = np.diag([1.0, -1.0, -1.0])
-        self.q = np.array([flip @ dynamical._np_rz(-math.atan2(a[1], a[0])) for a in axes])
+        omega = torch.as_tensor(-np.arctan2(np.asarray(axes)[:, 1], np.asarray(axes)[:, 0]), dtype=torch.float64)
+        self.q = flip @ rotation_z(omega).numpy()
         self.orientations = np.einsum("fij,fjk->fik", self.q, orientations)
-        self.voltage_kv = wavelength_to_voltage_kv(wavelength)
+        self.voltage_kv = float(voltage_kv)
+        self.semi_angle_deg = float(semi[0])
+        self.n_tilts = int(n_tilts)
         self.options = dict(voltage_kv=self.voltage_kv, g_max=g_max, sg_max=sg_max,
-                            rocking_semi_angle_deg=float(semi[0]), n_sub_orientations=n_tilts,
-                            integration="precession" if precession else "rocking")
-        self.method = method
+                            rocking_semi_angle_deg=self.semi_angle_deg, n_sub_orientations=self.n_tilts,
+                            integration="precession" if precession else "rocking", absorption=float(absorption),
+                            quadrature="trapezoid")
+        # with absorption the eigen-solve takes it to first order (exact route: method = "expm")
+        self.method = "eig_absorptive" if absorption and method == "eig" else method
         self.hkl = np.asarray(hkl)
         self.frame_index = np.asarray(frame_index)
         self.n_frames = len(orientations)
@@ -121,9 +64,14 @@ class BlochPhysics:
         # reflections come out bucket by bucket; this puts them back in file order
         rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
         self._bucket_order = torch.as_tensor(np.argsort(rows, kind="stable"))
-        A = direct_matrix(asu.cell)
-        norm = A @ np.diag(np.linalg.norm(reciprocal_matrix(asu.cell), axis=0))
-        self.register_norm_inv = np.linalg.inv(norm)
+
+    def with_sub_orientations(self, n_tilts: int) -> BlochPhysics:
+        """The same physics with another number of sub-orientations per frame."""
+        return BlochPhysics(**{**self._arguments, "n_tilts": int(n_tilts)})
+
+    def with_structure(self, structure) -> BlochPhysics:
+        """The same geometry and beams for another refinable structure (e.g. the other hand)."""
+        return BlochPhysics(**{**self._arguments, "structure": structure})
 
     def _plan(self, frames: tuple):
         if frames not in self._plans:
@@ -155,7 +103,8 @@ class BlochPhysics:
         plan = self._plan(frames)
         st = self.structure
         frac = st.frac_asu()
-        n_inv = torch.as_tensor(self.register_norm_inv, dtype=frac.dtype)
+        # Cartesian U -> CIF U: U_cif = N⁻¹ U N⁻ᵀ (see Crystal.u_cif)
+        n_inv = torch.as_tensor(np.linalg.inv(self.crystal.u_cartesian_basis), dtype=frac.dtype)
         u_cif = n_inv @ st.u_asu() @ n_inv.T
         params = StructureParameters(frac, u_cif, st.occupancy)
         idx = list(frames)
@@ -190,34 +139,3 @@ def beam_buckets(n_beams, ratio: float) -> list[tuple[int, ...]]:
         current.append(int(f))
     groups.append(tuple(sorted(current)))
     return groups
-
-
-def _op_row(r, t) -> str:
-    terms = []
-    for coeff, var in zip(r, "xyz", strict=False):
-        if abs(coeff) < 1e-9:
-            continue
-        sign = "-" if coeff < 0 else "+"
-        mag = "" if abs(abs(coeff) - 1) < 1e-9 else f"{abs(coeff):g}*"
-        terms.append(f"{sign}{mag}{var}")
-    from fractions import Fraction
-
-    frac = Fraction(float(t)).limit_denominator(12)
-    if frac != 0:
-        terms.append(f"{'+' if frac > 0 else '-'}{abs(frac)}")
-    text = "".join(terms)
-    return text[1:] if text.startswith("+") else text
-
-
-def make_physics(backend: str, *args, **kwargs):
-    if backend not in BACKENDS:
-        raise EmverseError(f"physics_backend {backend!r} is unknown; use one of {BACKENDS}")
-    if backend == "bloch":
-        if not bloch_available():
-            raise EmverseError(
-                "physics_backend 'bloch' needs emverse-bloch installed (pip install -e plugins/emverse-bloch); "
-                "or set physics_backend = 'native'"
-            )
-        return BlochPhysics(*args, **kwargs)
-    kwargs.pop("bucket_ratio", None)  # the native engine loops over frames: nothing is padded across frames
-    return NativePhysics(*args, **kwargs)

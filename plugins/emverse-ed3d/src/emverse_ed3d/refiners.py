@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from emverse.interfaces import RefinementResult, Refiner
 
-from emverse_ed3d.dynamical import rotation_x, rotation_y, rotation_z
-
 
 def _trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
@@ -52,19 +50,24 @@ class Ed3dAdam(Refiner):
     """Adam over all parameters jointly (paper: lr 1e-3, 200 epochs, full batch)."""
 
     def __init__(self, epochs: int = 200, lr: float = 1e-3, lr_thickness: float | None = None,
-                 target_wr: float = 0.0):
+                 target_wr: float = 0.0, lr_orientation: float = 2e-4):
         self.epochs = int(epochs)
         self.lr = float(lr)
         self.lr_thickness = lr_thickness
+        self.lr_orientation = float(lr_orientation)
         self.target_wr = float(target_wr)
 
     def refine(self, model, observation=None, *, generator=None, callback=None) -> RefinementResult:
         thickness_params = set(id(p) for p in model.thickness_model.parameters())
-        others = [p for p in _trainable(model) if id(p) not in thickness_params]
+        angles = getattr(model, "orientation_angles", None)
+        special = thickness_params | ({id(angles)} if angles is not None else set())
+        others = [p for p in _trainable(model) if id(p) not in special]
         groups = [{"params": others, "lr": self.lr}]
         thick = [p for p in model.thickness_model.parameters() if p.requires_grad]
         if thick:
             groups.append({"params": thick, "lr": self.lr_thickness or self.lr})
+        if angles is not None and angles.requires_grad:  # per-frame orientation angles (rad)
+            groups.append({"params": [angles], "lr": self.lr_orientation})
         opt = torch.optim.Adam(groups)
         history: dict[str, list[float]] = {}
         start = time.perf_counter()
@@ -149,8 +152,9 @@ class Ed3dLBFGS(Refiner):
 
 def small_rotation(angles_rad) -> torch.Tensor:
     """R = R_z(ω) R_y(β) R_x(α) for angles (α, β, ω) in rad (paper §4.3)."""
-    a = torch.as_tensor(np.asarray(angles_rad, float), dtype=torch.float64)
-    return rotation_z(a[2]) @ rotation_y(a[1]) @ rotation_x(a[0])
+    from emverse_ed3d.model import small_rotations
+
+    return small_rotations(torch.as_tensor(np.asarray(angles_rad, float), dtype=torch.float64))
 
 
 def refine_orientations(model, *, frames=None, initial_step_deg: float = 0.05, max_iter: int = 60,

@@ -18,10 +18,10 @@ import math
 import attrs
 import numpy as np
 import torch
+from emverse.crystal import Crystal
 from emverse.errors import EmverseError
 
-from emverse_ed3d.crystal import AsymmetricUnit, reciprocal_matrix
-from emverse_ed3d.model import frame_orientations
+from emverse_ed3d.model import frame_orientations, reciprocal_columns
 from emverse_ed3d.pets import PetsData
 from emverse_ed3d.problem import build_model, frame_theta, semi_angle_deg
 from emverse_ed3d.thickness import ProfileThickness
@@ -58,7 +58,7 @@ def thickness_profile(kind: str, theta_rad: np.ndarray, *, mean_angstrom: float,
 def candidate_reflections(data: PetsData, g_max: float, rsg_max: float, semi_angle: np.ndarray,
                           dsg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(hkl, frame_index) of the reflections each frame integrates (Rsg criterion)."""
-    B = reciprocal_matrix(data.cell)
+    B = reciprocal_columns(data.cell)
     orientations, axes = frame_orientations(data, data.cell)
     k0 = 1.0 / data.wavelength_angstrom
     n = [int(math.ceil(g_max * np.linalg.norm(np.linalg.inv(B)[i]))) + 1 for i in range(3)]
@@ -78,7 +78,7 @@ def candidate_reflections(data: PetsData, g_max: float, rsg_max: float, semi_ang
 
 def make_synthetic(
     geometry: PetsData,
-    truth: AsymmetricUnit,
+    truth: Crystal,
     *,
     profile: str = "sinusoidal",
     mean_angstrom: float = 600.0,
@@ -89,7 +89,6 @@ def make_synthetic(
     rsg_max: float = 0.66,
     n_tilts: int = 5,
     rocking_semi_angle_deg: float | None = None,
-    backend: str = "bloch",
     method: str = "eig",
     generator: torch.Generator,
     rng: np.random.Generator,
@@ -106,7 +105,7 @@ def make_synthetic(
     theta = frame_theta(template)
     t_true = thickness_profile(profile, theta, mean_angstrom=mean_angstrom, amplitude_angstrom=amplitude_angstrom,
                                rng=rng)
-    model = build_model(template, truth, thickness_model="single", backend=backend, g_max=g_max, sg_max=sg_max,
+    model = build_model(template, truth, thickness_model="single", g_max=g_max, sg_max=sg_max,
                         n_tilts=n_tilts, rocking_semi_angle_deg=rocking_semi_angle_deg, method=method,
                         check_cell=False)
     model.thickness_model = ProfileThickness(t_true)

@@ -6,13 +6,18 @@ import time
 
 import numpy as np
 import torch
+from emverse.crystal import Crystal
 from emverse.interfaces import OptionsTask
 
 from emverse_ed3d import metrics as M
-from emverse_ed3d.crystal import check_cell_matches, direct_matrix, read_structure
-from emverse_ed3d.model import HYDROGEN_ELEMENTS
+from emverse_ed3d.model import HYDROGEN_ELEMENTS, SiteArrays
 from emverse_ed3d.pets import read_pets, summary
-from emverse_ed3d.problem import build_model
+from emverse_ed3d.problem import (
+    absolute_structure,
+    build_model,
+    check_cell_matches,
+    rocking_convergence,
+)
 
 
 def _select_frames(data, stride: int, max_frames: int):
@@ -29,38 +34,58 @@ class Ed3dRefineTask(OptionsTask):
         o = ctx.options
         data = read_pets(ctx.resolve_path(o.data))
         data = _select_frames(data, o.frame_stride, o.max_frames)
-        truth = read_structure(ctx.resolve_path(o.structure))
+        truth = Crystal.from_cif(ctx.resolve_path(o.structure))
         check_cell_matches(truth, data.cell)
         ctx.log.info("data: %s", summary(data))
         t_true = None
+        n_fit = o.n_tilts
+        rocking_thickness = o.rocking_thickness_angstrom or o.t_init_angstrom
         if o.synthetic:
+            from emverse_ed3d.problem import semi_angle_deg
+            from emverse_ed3d.rocking import sub_orientations_for
             from emverse_ed3d.synthetic import make_synthetic
 
+            semi = float(np.max(semi_angle_deg(data, o.rocking_semi_angle_deg or None)))
+            t_peak = o.profile_mean_angstrom + o.profile_amplitude_angstrom
+            rocking_thickness = o.rocking_thickness_angstrom or t_peak
+            if n_fit <= 0:  # |g⊥| ≤ g_max bounds the step
+                n_fit = sub_orientations_for(semi, o.g_max, rocking_thickness, o.rocking_target)
+            # the data are integrated twice as finely as the fit, so a too-coarse fit shows
+            n_data = 2 * n_fit - 1
+            ctx.log.info("synthetic data integrated over %d sub-orientations, the fit over %d", n_data, n_fit)
             data, t_true = make_synthetic(
                 data, truth, profile=o.thickness_profile, mean_angstrom=o.profile_mean_angstrom,
                 amplitude_angstrom=o.profile_amplitude_angstrom, dynamic_range=o.dynamic_range, g_max=o.g_max,
-                sg_max=o.sg_max, rsg_max=o.rsg_max or 0.66, n_tilts=o.n_tilts,
-                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, backend=o.physics_backend,
-                method=o.method, generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
+                sg_max=o.sg_max, rsg_max=o.rsg_max or 0.66, n_tilts=n_data,
+                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, method=o.method,
+                generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
             )
             ctx.log.info("synthetic data: %s", summary(data))
-        start = read_structure(ctx.resolve_path(o.start_structure)) if o.start_structure else truth
+        start = Crystal.from_cif(ctx.resolve_path(o.start_structure)) if o.start_structure else truth
+        previous = None
+        if o.continue_from:
+            previous = load_previous_run(ctx.resolve_path(o.continue_from), data)
+            start = previous["crystal"]
         reference = truth
         if o.enantiomer:
-            start = start.enantiomer(o.enantiomer)
-            reference = truth.enantiomer(o.enantiomer)
+            start = start.inverted(name=o.enantiomer)
+            reference = truth.inverted(name=o.enantiomer)
         anisotropic = None if o.adp == "auto" else (o.adp == "aniso")
-        model = build_model(
-            data, start, thickness_model=o.thickness_model, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom,
+        build_options = dict(
+            thickness_model=o.thickness_model, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom,
             t_init=o.t_init_angstrom, quadratic_prior=o.quadratic_prior, anisotropic=anisotropic,
-            backend=o.physics_backend, g_max=o.g_max, sg_max=o.sg_max, n_tilts=o.n_tilts,
+            absorption=o.absorption, g_max=o.g_max, sg_max=o.sg_max, n_tilts=n_fit,
+            rocking_target=o.rocking_target, rocking_thickness=rocking_thickness,
             rocking_semi_angle_deg=o.rocking_semi_angle_deg or None,
             rsg_max=None if o.synthetic else (o.rsg_max or None), method=o.method,
             hydrogens=o.hydrogens, riding_adp=o.riding_adp, bucket_ratio=o.bucket_ratio,
-            generator=ctx.generator("thickness_nn"),
         )
+        model = build_model(data, start, generator=ctx.generator("thickness_nn"),
+                            corrections=previous["corrections"] if previous else None, **build_options)
+        if previous:
+            fit_thickness_to(model, previous)
         st = model.structure
-        if not o.start_structure and o.perturbation_angstrom > 0:
+        if not (o.start_structure or o.continue_from) and o.perturbation_angstrom > 0:
             st.perturb(o.perturbation_angstrom, ctx.generator("perturbation"))
         if o.start_u_iso_angstrom2 > 0:
             st.set_adp(torch.eye(3, dtype=st.x0.dtype).repeat(st.x0.shape[0], 1, 1) * o.start_u_iso_angstrom2)
@@ -72,22 +97,23 @@ class Ed3dRefineTask(OptionsTask):
         ctx.log.info("refining %d reflections on %d frames (%s physics, beams per frame ≤ %d)",
                      used.n_reflections, used.n_frames, model.physics.name, int(np.max(model.physics.n_beams)))
 
-        ref_frac = reference.frac
-        ref_u = reference.u_cart
-        A = direct_matrix(reference.cell)
-        heavy = np.array([el not in HYDROGEN_ELEMENTS for el in reference.elements])
+        ref_sites = SiteArrays(reference)
+        ref_frac = ref_sites.frac
+        ref_u = ref_sites.u_cart
+        A = ref_sites.cell_matrix
+        heavy = np.array([el not in HYDROGEN_ELEMENTS for el in ref_sites.elements])
         has_h = not heavy.all()
         theta_deg = np.degrees(model.theta.numpy())
 
         def structure_errors(model):
             out = {
-                "asu_rmsd": M.asu_rmsd(st.frac_asu().detach().numpy(), ref_frac, A, reference.rotations,
-                                       reference.translations),
+                "asu_rmsd": M.asu_rmsd(st.frac_asu().detach().numpy(), ref_frac, A, ref_sites.rotations,
+                                       ref_sites.translations),
                 "adp_error": M.adp_frobenius(st.u_asu().detach().numpy(), ref_u),
             }
             if has_h:  # the same over the non-H atoms only
                 out["asu_rmsd_non_h"] = M.asu_rmsd(st.frac_asu().detach().numpy()[heavy], ref_frac[heavy], A,
-                                                   reference.rotations, reference.translations)
+                                                   ref_sites.rotations, ref_sites.translations)
                 out["adp_error_non_h"] = M.adp_frobenius(st.u_asu().detach().numpy()[heavy], ref_u[heavy])
             if t_true is not None:
                 out["thickness_rms"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["rms_angstrom"]
@@ -111,19 +137,48 @@ class Ed3dRefineTask(OptionsTask):
         refiner = ctx.build("refiner")
         if o.epochs and hasattr(refiner, "epochs"):
             refiner.epochs = o.epochs
-        bar = ctx.progress(total=refiner.epochs, desc=f"ed3d {o.thickness_model}")
+        if o.evaluate_only:
+            refiner.epochs = 0
+        total_epochs = refiner.epochs
+        bar = ctx.progress(total=total_epochs, desc=f"ed3d {o.thickness_model}")
+        done = [0]
 
         def callback(epoch, model, loss):
             bar.update(1)
             bar.set_postfix(wR=f"{loss:.4f}")
-            if epoch % o.metrics_every == 0 or epoch == refiner.epochs:
+            epoch += done[0]
+            if epoch % o.metrics_every == 0 or epoch == total_epochs:
                 return structure_errors(model)
             return None
 
+        # per-frame orientation angles refined by the gradient, with everything else; after
+        # ``reselect_after_epochs`` the reflections are selected again (Rsg) with the refined
+        # orientations and the refinement goes on with the same structure and thickness model
+        model.orientation_angles.requires_grad_(o.refine_orientation_gradient)
+        stages = [total_epochs]
+        if o.refine_orientation_gradient and 0 < o.reselect_after_epochs < total_epochs and not o.synthetic:
+            stages = [o.reselect_after_epochs, total_epochs - o.reselect_after_epochs]
         t0 = time.perf_counter()
-        result = refiner.refine(model, None, generator=ctx.generator("refiner"), callback=callback)
+        history: dict[str, list[float]] = {}
+        for stage, epochs in enumerate(stages):
+            if stage:
+                model = self._reselect(model, data, start, build_options)
+                used = model.data
+                ctx.log.info("re-selected reflections with the refined orientations: %d reflections on %d frames",
+                             used.n_reflections, used.n_frames)
+            refiner.epochs = epochs
+            result = refiner.refine(model, None, generator=ctx.generator(f"refiner{stage or ''}"),
+                                    callback=callback)
+            done[0] += result.iterations
+            for key, values in result.history.items():
+                history.setdefault(key, []).extend(values)
+        result.history = history
+        result.iterations = done[0]
         elapsed = time.perf_counter() - t0
         bar.close()
+        used = model.data
+        theta_deg = np.degrees(model.theta.numpy())
+        rocking = rocking_convergence(model) if o.rocking_check else {}
 
         with torch.no_grad():
             i_calc = model.calculated()
@@ -136,7 +191,7 @@ class Ed3dRefineTask(OptionsTask):
             "start_wr_all": start_wr, "start_asu_rmsd_angstrom": start_errors["asu_rmsd"],
             "epochs": float(result.iterations), "refine_seconds": elapsed,
             "seconds_per_epoch": elapsed / max(result.iterations, 1),
-            "n_frames": float(used.n_frames), "mean_thickness_angstrom": float(model.thickness().mean()),
+            "n_frames": float(used.n_frames), "mean_thickness_angstrom": float(model.thickness().detach().mean()),
         }
         if has_h:
             out["asu_rmsd_non_h_angstrom"] = final_errors["asu_rmsd_non_h"]
@@ -146,6 +201,15 @@ class Ed3dRefineTask(OptionsTask):
         if t_true is not None:
             out["thickness_rms_angstrom"] = final_errors["thickness_rms"]
             out["thickness_relative_error"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["relative"]
+        out.update(rocking)
+        if o.refine_orientation_gradient:
+            angles = model.orientation_angles.detach().numpy()
+            out["orientation_rms_correction_deg"] = float(np.degrees(np.sqrt((angles**2).mean())))
+        thickness_now = model.thickness().detach().numpy()
+        out.update({"thickness_min_angstrom": float(thickness_now.min()),
+                    "thickness_max_angstrom": float(thickness_now.max())})
+        if o.absolute_structure:
+            out.update(absolute_structure(model, ctx.generator("absolute_structure")))
         if orientation_info is not None:
             out["orientation_mean_frame_wr_before"] = float(orientation_info["wr_before"].mean())
             out["orientation_mean_frame_wr_after"] = float(orientation_info["wr_after"].mean())
@@ -156,8 +220,8 @@ class Ed3dRefineTask(OptionsTask):
                 values = metric(i_calc, truth_table)
             elif isinstance(metric, M.AsuRMSD):
                 values = metric({"frac": st.frac_asu().detach()},
-                                {"frac": ref_frac, "cell_matrix": A, "rotations": reference.rotations,
-                                 "translations": reference.translations})
+                                {"frac": ref_frac, "cell_matrix": A, "rotations": ref_sites.rotations,
+                                 "translations": ref_sites.translations})
             elif isinstance(metric, M.AdpError):
                 values = metric(st.u_asu().detach(), ref_u)
             elif isinstance(metric, M.ThicknessProfileError):
@@ -172,6 +236,13 @@ class Ed3dRefineTask(OptionsTask):
 
         write_json(ctx.out_dir / "history.json", {k: list(map(float, v)) for k, v in result.history.items()})
         self._figures(ctx, result.history, theta_deg, model, t_true, i_calc, truth_table)
+        refined = st.refined_crystal(name=f"{start.name}-refined")
+        refined.to_cif(ctx.out_dir / "refined.cif", title=f"emverse ed3d.refine: wR(all) {wr['wr_all']:.4f}")
+        write_reflection_table(ctx.out_dir / "reflections.csv", used, i_calc)
+        write_json(ctx.out_dir / "thickness.json", {
+            "frame_id": [int(f) for f in used.frames.frame_id], "theta_deg": theta_deg.tolist(),
+            "thickness_angstrom": thickness_now.tolist(),
+            "orientation_correction": model.orientation_correction().detach().numpy().tolist()})
         ctx.add_table(
             "refinement", ["quantity", "start", "final"],
             [["wR(all)", f"{start_wr:.4f}", f"{wr['wr_all']:.4f}"],
@@ -192,8 +263,23 @@ class Ed3dRefineTask(OptionsTask):
             "frac_asu": st.frac_asu().detach().contiguous(), "u_asu": st.u_asu().detach().contiguous(),
             "thickness_angstrom": model.thickness().detach().contiguous(),
             "theta_rad": model.theta.detach().contiguous(),
-        }, metadata={"space_group": start.space_group, "labels": ",".join(start.labels)})
+        }, metadata={"space_group": start.spacegroup, "labels": ",".join(s.label for s in start.sites)})
         return RunResult(metrics=out)
+
+    @staticmethod
+    def _reselect(model, data, start, build_options):
+        """A new model on reflections selected with the model's refined orientations; the
+        structure and thickness modules (and the orientations) carry over."""
+        corrections = np.repeat(np.eye(3)[None], data.n_frames, axis=0)
+        refined_ids = {int(f): c for f, c in zip(model.data.frames.frame_id,
+                                                  model.orientation_correction().detach().numpy(), strict=True)}
+        for row, frame_id in enumerate(data.frames.frame_id):
+            if int(frame_id) in refined_ids:
+                corrections[row] = refined_ids[int(frame_id)]
+        new = build_model(data, start, corrections=corrections, structure_module=model.structure,
+                          thickness_module=model.thickness_model, **build_options)
+        new.orientation_angles.requires_grad_(True)
+        return new
 
     @staticmethod
     def _figures(ctx, history, theta_deg, model, t_true, i_calc, truth_table):
@@ -230,3 +316,55 @@ class Ed3dRefineTask(OptionsTask):
         fig = M.WRAll().figure(i_calc, truth_table)
         ctx.save_figure("iobs_vs_icalc", fig)
         plt.close(fig)
+
+
+def write_reflection_table(path, data, i_calc) -> None:
+    """h k l, frame id (the PETS2 file's), I_obs, σ(I), I_calc (scaled) — one row per reflection."""
+    i_calc = i_calc.detach().cpu().numpy()
+    frame_id = data.frames.frame_id[data.frame_index]
+    lines = ["h,k,l,frame_id,i_obs,sigma,i_calc"]
+    for (h, k, ell), f, io, sg, ic in zip(data.hkl, frame_id, data.intensity, data.sigma, i_calc, strict=True):
+        lines.append(f"{h},{k},{ell},{f},{io:.6g},{sg:.6g},{ic:.6g}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def load_previous_run(run_dir, data) -> dict:
+    """refined.cif, thickness profile and orientation corrections of a finished run, the last two
+    mapped onto ``data``'s frames by PETS2 frame id (frames the run did not have: identity, and a
+    thickness interpolated in θ)."""
+    import json
+    from pathlib import Path
+
+    from emverse.errors import EmverseError
+
+    run_dir = Path(run_dir)
+    missing = [n for n in ("refined.cif", "thickness.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise EmverseError(
+            f"options.continue_from = {str(run_dir)!r} lacks {', '.join(missing)}; give the directory of a "
+            "finished ed3d.refine run"
+        )
+    saved = json.loads((run_dir / "thickness.json").read_text())
+    by_id = {int(f): (t, np.asarray(c)) for f, t, c in zip(saved["frame_id"], saved["thickness_angstrom"],
+                                                              saved["orientation_correction"], strict=True)}
+    corrections = np.array([by_id[int(f)][1] if int(f) in by_id else np.eye(3) for f in data.frames.frame_id])
+    return {"crystal": Crystal.from_cif(run_dir / "refined.cif"), "corrections": corrections,
+            "theta_deg": np.asarray(saved["theta_deg"]), "thickness": np.asarray(saved["thickness_angstrom"])}
+
+
+def fit_thickness_to(model, previous, steps: int = 2000) -> None:
+    """Fit the model's thickness network to a previous run's profile t(θ) (least squares, Adam;
+    no physics involved), so a continued refinement starts from it."""
+    order = np.argsort(previous["theta_deg"])
+    theta_deg = np.degrees(model.theta.detach().numpy())
+    target = torch.as_tensor(np.interp(theta_deg, previous["theta_deg"][order], previous["thickness"][order]),
+                             dtype=model.theta.dtype)
+    params = [p for p in model.thickness_model.parameters() if p.requires_grad]
+    if not params:
+        return
+    optimiser = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = ((model.thickness() - target) ** 2).mean()
+        loss.backward()
+        optimiser.step()
