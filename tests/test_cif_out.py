@@ -1,4 +1,4 @@
-"""emverse.cif_out.write_cif: the refined structure reloads in ase and in emverse.crystal."""
+"""Crystal.to_cif (the one CIF writer): a refined structure reloads in ase and in emverse.crystal."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from emverse.cif_out import with_uncertainty, write_cif
-from emverse.crystal import Crystal
+from emverse.crystal import Crystal, with_uncertainty
 
 pytest.importorskip("ase")
 
@@ -18,8 +17,9 @@ def test_written_cif_reloads_with_the_same_structure(tmp_path):
         {"label": "Li1", "element": "Li", "position": (0, 0, 0.2829), "u_iso": 0.006},
         {"label": "O1", "element": "O", "position": (0.0492, 0.3446, 0.0647), "u_iso": 0.007},
     ], spacegroup=161)
-    path = write_cif(crystal, tmp_path / "out.cif", u_iso={"O1": 0.0081}, u_iso_su={"O1": 0.0004},
-                     extra={"emverse_refined_thickness_angstrom": "1234.5"})
+    path = tmp_path / "out.cif"
+    crystal.to_cif(path, u_iso={"O1": 0.0081}, u_iso_su={"O1": 0.0004},
+                   extra={"emverse_refined_thickness_angstrom": "1234.5"})
     text = path.read_text()
     assert "0.0081(4)" in text and "_emverse_refined_thickness_angstrom 1234.5" in text
     from ase.io import read
@@ -40,4 +40,4 @@ def test_written_cif_reloads_with_the_same_structure(tmp_path):
 def test_uncertainty_notation():
     assert with_uncertainty(0.25314, 0.0123) == "0.253(12)"
     assert with_uncertainty(2203.4, 4.2) == "2203(4)"
-    assert with_uncertainty(1.0, math.nan) == "1.000000"
+    assert with_uncertainty(1.0, math.nan) == "1.00000000"

@@ -493,9 +493,19 @@ class Crystal:
         n_inv = np.linalg.inv(self.u_cartesian_basis)
         return n_inv @ np.asarray(u_cartesian, dtype=float) @ n_inv.T
 
-    def to_cif(self, path: str | Path | None = None, *, title: str = "") -> str:
+    def to_cif(self, path: str | Path | None = None, *, title: str = "",
+               u_iso: dict[str, float] | None = None, u_iso_su: dict[str, float] | None = None,
+               extra: dict[str, str] | None = None) -> str:
         """The structure as CIF text (cell, symmetry operations, sites with occupancies and
-        U_iso/U_ij in Å²); written to ``path`` when given. Readable by :meth:`from_cif`."""
+        U_iso/U_ij in Å²); written to ``path`` when given. Readable by :meth:`from_cif`, ase
+        and gemmi: the project's one CIF writer.
+
+        ``u_iso`` replaces a site's U_iso (by label, Å²) and ``u_iso_su`` gives its standard
+        uncertainty, written in the crystallographic ``0.0081(4)`` notation; ``extra``
+        adds data items (name without the leading underscore -> text), e.g. a refined
+        thickness, so the file records what the refinement found.
+        """
+        u_iso, u_iso_su = u_iso or {}, u_iso_su or {}
         lines = [f"data_{re.sub(r'[^A-Za-z0-9_-]', '_', self.name) or 'crystal'}"]
         if title:
             lines.append(f"_publ_section_title '{title}'")
@@ -503,9 +513,9 @@ class Crystal:
             lines.append(f"_cell_length_{key} {value:.6f}")
         for key, value in zip(("alpha", "beta", "gamma"), self.cell_angles, strict=True):
             lines.append(f"_cell_angle_{key} {value:.6f}")
-        symbol, number = self.spacegroup, None
-        if not symbol:
-            symbol, number = _space_group_type(self)
+        symbol, number = _space_group_type(self)
+        if not symbol and self.spacegroup and not str(self.spacegroup).strip().isdigit():
+            symbol = self.spacegroup
         if symbol:  # ASE's reader needs a symbol; the operations below define the group
             lines.append(f"_space_group_name_H-M_alt '{symbol}'")
         if number:
@@ -516,10 +526,11 @@ class Crystal:
                   "_atom_site_fract_y", "_atom_site_fract_z", "_atom_site_occupancy",
                   "_atom_site_U_iso_or_equiv"]
         for site in self.sites:
-            u_eq = float(np.trace(self.u_cartesian(site.u_cif)) / 3)
+            u_eq = u_iso.get(site.label, float(np.trace(self.u_cartesian(site.u_cif)) / 3))
             x, y, z = site.position
-            lines.append(f"{site.label} {site.element} {x:.8f} {y:.8f} {z:.8f} {site.occupancy:.6f} {u_eq:.8f}")
-        aniso = [s for s in self.sites if s.anisotropic]
+            lines.append(f"{site.label} {site.element} {x:.8f} {y:.8f} {z:.8f} {site.occupancy:.6f} "
+                         f"{with_uncertainty(u_eq, u_iso_su.get(site.label))}")
+        aniso = [s for s in self.sites if s.anisotropic and s.label not in u_iso]
         if aniso:
             lines += ["", "loop_", "_atom_site_aniso_label"]
             lines += [f"_atom_site_aniso_U_{k}" for k in ("11", "22", "33", "12", "13", "23")]
@@ -527,9 +538,12 @@ class Crystal:
                 u = site.u_cif
                 lines.append(f"{site.label} " + " ".join(
                     f"{v:.8f}" for v in (u[0, 0], u[1, 1], u[2, 2], u[0, 1], u[0, 2], u[1, 2])))
+        if extra:
+            lines.append("")
+            lines += [f"_{key} {value}" for key, value in extra.items()]
         text = "\n".join(lines) + "\n"
         if path is not None:
-            Path(path).write_text(text)
+            Path(path).write_text(text, encoding="utf-8")
         return text
 
     def to_ase(self):
@@ -561,6 +575,19 @@ def _reciprocal_lengths(cell_lengths, cell_angles) -> np.ndarray:
 
     lattice = cellpar_to_cell([*cell_lengths, *cell_angles])
     return np.linalg.norm(np.linalg.inv(lattice).T, axis=1)
+
+
+def with_uncertainty(value: float, su: float | None) -> str:
+    """``0.253(12)`` style: the su in units of the last written digit, two digits when it
+    starts with 1, else one (the usual crystallographic rule); plain when no su is known."""
+    if su is None or not math.isfinite(su) or su <= 0:
+        return f"{value:.8f}"
+    decimals = -int(math.floor(math.log10(su)))
+    if su * 10**decimals < 2:
+        decimals += 1
+    decimals = max(0, decimals)
+    digits = round(su * 10**decimals)
+    return f"{value:.{decimals}f}({digits})"
 
 
 def _space_group_type(crystal: Crystal) -> tuple[str, int | None]:

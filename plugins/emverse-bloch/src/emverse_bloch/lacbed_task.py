@@ -74,7 +74,6 @@ def read_discs(folder, prefix: str, reflections, downsample: int, pixel_size: fl
 
 class LacbedRefineTask(OptionsTask):
     def run(self, ctx):
-        from emverse.cif_out import write_cif
         from emverse.run import RunResult
 
         o = ctx.options
@@ -177,7 +176,7 @@ class LacbedRefineTask(OptionsTask):
             crystal = dataclasses.replace(crystal, sites=sites)
             for site in crystal.sites:
                 ctx.log.info("refined %s position %s", site.label, np.round(site.position, 5))
-        write_cif(crystal, ctx.out_dir / "refined.cif", u_iso=u_iso, u_iso_su=u_su,
+        crystal.to_cif(ctx.out_dir / "refined.cif", u_iso=u_iso, u_iso_su=u_su,
                   title=f"LACBED refinement ({ctx.recipe.name}); thickness "
                         f"{refined['thickness']:.1f}({su_of.get('thickness', math.nan):.1f}) Å",
                   extra={"emverse_refined_thickness_angstrom": f"{refined['thickness']:.2f}"})
