@@ -306,3 +306,23 @@ def test_components_that_do_not_fit_are_refused_at_validation(tmp_path, emverse_
     ok = body.replace("core.poisson", "core.rw").replace(
         '[parametrization]\n        type = "core.parameter_vector"\n', "")
     load_recipe(_recipe(tmp_path, ok, "fits"))
+
+
+def test_shipped_models_declare_what_they_predict(tmp_path):
+    """A Poisson likelihood on the linear model's real-valued output is refused; on the Bloch
+    CBED pattern (intensities) it is accepted."""
+    base = """
+        schema_version = 1
+        name = "declared"
+        seed = 1
+        task = "refine"
+        [forward_model]
+        type = "MODEL"
+        [likelihood]
+        type = "core.poisson"
+        [refiner]
+        type = "core.adam"
+    """
+    with pytest.raises(RecipeError, match=r"predicts any"):
+        load_recipe(_recipe(tmp_path, base.replace("MODEL", "example.linear_gaussian"), "linear"))
+    load_recipe(_recipe(tmp_path, base.replace("MODEL", "bloch.cbed"), "cbed"))

@@ -35,6 +35,10 @@ class CbedParams:
     larger detector (e.g. 256 px); the defaults here are small for a CPU.
     """
 
+    #: what the model predicts and takes (checked against [likelihood] / [parametrization])
+    output: ClassVar[str] = "intensity"
+    takes: ClassVar[str] = "parameter_vector"
+
     structure: str = "MgB2"  # built-in name or CIF path (relative to the recipe)
     voltage_kv: float = attrs.field(default=200.0, validator=positive)
     zone_axis: tuple[int, int, int] = attrs.field(default=(0, 1, 0), converter=_tuple3,
@@ -57,6 +61,9 @@ class CbedParams:
 @attrs.frozen
 class Ed3dParams:
     """``bloch.ed3d``: 3D-ED integrated intensities of a rotation series."""
+
+    output: ClassVar[str] = "intensity"
+    takes: ClassVar[str] = "parameter_vector"
 
     structure: str = "MgB2"
     voltage_kv: float = attrs.field(default=200.0, validator=positive)

@@ -1,5 +1,7 @@
 """Parameters of the example components (attrs only: recipes validate without torch)."""
 
+from typing import ClassVar
+
 import attrs
 from emverse.params import positive
 
@@ -7,6 +9,9 @@ from emverse.params import positive
 @attrs.frozen
 class LinearGaussianParams:
     """y = A x + ε with ε ~ N(0, noise_sigma² I); A has N(0, 1/dim_x) entries drawn from matrix_seed."""
+
+    output: ClassVar[str] = "any"
+    takes: ClassVar[str] = "parameter_vector"
 
     dim_x: int = attrs.field(default=4, validator=positive)
     dim_y: int = attrs.field(default=6, validator=positive)
