@@ -35,6 +35,7 @@ from emverse.errors import EmverseError
 from torch.utils.checkpoint import checkpoint
 
 from emverse_pdf.form_factors import form_factors, normalise_symbol
+from emverse_pdf.pair_histogram import BLOCK_PAIRS, histogram_nodes, pair_histogram
 from emverse_pdf.params import CBLDM_SETTINGS, DebyeParams
 
 __all__ = [
@@ -216,11 +217,11 @@ def debye_scattering(
 
     n_pairs = n_atoms * (n_atoms - 1) // 2
     use_grid = method == "grid"
+    span = _max_pair_distance(positions, mask) if n_pairs > 0 and method != "direct" else 0.0
     if method == "auto" and uniform_b and n_pairs > 0:
-        span = _max_pair_distance(positions, mask)
-        # the node kernel is cached, so a grid step costs ~ a matmul over the nodes, far
-        # cheaper per node than a pair's sinc and exp
-        use_grid = 16 * n_pairs > _grid_nodes(span, _grid_step(q, dtype))
+        # a pair costs ~10 ns in the histogram but n_q sinc and exp (~3 µs) in the direct sum,
+        # while the histogram's sum over the nodes costs about n_q multiply-adds per node
+        use_grid = 16 * n_pairs > histogram_nodes(span, _grid_step(q, dtype))
     if use_grid and not uniform_b:
         raise EmverseError(
             "method='grid' needs one B for all atoms (a scalar biso); use method='direct' for per-atom B"
@@ -231,7 +232,7 @@ def debye_scattering(
     elif use_grid:
         pair_sum = _grid_pair_sum(
             positions, mask, element_index, len(symbols), ff_table, biso_t * B_TO_U, q,
-            delta1, delta2, qbroad, limit,
+            delta1, delta2, qbroad, limit, span,
         )
     else:
         u_iso = (biso_t * B_TO_U).expand(batch, n_atoms)
@@ -292,13 +293,9 @@ def _direct_pair_sum(positions, mask_f, element_index, ff_table, u_iso, q, delta
 
 def _grid_step(q: torch.Tensor, dtype) -> float:
     # 4-point Lagrange interpolation of sinc(Q r) errs by ~ (Q h)^4 / 24 (relative)
-    factor = 0.03 if dtype == torch.float64 else 0.05
+    factor = 0.03 if dtype == torch.float64 else 0.12
     q_abs = max(float(q.abs().max()), 1e-3)
     return 2.0 ** math.floor(math.log2(factor / q_abs))  # a power of two: r / h is exact
-
-
-def _grid_nodes(span: float, step: float) -> int:
-    return int(math.floor(span / step)) + 5
 
 
 @torch.no_grad()
@@ -327,7 +324,7 @@ def _node_kernel(step, n_nodes, q, u_pair, delta1, delta2, qbroad):
         if hit is not None and hit.shape[0] >= n_nodes:
             return hit[:n_nodes]
         # build for particles up to 30 Å across at once (~30 MB in float64), then grow by 1.5x
-        n_nodes = max(int(1.5 * n_nodes), _grid_nodes(30.0, step))
+        n_nodes = max(int(1.5 * n_nodes), histogram_nodes(30.0, step))
     r = (torch.arange(n_nodes, dtype=torch.float64, device=q.device) - 1.0) * step
     r = r.to(q.dtype)
     r_safe = r.abs().clamp_min(1e-6)
@@ -341,69 +338,81 @@ def _node_kernel(step, n_nodes, q, u_pair, delta1, delta2, qbroad):
     return kernel
 
 
-def _grid_pair_sum(positions, mask, element_index, n_elements, ff_table, u_iso, q, delta1, delta2, qbroad, limit):
-    """Pair sum by spreading distances onto a grid (see :func:`debye_scattering`), (B, n_q).
+def _grid_pair_sum(positions, mask, element_index, n_elements, ff_table, u_iso, q, delta1, delta2, qbroad, limit,
+                   span):
+    """Pair sum from the pair-distance histogram (see :func:`debye_scattering`), (B, n_q).
 
-    H[b, ab, k] = sum over pairs of element types (a, b) of the Lagrange weight of node k;
-    sum_pairs K(r_p, Q) ~= sum_k H_k K(r_k, Q). Differentiable in positions (through the
-    weights) and in B (through the node kernel).
-
-    Atoms are taken in blocks of rows i against the columns j > (first row of the block),
-    by broadcasting (no pair-index gathers); pairs with j <= i inside the block get weight 0.
-    Each of the four stencil weights goes into its own histogram at the pair's base node,
-    and the four are shifted into place afterwards, so the scatter needs one index per pair.
+    sum_pairs K(r_p, Q) ~= sum_n H_n K(r_n, Q) with H the cubic-Lagrange histogram of
+    :mod:`emverse_pdf.pair_histogram`; differentiable in positions (analytic backward) and
+    in B, delta1, delta2, qbroad (through the node kernel).
     """
-    batch, n_atoms, _ = positions.shape
-    dtype, device = positions.dtype, positions.device
+    dtype = positions.dtype
     step = _grid_step(q, dtype)
-    n_nodes = _grid_nodes(_max_pair_distance(positions, mask), step)
-    n_types = n_elements * n_elements
-    mono = n_elements == 1
-    all_valid = bool(mask.all())
-    mask_f = mask.to(dtype)
-    size = batch * n_types * n_nodes
-    # accumulate in float64: float32 sums of millions of weights lose ~1e-4 (DebyeCalculator does the same)
-    acc = torch.float64 if dtype == torch.float32 and device.type != "mps" else dtype
-    stencil = [torch.zeros(size, dtype=acc, device=device) for _ in range(4)]
-    batch_offset = (torch.arange(batch, device=device) * (n_types * n_nodes))[:, None, None]
-    rows_per_block = max(1, limit // max(1, 4 * batch * n_atoms))
-    column_index = torch.arange(n_atoms, device=device)
-    for a in range(0, n_atoms - 1, rows_per_block):
-        b = min(a + rows_per_block, n_atoms - 1)
-        cols = slice(a + 1, n_atoms)
-        diff = positions[:, a:b, None, :] - positions[:, None, cols, :]  # (B, rows, cols, 3)
-        r = torch.sqrt(torch.clamp((diff * diff).sum(-1), min=1e-12))
-        upper = (column_index[cols][None, :] > column_index[a:b][:, None]).to(dtype)  # j > i
-        valid = upper[None]
-        if not all_valid:
-            valid = valid * mask_f[:, a:b, None] * mask_f[:, None, cols]
-        x = r / step
-        base = torch.floor(x.detach())
-        t = x - base
-        t_plus, t_minus, t_minus2 = t + 1, t - 1, t - 2
-        weights = (
-            -t * t_minus * t_minus2 / 6,
-            t_plus * t_minus * t_minus2 / 2,
-            -t_plus * t * t_minus2 / 2,
-            t_plus * t * t_minus / 6,
-        )
-        # the stencil of r in [j, j+1) steps covers r = (j-1..j+2) steps, i.e. nodes k = j..j+3
-        flat = base.long().clamp(max=n_nodes - 4) + batch_offset
-        if not mono:
-            pair_type = element_index[:, a:b, None] * n_elements + element_index[:, None, cols]
-            flat = flat + pair_type * n_nodes
-        flat = flat.reshape(-1)
-        for k in range(4):
-            stencil[k] = stencil[k].index_add(0, flat, (weights[k] * valid).reshape(-1).to(acc))
-    histogram = stencil[0].reshape(batch * n_types, n_nodes)
-    for k in range(1, 4):
-        shifted = torch.nn.functional.pad(stencil[k].reshape(batch * n_types, n_nodes), (k, 0))
-        histogram = histogram + shifted[:, :n_nodes]
-    histogram = histogram.to(dtype).reshape(batch, n_types, n_nodes)
-    kernel = _node_kernel(step, n_nodes, q, 2.0 * u_iso, delta1, delta2, qbroad)[:n_nodes]  # (nodes, Q)
-    sums = histogram @ kernel  # (B, types, Q)
-    pair_f = (ff_table[:, None, :] * ff_table[None, :, :]).reshape(n_types, -1)  # (types, Q)
+    n_bins = histogram_nodes(span, step)
+    block_pairs = max(BLOCK_PAIRS // 4, min(BLOCK_PAIRS, limit // 64))
+    nodes = pair_histogram(positions, mask, element_index, n_elements, step, n_bins, block_pairs)
+    sums = _node_sums(nodes.to(dtype), step, q, 2.0 * u_iso, delta1, delta2, qbroad)  # (B, types, Q)
+    pair_f = (ff_table[:, None, :] * ff_table[None, :, :]).reshape(n_elements * n_elements, -1)
     return (sums * pair_f).sum(1)
+
+
+def _node_sums(nodes, step, q, u_pair, delta1, delta2, qbroad):
+    """sum_n H_n sinc(Q r_n) exp(-Q^2 sigma^2(r_n)/2) for nodes r_n = (n - 1) step; (..., n_q)."""
+    width_is_constant = not any(
+        torch.is_tensor(t) and (t.requires_grad or bool(t != 0)) for t in (delta1, delta2, qbroad)
+    )
+    if width_is_constant and not q.requires_grad:
+        # sigma^2 = u_pair for every pair: the Debye-Waller factor is a function of Q alone
+        return _sinc_sums(nodes, step, q) * torch.exp(-0.5 * u_pair * q * q)
+    kernel = _node_kernel(step, nodes.shape[-1], q, u_pair, delta1, delta2, qbroad)[: nodes.shape[-1]]
+    return nodes @ kernel
+
+
+_SINC_FINE = 256  # nodes per coarse block of _sinc_sums
+_SINC_CACHE: dict = {}
+
+
+def _sinc_tables(step: float, n_coarse: int, q: torch.Tensor):
+    """cos/sin(Q f step) for f < _SINC_FINE, (fine, 2Q), and sin/cos(Q r_c) for the coarse
+    nodes r_c = (c _SINC_FINE - 1) step, (coarse, 2Q); computed in float64, cached."""
+    key = (step, q.dtype, str(q.device), q.numel(), float(q[0]), float(q[-1]), float(q.sum()))
+    hit = _SINC_CACHE.get(key)
+    if hit is not None and hit[1].shape[0] >= n_coarse:
+        return hit[0], hit[1][:n_coarse]
+    n_coarse = max(n_coarse, int(1.5 * (hit[1].shape[0] if hit is not None else 0)), 64)
+    q64 = q.detach().to(torch.float64)
+    fine = torch.arange(_SINC_FINE, dtype=torch.float64, device=q.device)[:, None] * step * q64
+    coarse = ((torch.arange(n_coarse, dtype=torch.float64, device=q.device) * _SINC_FINE - 1.0) * step)[:, None] * q64
+    tables = (
+        torch.cat([torch.cos(fine), torch.sin(fine)], 1).to(q.dtype),
+        torch.cat([torch.sin(coarse), torch.cos(coarse)], 1).to(q.dtype),
+    )
+    if len(_SINC_CACHE) >= 4:
+        _SINC_CACHE.pop(next(iter(_SINC_CACHE)))
+    _SINC_CACHE[key] = tables
+    return tables[0], tables[1][: tables[1].shape[0]]
+
+
+def _sinc_sums(nodes: torch.Tensor, step: float, q: torch.Tensor) -> torch.Tensor:
+    """sum_n H_n sinc(Q r_n), r_n = (n - 1) step, by angle addition: with r_n = r_c + f step,
+    sin(Q r_n) = sin(Q r_c) cos(Q f step) + cos(Q r_c) sin(Q f step), so the sum over nodes is
+    one matrix product with small cached tables (no (nodes x Q) kernel is read)."""
+    n_nodes = nodes.shape[-1]
+    n_coarse = -(-n_nodes // _SINC_FINE)
+    fine, coarse = _sinc_tables(step, n_coarse, q)
+    coarse = coarse[:n_coarse]
+    r = (torch.arange(n_nodes, dtype=nodes.dtype, device=nodes.device) - 1.0) * step
+    # sinc(Q r) = sin(Q r) / (Q r): weights H_n / r_n; the node at r = 0 contributes H_1 sinc(0) = H_1
+    over_r = torch.where(r == 0, 0.0, 1.0 / torch.where(r == 0, 1.0, r))
+    weights = torch.nn.functional.pad(nodes * over_r, (0, n_coarse * _SINC_FINE - n_nodes))
+    weights = weights.reshape(*nodes.shape[:-1], n_coarse, _SINC_FINE)
+    products = (weights @ fine) * coarse  # (..., coarse, 2Q)
+    n_q = q.numel()
+    summed = products.sum(-2)
+    sin_sum = summed[..., :n_q] + summed[..., n_q:]
+    at_zero = nodes[..., 1:2]
+    safe_q = torch.where(q == 0, 1.0, q)
+    return torch.where(q == 0, nodes.sum(-1, keepdim=True), sin_sum / safe_q + at_zero)
 
 
 def fq_to_gr(
@@ -451,14 +460,16 @@ def compute_gr(
     biso: float | torch.Tensor | None = None,
     qdamp: float | torch.Tensor | None = None,
     max_chunk_elements: int | None = None,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, G(r)) of a batch of particles: positions (B, N, 3) Å -> G (B, n_r) in Å⁻².
 
     ``r`` overrides the settings' grid (e.g. a measured file's r in Å); ``biso``
     (Å²) and ``qdamp`` (Å⁻¹) override the settings and may be tensors that require grad.
+    ``method``: the pair sum, as in :func:`debye_scattering`.
     """
     scattering = debye_scattering(
-        positions, elements, mask, settings, biso=biso, max_chunk_elements=max_chunk_elements
+        positions, elements, mask, settings, biso=biso, max_chunk_elements=max_chunk_elements, method=method
     )
     fq = scattering["fq"]
     if r is None:
