@@ -178,21 +178,24 @@ def debye_scattering(
     biso: float | torch.Tensor | None = None,
     q: torch.Tensor | None = None,
     max_chunk_elements: int | None = None,
-    method: str = "auto",
+    method: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """I(Q), S(Q), F(Q) of a batch of particles (see the module docstring for the equations).
 
     positions: (B, N, 3) or (N, 3) in Å. mask: (B, N) bool, True for real atoms.
     biso: B in Å², a scalar or a tensor broadcastable to (B, N) (default ``settings.biso``);
     tensors may require grad. q: override the Q grid (Å⁻¹).
-    method: "direct" sums sinc(Q r_ij) over every pair; "grid" spreads the pair
-    distances onto a fine distance grid (4-point Lagrange weights, spacing
-    0.03/qmax Å in float64, 0.05/qmax in float32; relative deviation from "direct"
-    ~1e-9 in float64, ~1e-6 in float32) and evaluates the kernel on the grid nodes only; it needs one B per
-    element (a scalar ``biso``). "auto" picks "grid" when allowed and the pairs
-    outnumber 1/16 of the grid nodes.
+    method (default ``settings.pair_sum``): "direct" sums sinc(Q r_ij) over every pair;
+    "grid" builds the pair-distance histogram (:mod:`emverse_pdf.pair_histogram`, cubic
+    Lagrange weights, spacing 2^floor(log2(0.06/qmax)) Å in float64, 2^floor(log2(0.12/qmax))
+    in float32; Rw against "direct" ~1e-8 in float64, and float32 rounding ~5e-6 dominates
+    in float32) and evaluates the kernel on the grid nodes only; it needs one B for all atoms
+    (a scalar ``biso``). "auto" picks "grid" when allowed and the pairs outnumber 1/16 of
+    the grid nodes.
     Returns ``{"q", "iq", "sq", "fq", "n_atoms"}`` with iq/sq/fq of shape (B, n_q).
     """
+    if method is None:
+        method = settings.pair_sum
     if method not in ("auto", "direct", "grid"):
         raise EmverseError(f"method {method!r} is unknown; use 'auto', 'direct' or 'grid'")
     positions, mask, squeeze = _as_batch(positions, mask)
@@ -241,10 +244,11 @@ def debye_scattering(
         )
     distinct = 2.0 * pair_sum  # i != j, both orders
 
-    f_atoms = ff_table[element_index] * mask_f[..., None]  # (B, N, Q)
-    count = mask_f.sum(1).clamp_min(1.0)  # (B,)
-    self_term = (f_atoms**2).sum(1)
-    f_mean = f_atoms.sum(1) / count[:, None]
+    # atoms of each element per structure (B, E): sum_i f_i = counts @ f, sum_i f_i^2 = counts @ f^2
+    counts = torch.zeros(batch, len(symbols), dtype=dtype, device=device).scatter_add_(1, element_index, mask_f)
+    count = counts.sum(1).clamp_min(1.0)  # (B,)
+    self_term = counts @ (ff_table * ff_table)
+    f_mean = (counts @ ff_table) / count[:, None]
     iq = distinct + self_term
     sq_minus_1 = distinct / (count[:, None] * f_mean**2)
     out = {
@@ -293,7 +297,7 @@ def _direct_pair_sum(positions, mask_f, element_index, ff_table, u_iso, q, delta
 
 def _grid_step(q: torch.Tensor, dtype) -> float:
     # 4-point Lagrange interpolation of sinc(Q r) errs by ~ (Q h)^4 / 24 (relative)
-    factor = 0.03 if dtype == torch.float64 else 0.12
+    factor = 0.06 if dtype == torch.float64 else 0.12
     q_abs = max(float(q.abs().max()), 1e-3)
     return 2.0 ** math.floor(math.log2(factor / q_abs))  # a power of two: r / h is exact
 
@@ -301,9 +305,12 @@ def _grid_step(q: torch.Tensor, dtype) -> float:
 @torch.no_grad()
 def _max_pair_distance(positions: torch.Tensor, mask: torch.Tensor) -> float:
     # an upper bound on every pair distance: twice the largest distance from the masked centroid
-    weights = mask.to(positions.dtype)[..., None]
-    centre = (positions * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
-    radius = ((positions - centre).norm(dim=-1) * mask).max()
+    if bool(mask.all()):
+        return 2.0 * float((positions - positions.mean(1, keepdim=True)).norm(dim=-1).max())
+    inside = mask[..., None]
+    real = torch.where(inside, positions, 0.0)  # padding may hold anything, NaN included
+    centre = real.sum(1, keepdim=True) / inside.sum(1, keepdim=True).clamp_min(1)
+    radius = torch.where(mask, (real - centre).norm(dim=-1), 0.0).max()
     return 2.0 * float(radius)
 
 
@@ -358,8 +365,8 @@ def _grid_pair_sum(positions, mask, element_index, n_elements, ff_table, u_iso, 
 
 def _node_sums(nodes, step, q, u_pair, delta1, delta2, qbroad):
     """sum_n H_n sinc(Q r_n) exp(-Q^2 sigma^2(r_n)/2) for nodes r_n = (n - 1) step; (..., n_q)."""
-    width_is_constant = not any(
-        torch.is_tensor(t) and (t.requires_grad or bool(t != 0)) for t in (delta1, delta2, qbroad)
+    width_is_constant = not any(t.requires_grad for t in (delta1, delta2, qbroad)) and not bool(
+        torch.stack([delta1, delta2, qbroad]).any()
     )
     if width_is_constant and not q.requires_grad:
         # sigma^2 = u_pair for every pair: the Debye-Waller factor is a function of Q alone
@@ -372,45 +379,55 @@ _SINC_FINE = 256  # nodes per coarse block of _sinc_sums
 _SINC_CACHE: dict = {}
 
 
-def _sinc_tables(step: float, n_coarse: int, q: torch.Tensor):
-    """cos/sin(Q f step) for f < _SINC_FINE, (fine, 2Q), and sin/cos(Q r_c) for the coarse
-    nodes r_c = (c _SINC_FINE - 1) step, (coarse, 2Q); computed in float64, cached."""
+def _sinc_tables(step: float, n_nodes: int, q: torch.Tensor):
+    """Cached tables of :func:`_sinc_sums` for at least ``n_nodes`` nodes (computed in float64):
+    cos/sin(Q f step) for f < _SINC_FINE, (fine, 2Q); sin/cos(Q r_c) at the coarse nodes
+    r_c = (c _SINC_FINE - 1) step, (coarse, 2Q); and 1/r_n (0 at r_n = 0), (coarse x fine,)."""
     key = (step, q.dtype, str(q.device), q.numel(), float(q[0]), float(q[-1]), float(q.sum()))
     hit = _SINC_CACHE.get(key)
-    if hit is not None and hit[1].shape[0] >= n_coarse:
-        return hit[0], hit[1][:n_coarse]
-    n_coarse = max(n_coarse, int(1.5 * (hit[1].shape[0] if hit is not None else 0)), 64)
+    if hit is not None and hit[2].numel() >= n_nodes:
+        return hit
+    # build for the node count of a 30 Å particle at least, then grow by 1.5x
+    grown = int(1.5 * hit[2].numel()) if hit is not None else 0
+    n_coarse = -(-max(n_nodes, grown, int(30.0 / step)) // _SINC_FINE)
     q64 = q.detach().to(torch.float64)
     fine = torch.arange(_SINC_FINE, dtype=torch.float64, device=q.device)[:, None] * step * q64
     coarse = ((torch.arange(n_coarse, dtype=torch.float64, device=q.device) * _SINC_FINE - 1.0) * step)[:, None] * q64
+    r = (torch.arange(n_coarse * _SINC_FINE, dtype=torch.float64, device=q.device) - 1.0) * step
     tables = (
         torch.cat([torch.cos(fine), torch.sin(fine)], 1).to(q.dtype),
         torch.cat([torch.sin(coarse), torch.cos(coarse)], 1).to(q.dtype),
+        torch.where(r == 0, 0.0, 1.0 / torch.where(r == 0, 1.0, r)).to(q.dtype),
     )
     if len(_SINC_CACHE) >= 4:
         _SINC_CACHE.pop(next(iter(_SINC_CACHE)))
     _SINC_CACHE[key] = tables
-    return tables[0], tables[1][: tables[1].shape[0]]
+    return tables
 
 
 def _sinc_sums(nodes: torch.Tensor, step: float, q: torch.Tensor) -> torch.Tensor:
-    """sum_n H_n sinc(Q r_n), r_n = (n - 1) step, by angle addition: with r_n = r_c + f step,
-    sin(Q r_n) = sin(Q r_c) cos(Q f step) + cos(Q r_c) sin(Q f step), so the sum over nodes is
-    one matrix product with small cached tables (no (nodes x Q) kernel is read)."""
-    n_nodes = nodes.shape[-1]
+    """sum_n H_n sinc(Q r_n), r_n = (n - 1) step, for nodes (..., n_nodes) -> (..., n_q).
+
+    sinc(Q r) = sin(Q r) / (Q r), and with r_n = r_c + f step (coarse node c, fine offset f),
+    sin(Q r_n) = sin(Q r_c) cos(Q f step) + cos(Q r_c) sin(Q f step): the sum over nodes is one
+    matrix product with small cached tables, (n_nodes x 2 n_q) multiply-adds, and no
+    (nodes x Q) kernel is read from memory.
+    """
+    lead, n_nodes, n_q = nodes.shape[:-1], nodes.shape[-1], q.numel()
+    fine, coarse, over_r = _sinc_tables(step, n_nodes, q)
     n_coarse = -(-n_nodes // _SINC_FINE)
-    fine, coarse = _sinc_tables(step, n_coarse, q)
-    coarse = coarse[:n_coarse]
-    r = (torch.arange(n_nodes, dtype=nodes.dtype, device=nodes.device) - 1.0) * step
-    # sinc(Q r) = sin(Q r) / (Q r): weights H_n / r_n; the node at r = 0 contributes H_1 sinc(0) = H_1
-    over_r = torch.where(r == 0, 0.0, 1.0 / torch.where(r == 0, 1.0, r))
-    weights = torch.nn.functional.pad(nodes * over_r, (0, n_coarse * _SINC_FINE - n_nodes))
-    weights = weights.reshape(*nodes.shape[:-1], n_coarse, _SINC_FINE)
-    products = (weights @ fine) * coarse  # (..., coarse, 2Q)
-    n_q = q.numel()
-    summed = products.sum(-2)
+    padding = n_coarse * _SINC_FINE - n_nodes
+    if nodes.requires_grad:
+        weights = torch.nn.functional.pad(nodes * over_r[:n_nodes], (0, padding))
+    else:
+        weights = torch.zeros(*lead, n_nodes + padding, dtype=nodes.dtype, device=nodes.device)
+        torch.mul(nodes, over_r[:n_nodes], out=weights[..., :n_nodes])  # H_n / r_n
+    products = (weights.view(-1, _SINC_FINE) @ fine).view(*lead, n_coarse, 2 * n_q)
+    summed = products.mul_(coarse[:n_coarse]).sum(-2)
     sin_sum = summed[..., :n_q] + summed[..., n_q:]
-    at_zero = nodes[..., 1:2]
+    at_zero = nodes[..., 1:2]  # the node at r = 0: sinc(0) = 1
+    if bool((q > 0).all()):
+        return sin_sum.div_(q).add_(at_zero)
     safe_q = torch.where(q == 0, 1.0, q)
     return torch.where(q == 0, nodes.sum(-1, keepdim=True), sin_sum / safe_q + at_zero)
 
@@ -460,7 +477,7 @@ def compute_gr(
     biso: float | torch.Tensor | None = None,
     qdamp: float | torch.Tensor | None = None,
     max_chunk_elements: int | None = None,
-    method: str = "auto",
+    method: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, G(r)) of a batch of particles: positions (B, N, 3) Å -> G (B, n_r) in Å⁻².
 

@@ -83,15 +83,28 @@ class _Blocks:
         self.col_factors = torch.cat([-2.0 * positions64, ones, norm2], -1).transpose(1, 2).contiguous()
         size = batch * self.rows * n_atoms
         device = positions64.device
-        self.u = torch.empty(size, dtype=torch.float64, device=device)
+        self.u, self.work, self.packed = torch.empty(3, size, dtype=torch.float64, device=device)
         self.index = torch.empty(size, dtype=torch.long, device=device)
-        self.work = torch.empty(size, dtype=torch.float64, device=device)
-        local = torch.arange(self.rows, device=device)
-        self.lower = local[None, :] <= local[:, None]  # (rows, rows): j <= i in the leading square
+        self._lower = None
+
+    @property
+    def lower(self) -> torch.Tensor:
+        """(rows, rows) bool: j <= i in a block's leading square."""
+        if self._lower is None:
+            local = torch.arange(self.rows, device=self.u.device)
+            self._lower = local[None, :] <= local[:, None]
+        return self._lower
 
     def __iter__(self):
         for a in range(0, self.n_atoms - 1, self.rows):
             yield a, min(a + self.rows, self.n_atoms)
+
+    def packs(self, a: int, b: int, layout: _Layout) -> bool:
+        """Whether block [a, b) keeps only its pairs j > i (packed): worth it when the block
+        is mostly its leading square (few, wide blocks); otherwise the lower half of the
+        square goes to the discarded slot."""
+        rows, cols = b - a, self.n_atoms - a
+        return layout.simple and 4 * rows > cols
 
     def bins(self, a: int, b: int, layout: _Layout, keep_distance: bool = False):
         """Bin fraction s (in self.u) and flat slot (in self.index) of every pair in the block;
@@ -101,23 +114,59 @@ class _Blocks:
         n = batch * rows * cols
         u = self.u[:n].view(batch, rows, cols)
         torch.bmm(self.row_factors[:, a:b], self.col_factors[:, :, a:], out=u)
-        u.clamp_min_(0.0).sqrt_()  # u = d / h
+        values = u.view(-1)
+        packed = self.packs(a, b, layout)
+        if packed:
+            upper = _upper_positions(rows, cols, values.device)
+            n = upper.numel()
+            values = torch.index_select(values, 0, upper, out=self.packed[:n])
+        values.clamp_min_(0.0).sqrt_()  # u = d / h
         if keep_distance:
-            self.work[:n].copy_(u.view(-1))
-        index = self.index[:n].view(batch, rows, cols)
-        index.copy_(u)  # truncation = floor, since u >= 0
-        u.sub_(index)  # s = u - floor(u), exact (h is a power of two)
-        if not layout.simple:
-            index.add_(layout.row_offset[:, a:b, None]).add_(layout.col_offset[:, None, a:])
-            index.clamp_(max=layout.trash)
-        index[:, :, :rows].masked_fill_(self.lower[:rows, :rows], layout.trash)
-        return u.view(-1), index.view(-1), n
+            self.work[:n].copy_(values)
+        index = self.index[:n]
+        index.copy_(values)  # truncation = floor, since u >= 0
+        values.sub_(index)  # s = u - floor(u), exact (h is a power of two)
+        if not packed:
+            square = index.view(batch, rows, cols)
+            if not layout.simple:
+                square.add_(layout.row_offset[:, a:b, None]).add_(layout.col_offset[:, None, a:])
+                square.clamp_(max=layout.trash)
+            square[:, :, :rows].masked_fill_(self.lower[:rows, :rows], layout.trash)
+        return values, index, n
+
+    def unpack(self, a: int, b: int, layout: _Layout, values: torch.Tensor) -> torch.Tensor:
+        """Per-pair values of block [a, b) as (batch, rows, cols), zeros where j <= i."""
+        batch = self.row_factors.shape[0]
+        rows, cols = b - a, self.n_atoms - a
+        if not self.packs(a, b, layout):
+            return values.view(batch, rows, cols)
+        full = torch.zeros(batch * rows * cols, dtype=values.dtype, device=values.device)
+        full[_upper_positions(rows, cols, values.device)] = values
+        return full.view(batch, rows, cols)
+
+
+_UPPER_CACHE: dict = {}
+
+
+def _upper_positions(rows: int, cols: int, device) -> torch.Tensor:
+    """Flat positions of the entries j > i of a (rows, cols) block whose column 0 is row 0's atom."""
+    key = (rows, cols, str(device))
+    hit = _UPPER_CACHE.get(key)
+    if hit is None:
+        if len(_UPPER_CACHE) >= 8:
+            _UPPER_CACHE.pop(next(iter(_UPPER_CACHE)))
+        row = torch.arange(rows, device=device)[:, None]
+        col = torch.arange(cols, device=device)[None, :]
+        hit = _UPPER_CACHE[key] = torch.nonzero((col > row).reshape(-1)).reshape(-1)
+    return hit
 
 
 def _centred(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """float64 positions about the centroid of the real atoms (distances unchanged, rounding
     smaller); masked atoms (whatever they hold, NaN included) sit at the centroid."""
     positions64 = positions.detach().to(torch.float64)
+    if bool(mask.all()):
+        return positions64 - positions64.mean(1, keepdim=True)
     inside = mask[..., None]
     positions64 = torch.where(inside, positions64, 0.0)
     count = mask.sum(1).clamp_min(1)[:, None, None]
@@ -144,8 +193,14 @@ def _moments(positions: torch.Tensor, mask: torch.Tensor, layout: _Layout, step:
     return table
 
 
+_LAGRANGE_TENSORS: dict = {}
+
+
 def _lagrange(dtype, device) -> torch.Tensor:
-    return torch.tensor(_LAGRANGE, dtype=dtype, device=device)
+    key = (dtype, str(device))
+    if key not in _LAGRANGE_TENSORS:
+        _LAGRANGE_TENSORS[key] = torch.tensor(_LAGRANGE, dtype=dtype, device=device)
+    return _LAGRANGE_TENSORS[key]
 
 
 class PairHistogram(torch.autograd.Function):
@@ -181,15 +236,13 @@ class PairHistogram(torch.autograd.Function):
         positions64 = _centred(positions, mask)
         blocks = _Blocks(positions64, step, block_pairs)
         grad = torch.zeros_like(positions64)
-        batch = positions.shape[0]
         for a, b in blocks:
             s, index, n = blocks.bins(a, b, layout, keep_distance=True)
-            rows, cols = b - a, blocks.n_atoms - a
             d_ds = torch.take(tables[2], index).mul_(s).add_(torch.take(tables[1], index)).mul_(s)
             d_ds.add_(torch.take(tables[0], index))
             # ds/dd = 1/h and dd/dx_i = (x_i - x_j)/d: coefficient = dL/ds / (h^2 (d/h))
             coefficient = d_ds.div_(blocks.work[:n].clamp_min_(1e-6)).mul_(1.0 / (step * step))
-            coefficient = coefficient.view(batch, rows, cols)
+            coefficient = blocks.unpack(a, b, layout, coefficient)
             x_rows, x_cols = positions64[:, a:b], positions64[:, a:]
             grad[:, a:b] += x_rows * coefficient.sum(2, keepdim=True) - torch.bmm(coefficient, x_cols)
             grad[:, a:] += x_cols * coefficient.sum(1)[..., None] - torch.bmm(coefficient.transpose(1, 2), x_rows)
