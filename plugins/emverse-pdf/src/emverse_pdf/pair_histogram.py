@@ -1,19 +1,21 @@
 """Pair-distance histogram of a batch of clusters, for the Debye sum on a distance grid.
 
 Every pair i < j of real atoms (distance d, element pair t) is spread onto the nodes
-r_n = (n - 1) h of a fine grid with the 4-point (cubic) Lagrange weights of its bin
-k = floor(d / h): nodes n = k .. k + 3, i.e. r_{k-1} .. r_{k+2}. Then, for any smooth
-kernel K(r), sum_pairs K(d) ~= sum_n H_n K(r_n) (the error is that of cubic interpolation,
-~ h^4 K'''' / 24; see :mod:`emverse_pdf.debye` for the grid spacing).
+r_n = (n - lead) h of a fine grid with the p-point Lagrange weights of its bin
+k = floor(d / h), i.e. onto r_{k-lead} .. r_{k+p/2} (p = 4: cubic, lead 1; p = 6: quintic,
+lead 2). Then, for any smooth kernel K(r), sum_pairs K(d) ~= sum_n H_n K(r_n), with the
+error of p-point interpolation, ~ (Q h)^p for K = sinc(Q r) (see :mod:`emverse_pdf.debye`
+for the spacing chosen per dtype).
 
-The weights are cubic polynomials in the bin fraction s = d/h - k, so each pair only adds
-its moments 1, s, s^2, s^3 to its bin (four scatters, no per-pair weights), and one 4 x 4
-matrix turns the moments into node weights. Pairs are taken in blocks of rows i against
-the columns j >= (first row of the block), so only the upper triangle is computed, except
-the lower half of each block's leading square (its pairs are sent to a discarded slot).
-Distances come from one small matrix product per block, d^2 = |a|^2 + |b|^2 - 2 a.b, in
-float64 on centred coordinates (rounding ~1e-14 Å for clusters of 100 Å), into buffers
-reused from block to block (no large temporaries). The histogram is accumulated in float64.
+The weights are polynomials of degree p - 1 in the bin fraction s = d/h - k, so each pair
+only adds its moments 1, s, ..., s^(p-1) to its bin (p scatters, no per-pair weights), and
+one p x p matrix turns the moments into node weights. Pairs are taken in blocks of rows i
+against the columns j >= (first row of the block), so only the upper triangle is computed:
+a block that is mostly its leading square keeps just its pairs j > i (packed); in the other
+blocks the lower half of the leading square is sent to a discarded slot. Distances come
+from one small matrix product per block, d^2 = |a|^2 + |b|^2 - 2 a.b, in float64 on centred
+coordinates (rounding ~1e-14 Å for clusters of 100 Å), into buffers reused from block to
+block (no large temporaries). The histogram is accumulated in float64.
 
 Gradients with respect to positions are analytic (:class:`PairHistogram`): the backward
 pass recomputes each block and needs only the histogram's incoming gradient, so memory
@@ -24,23 +26,41 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pair_histogram", "histogram_nodes"]
-
-# node weights of the bin's nodes (k-1, k, k+1, k+2) as polynomials in s: rows = nodes,
-# columns = coefficients of 1, s, s^2, s^3 (the cubic Lagrange basis on -1, 0, 1, 2)
-_LAGRANGE = (
-    (0.0, -1.0 / 3.0, 1.0 / 2.0, -1.0 / 6.0),
-    (1.0, -1.0 / 2.0, -1.0, 1.0 / 2.0),
-    (0.0, 1.0, 1.0 / 2.0, -1.0 / 2.0),
-    (0.0, -1.0 / 6.0, 0.0, 1.0 / 6.0),
-)
+__all__ = ["pair_histogram", "histogram_nodes", "lagrange_matrix", "first_node_offset"]
 
 #: pairs computed at once (per block); small enough that a block's buffers stay in cache
 BLOCK_PAIRS = 2**16
 
+_LAGRANGE_MATRICES: dict = {}
+
+
+def first_node_offset(points: int) -> int:
+    """lead: node n of a ``points``-point histogram sits at r = (n - lead) step."""
+    return points // 2 - 1
+
+
+def lagrange_matrix(points: int) -> torch.Tensor:
+    """(points, points) float64: row j holds the coefficients of 1, s, ..., s^(points-1) of
+    the Lagrange basis polynomial of node offset j - lead on the nodes -lead .. points-1-lead,
+    i.e. the weight that node gets from a pair at bin fraction s."""
+    if points not in _LAGRANGE_MATRICES:
+        offsets = [j - first_node_offset(points) for j in range(points)]
+        rows = []
+        for j, node in enumerate(offsets):
+            coefficients = [1.0]  # lowest power first
+            for other in offsets[:j] + offsets[j + 1 :]:
+                # multiply by (s - other) / (node - other)
+                scaled = [c / (node - other) for c in coefficients]
+                coefficients = [-other * c for c in scaled] + [0.0]
+                for m, c in enumerate(scaled):
+                    coefficients[m + 1] += c
+            rows.append(coefficients)
+        _LAGRANGE_MATRICES[points] = torch.tensor(rows, dtype=torch.float64)
+    return _LAGRANGE_MATRICES[points]
+
 
 def histogram_nodes(max_distance: float, step: float) -> int:
-    """Number of grid nodes for pair distances up to ``max_distance`` (Å) at spacing ``step`` (Å)."""
+    """Number of histogram bins for pair distances up to ``max_distance`` (Å) at spacing ``step`` (Å)."""
     return int(max_distance / step) + 5
 
 
@@ -175,11 +195,11 @@ def _centred(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _moments(positions: torch.Tensor, mask: torch.Tensor, layout: _Layout, step: float,
-             block_pairs: int) -> torch.Tensor:
-    """Moment table (4, size + 1) in float64: sum over each slot's pairs of 1, s, s^2, s^3."""
+             block_pairs: int, points: int) -> torch.Tensor:
+    """Moment table (points, size + 1) in float64: sum over each slot's pairs of s^m."""
     positions64 = _centred(positions, mask)
     blocks = _Blocks(positions64, step, block_pairs)
-    table = torch.zeros(4, layout.size + 1, dtype=torch.float64, device=positions.device)
+    table = torch.zeros(points, layout.size + 1, dtype=torch.float64, device=positions.device)
     ones = torch.ones(blocks.u.numel(), dtype=torch.float64, device=positions.device)
     for a, b in blocks:
         s, index, n = blocks.bins(a, b, layout)
@@ -188,65 +208,58 @@ def _moments(positions: torch.Tensor, mask: torch.Tensor, layout: _Layout, step:
         table[1].scatter_add_(0, index, s)
         torch.mul(s, s, out=power)
         table[2].scatter_add_(0, index, power)
-        power.mul_(s)
-        table[3].scatter_add_(0, index, power)
+        for m in range(3, points):
+            table[m].scatter_add_(0, index, power.mul_(s))
     return table
 
 
-_LAGRANGE_TENSORS: dict = {}
-
-
-def _lagrange(dtype, device) -> torch.Tensor:
-    key = (dtype, str(device))
-    if key not in _LAGRANGE_TENSORS:
-        _LAGRANGE_TENSORS[key] = torch.tensor(_LAGRANGE, dtype=dtype, device=device)
-    return _LAGRANGE_TENSORS[key]
-
-
 class PairHistogram(torch.autograd.Function):
-    """positions (B, N, 3) Å -> node weights (B, n_types, n_bins + 3), float64; analytic backward."""
+    """positions (B, N, 3) Å -> node weights (B, n_types, n_bins + points - 1), float64,
+    with an analytic backward pass."""
 
     @staticmethod
-    def forward(ctx, positions, mask, element_index, n_elements, step, n_bins, block_pairs):
+    def forward(ctx, positions, mask, element_index, n_elements, step, n_bins, block_pairs, points):
         layout = _Layout(mask, element_index, n_elements, n_bins)
-        table = _moments(positions, mask, layout, step, block_pairs)
+        table = _moments(positions, mask, layout, step, block_pairs, points)
+        lagrange = lagrange_matrix(points).to(positions.device)
         # (node offset j, batch x type, bin) from (moment, batch x type x bin)
-        per_node = (_lagrange(torch.float64, positions.device) @ table[:, : layout.size]).view(4, -1, n_bins)
-        nodes = torch.zeros(per_node.shape[1], n_bins + 3, dtype=torch.float64, device=positions.device)
-        for j in range(4):  # bin k feeds nodes k .. k + 3
+        per_node = (lagrange @ table[:, : layout.size]).view(points, -1, n_bins)
+        n_nodes = n_bins + points - 1
+        nodes = torch.zeros(per_node.shape[1], n_nodes, dtype=torch.float64, device=positions.device)
+        for j in range(points):  # bin k feeds nodes k .. k + points - 1
             nodes[:, j : j + n_bins] += per_node[j]
         ctx.save_for_backward(positions, mask, element_index)
-        ctx.settings = (n_elements, step, n_bins, block_pairs)
-        return nodes.reshape(mask.shape[0], n_elements * n_elements, n_bins + 3)
+        ctx.settings = (n_elements, step, n_bins, block_pairs, points)
+        return nodes.reshape(mask.shape[0], n_elements * n_elements, n_nodes)
 
     @staticmethod
     def backward(ctx, grad_nodes):
         positions, mask, element_index = ctx.saved_tensors
-        n_elements, step, n_bins, block_pairs = ctx.settings
+        n_elements, step, n_bins, block_pairs, points = ctx.settings
         layout = _Layout(mask, element_index, n_elements, n_bins)
-        grad_nodes = grad_nodes.to(torch.float64).reshape(-1, n_bins + 3)
-        # dL/d(moment m of bin k) = sum_j L[j, m] dL/d(node k + j); only m = 1..3 depend on s
-        windows = torch.stack([grad_nodes[:, j : j + n_bins] for j in range(4)], 1)  # (t, j, k)
-        grad_moments = torch.einsum("jm,tjk->mtk", _lagrange(torch.float64, positions.device), windows)
-        # per pair: dL/ds = T1 + 2 s T2 + 3 s^2 T3 (tables on the flat slots; the discarded slot is 0)
-        tables = torch.zeros(3, layout.size + 1, dtype=torch.float64, device=positions.device)
-        tables[:, : layout.size] = grad_moments[1:].reshape(3, -1)
-        tables[1] *= 2.0
-        tables[2] *= 3.0
+        grad_nodes = grad_nodes.to(torch.float64).reshape(-1, n_bins + points - 1)
+        # dL/d(moment m of bin k) = sum_j L[j, m] dL/d(node k + j)
+        windows = torch.stack([grad_nodes[:, j : j + n_bins] for j in range(points)], 1)  # (t, j, k)
+        grad_moments = torch.einsum("jm,tjk->mtk", lagrange_matrix(points).to(positions.device), windows)
+        # per pair: dL/ds = sum_{m >= 1} m s^(m-1) T_m, tables on the flat slots (discarded slot: 0)
+        tables = torch.zeros(points - 1, layout.size + 1, dtype=torch.float64, device=positions.device)
+        tables[:, : layout.size] = grad_moments[1:].reshape(points - 1, -1)
+        tables *= torch.arange(1, points, dtype=torch.float64, device=positions.device)[:, None]
         positions64 = _centred(positions, mask)
         blocks = _Blocks(positions64, step, block_pairs)
         grad = torch.zeros_like(positions64)
         for a, b in blocks:
             s, index, n = blocks.bins(a, b, layout, keep_distance=True)
-            d_ds = torch.take(tables[2], index).mul_(s).add_(torch.take(tables[1], index)).mul_(s)
-            d_ds.add_(torch.take(tables[0], index))
+            d_ds = torch.take(tables[-1], index)
+            for m in range(points - 3, -1, -1):  # Horner
+                d_ds.mul_(s).add_(torch.take(tables[m], index))
             # ds/dd = 1/h and dd/dx_i = (x_i - x_j)/d: coefficient = dL/ds / (h^2 (d/h))
             coefficient = d_ds.div_(blocks.work[:n].clamp_min_(1e-6)).mul_(1.0 / (step * step))
             coefficient = blocks.unpack(a, b, layout, coefficient)
             x_rows, x_cols = positions64[:, a:b], positions64[:, a:]
             grad[:, a:b] += x_rows * coefficient.sum(2, keepdim=True) - torch.bmm(coefficient, x_cols)
             grad[:, a:] += x_cols * coefficient.sum(1)[..., None] - torch.bmm(coefficient.transpose(1, 2), x_rows)
-        return grad.to(positions.dtype), None, None, None, None, None, None
+        return grad.to(positions.dtype), None, None, None, None, None, None, None
 
 
 def pair_histogram(
@@ -257,12 +270,16 @@ def pair_histogram(
     step: float,
     n_bins: int,
     block_pairs: int = BLOCK_PAIRS,
+    points: int = 4,
 ) -> torch.Tensor:
-    """Node weights H (B, n_elements^2, n_bins + 3), float64, of node r_n = (n - 1) step (Å).
+    """Node weights H (B, n_elements^2, n_bins + points - 1), float64, of the nodes
+    r_n = (n - lead) step (Å), lead = :func:`first_node_offset` (points).
 
     positions: (B, N, 3) Å (may require grad); mask: (B, N) bool; element_index: (B, N)
     long into the elements; type t = e_i * n_elements + e_j counts each unordered pair once
     (as (e_i, e_j) with i < j). ``step`` (Å) must be a power of two and every pair distance
-    must be below (n_bins - 1) step.
+    below (n_bins - 1) step. ``points``: 4 (cubic) or 6 (quintic) Lagrange weights.
     """
-    return PairHistogram.apply(positions, mask, element_index, n_elements, step, n_bins, block_pairs)
+    if points not in (4, 6):
+        raise ValueError(f"points must be 4 or 6 (cubic or quintic Lagrange weights), got {points!r}")
+    return PairHistogram.apply(positions, mask, element_index, n_elements, step, n_bins, block_pairs, points)
