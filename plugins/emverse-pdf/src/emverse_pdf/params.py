@@ -43,9 +43,10 @@ class DebyeParams:
     ``max_chunk_elements``: pairs x Q-points x batch evaluated at once (memory bound).
     ``pair_sum``: how the sum over atom pairs is done: "direct" (sinc(Q r) of every pair,
     exact), "grid" (pair-distance histogram on a fine grid, then one kernel value per grid
-    node; Rw vs the exact sum ~1e-8 in float64, ~5e-6 in float32 at qmax 30 Å⁻¹; one B per
-    particle) or "auto" (the grid once the pairs outnumber 1/16 of the grid nodes, roughly
-    above 100 atoms). Both are differentiable in positions. See docs/emverse-pdf.md.
+    node; Rw against the exact sum ~4e-10 in float64, float32 rounding ~5e-6 in float32,
+    at qmax 30 Å⁻¹; one B for all atoms) or "auto" (the grid once the real pairs outnumber
+    1/16 of the grid nodes, from about 20 atoms). Both are differentiable in positions.
+    See docs/emverse-pdf.md.
     """
 
     elements: str = "Au"
