@@ -457,6 +457,9 @@ def fq_to_gr(
 
     fq: (..., n_q) in Å⁻¹ on the grid ``q`` (Å⁻¹); r: (n_r,) in Å. qdamp may be a tensor (grad).
     """
+    if not torch.is_tensor(qdamp) and not (q.requires_grad or r.requires_grad):
+        # the damping is a constant of the settings: folded into the cached table
+        return (2.0 / math.pi) * qstep * (fq @ _sin_matrix(q, r, float(qdamp)))
     sin_qr = _sin_matrix(q, r)  # (Q, R)
     gr = (2.0 / math.pi) * qstep * (fq @ sin_qr)
     qdamp = torch.as_tensor(qdamp, dtype=fq.dtype, device=fq.device)
@@ -466,18 +469,24 @@ def fq_to_gr(
 _SIN_CACHE: dict = {}
 
 
-def _sin_matrix(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def _sin_matrix(q: torch.Tensor, r: torch.Tensor, qdamp: float | None = None) -> torch.Tensor:
+    """sin(Q r) (Q, R), times exp(-(qdamp r)^2/2) if ``qdamp`` is given; cached when no grad.
+    Computed in float64 (Q r reaches ~10^3 rad, where float32 products lose 1e-4 rad)."""
     if q.requires_grad or r.requires_grad:
         return torch.sin(q[:, None] * r[None, :])
     key = (
         q.dtype, str(q.device), q.numel(), float(q[0]), float(q[-1]), float(q.sum()),
-        r.numel(), float(r[0]), float(r[-1]), float(r.sum()),
+        r.numel(), float(r[0]), float(r[-1]), float(r.sum()), qdamp,
     )
     hit = _SIN_CACHE.get(key)
     if hit is None:
         if len(_SIN_CACHE) > 8:
             _SIN_CACHE.clear()
-        hit = _SIN_CACHE[key] = torch.sin(q[:, None] * r[None, :])
+        q64, r64 = q.to(torch.float64), r.to(torch.float64)
+        table = torch.sin(q64[:, None] * r64[None, :])
+        if qdamp is not None:
+            table = table * torch.exp(-0.5 * (qdamp * r64) ** 2)
+        hit = _SIN_CACHE[key] = table.to(q.dtype)
     return hit
 
 
