@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    # what the measurement itself adds (the forked child, libraries touching memory): subtract it
+    record("peak memory of an empty call (measurement overhead)", peak_memory(fresh_pages(lambda: None)), "MiB")
     for n in (int(s) for s in args.sizes.split(",")):
         positions = particle(n)
         exact = compute_gr(torch.tensor(positions)[None], "Au", settings=SETTINGS, method="direct")[1][0].numpy()
