@@ -50,6 +50,7 @@ class DebyePDF(ForwardModel):
         output: str = "gr",
         noise_sigma: float = 0.0,
         max_chunk_elements: int = 2**22,
+        pair_sum: str = "auto",
         mask: torch.Tensor | None = None,
         n_example_atoms: int = 13,
     ):
@@ -76,6 +77,7 @@ class DebyePDF(ForwardModel):
                 output=output,
                 noise_sigma=noise_sigma,
                 max_chunk_elements=max_chunk_elements,
+                pair_sum=pair_sum,
             )
         except ValueError as exc:
             raise EmverseError(f"pdf.debye: {exc}") from exc
