@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from emverse.errors import EmverseError
 
 #: fractional tolerance for "the same position" (site symmetry, de-duplication)
