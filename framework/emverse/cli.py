@@ -28,7 +28,8 @@ def _cmd_plugins(args) -> int:
         out = [
             {"name": p.name, "distribution": p.distribution, "version": p.version,
              "status": "disabled" if p.disabled else ("failed" if p.error else "ok"),
-             "error": p.error, "components": p.components}
+             "error": p.error, "components": p.components,
+             "clashes": [c.message() for c in registry.clashes.values() if p.name in c.plugins]}
             for p in registry.plugins
         ]
         print(json.dumps(out, indent=2))
@@ -41,7 +42,9 @@ def _cmd_plugins(args) -> int:
             for comp in registry.components():
                 if f"{comp.kind}:{comp.name}" in p.components and comp.distribution == p.distribution:
                     print(f"    {comp.kind:<14} {comp.name:<32} {comp.summary}")
-    return 1 if registry.failures and registry.strict else 0
+        for clash in registry.clashes.values():
+            print(f"CLASH: {clash.message()}")
+    return 1 if (registry.failures or registry.clashes) and registry.strict else 0
 
 
 def _cmd_validate(args) -> int:

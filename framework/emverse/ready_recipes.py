@@ -24,7 +24,9 @@ def recipe_dirs() -> list[Path]:
     dirs.append(Path.cwd() / "recipes")
     here = Path(__file__).resolve()
     dirs += [parent / "recipes" for parent in here.parents[:3]]
-    for prefix in dict.fromkeys([sys.prefix, sysconfig.get_path("data")]):
+    # a wheel install: <prefix>/lib/pythonX.Y/site-packages/emverse/ready_recipes.py
+    prefixes = [sys.prefix, sysconfig.get_path("data"), *([here.parents[4]] if len(here.parents) > 4 else [])]
+    for prefix in dict.fromkeys(prefixes):
         dirs.append(Path(prefix) / "share" / "emverse" / "recipes")
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
