@@ -71,6 +71,22 @@ def in_range(low, high, *, inclusive: bool = True):
     return check
 
 
+def greater_than(other: str):
+    """Cross-field validator: this value must exceed field ``other`` of the same object,
+    e.g. ``t_max_angstrom = attrs.field(validator=[positive, greater_than("t_min_angstrom")])``.
+    The recipe validator checks it when it builds the whole parameter object."""
+
+    def check(instance, attribute, value):
+        if instance is None:  # a field checked on its own: the other value is not known yet
+            return
+        low = getattr(instance, other)
+        if not value > low:
+            raise ValueError(f"{attribute.name} = {value!r} must be greater than {other} = {low!r}; "
+                             f"raise {attribute.name} or lower {other}")
+
+    return check
+
+
 def one_of(*choices):
     def check(instance, attribute, value):
         if value not in choices:
