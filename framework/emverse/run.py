@@ -147,13 +147,13 @@ class RunContext:
         self.interrupt_callbacks.append(callback)
 
     def save_figure(self, name: str, fig) -> Path:
-        import matplotlib.pyplot as plt
-
         from emverse.io import atomic_write
 
         path = self.out_dir / "figures" / f"{_safe(name)}.png"
         atomic_write(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # a figure a task made with pyplot
+        if pyplot is not None:
+            pyplot.close(fig)
         if path.name not in self.figures:
             self.figures.append(path.name)
         self.log.info("figure %s", path.name)

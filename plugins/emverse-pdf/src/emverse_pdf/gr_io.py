@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 from emverse.errors import EmverseError
+from emverse.io import write_text
 
 __all__ = ["GrData", "read_gr", "write_gr"]
 
@@ -228,16 +228,7 @@ def write_gr(
         lines += [f"{a:.6f} {b:.10g} 0 {c:.10g}" for a, b, c in zip(r, g, dg, strict=False)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text(path, "\n".join(lines) + "\n")  # atomic, mode follows the umask
 
 
 def _to_numpy(value):
