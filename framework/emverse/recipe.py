@@ -151,16 +151,23 @@ def read_toml(path: str | Path) -> dict:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides; values parse as TOML (``50``, ``"x"``, ``[1, 2]``), else as strings."""
-    data = copy.deepcopy(raw)
+    values = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise EmverseError(f"--set {item!r} must look like key.path=value, e.g. sampler.steps=50")
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
+            values[key] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            value = text
+            values[key] = text
+    return apply_values(raw, values)
+
+
+def apply_values(raw: dict, values: dict[str, Any]) -> dict:
+    """A copy of ``raw`` with each dotted key (``"options.n_samples"``, ``"metrics.0.type"``) set."""
+    data = copy.deepcopy(raw)
+    for key, value in values.items():
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -415,3 +416,17 @@ def _toml_ready(obj):
 
 def read_metrics(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+class _CallableModule(types.ModuleType):
+    """``emverse.run`` is both this module and the API function ``emverse.run(recipe, ...)``:
+    importing the submodule replaces the package attribute ``emverse.run``, so the module
+    itself must answer the call (it forwards to :func:`emverse.api.run`)."""
+
+    def __call__(self, recipe, overrides=None, *, out=None, force=False, progress=False, **more_overrides):
+        from emverse.api import run
+
+        return run(recipe, overrides, out=out, force=force, progress=progress, **more_overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule
