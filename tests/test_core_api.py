@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import emverse
 import pytest
 import torch
-
-import emverse
 from emverse.api import RunOutput
 from emverse.errors import EmverseError, RecipeError
-from emverse.recipe import read_toml
 from emverse.ready_recipes import find_recipe
+from emverse.recipe import read_toml
 
 
 def test_run_by_name_with_overrides_returns_metrics_tables_and_tensors(tmp_path):

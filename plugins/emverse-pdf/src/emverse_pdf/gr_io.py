@@ -130,6 +130,12 @@ def read_gr(path: str | os.PathLike) -> GrData:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise EmverseError(f"cannot read G(r) file {path}: {exc.strerror}; check the path") from exc
+    if text and not text.endswith(("\n", "\r")):
+        # writers end the last line; a file cut inside a line may end mid-number (0.0041 -> 0.00)
+        raise EmverseError(f"{path}: ends inside a line, so it looks truncated; copy the complete "
+                           "file (or end its last line with a newline)")
+    if "\0" in text:
+        raise EmverseError(f"{path}: contains NUL bytes; it is damaged or not a text .gr file")
     lines = text.splitlines()
 
     start = None
