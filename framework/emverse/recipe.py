@@ -266,8 +266,12 @@ def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | 
             specs = [v.component(entry, kind, f"$.{table}[{i}]") for i, entry in enumerate(entries)]
             components[table] = [s for s in specs if s is not None]
 
-    if task_spec is not None and task_spec.params is not None:
-        for required in getattr(type(task_spec.params), "requires", ()):
+    if task_spec is not None:  # also when its options had problems: report everything at once
+        try:
+            requires = getattr(registry.get("task", task_spec.type).load_params(), "requires", ())
+        except Exception:  # already reported above
+            requires = ()
+        for required in requires:
             if required not in raw:
                 v.error(f"$.{required}", f"is missing; task {task_name!r} needs a [{required}] table")
     if v.problems:
