@@ -51,9 +51,12 @@ INCOMPLETE = "INCOMPLETE"
 
 @attrs.define
 class RunResult:
-    """What a task returns: named scalar metrics (written to metrics.json)."""
+    """What a task returns: named scalar metrics (written to metrics.json) and, optionally,
+    their units (``{"rmsd": "Å"}``, written to units.json; names ending in ``_angstrom``,
+    ``_mrad``, ``_seconds``... need none)."""
 
     metrics: dict[str, float] = attrs.field(factory=dict)
+    units: dict[str, str] = attrs.field(factory=dict)
 
 
 def stable_seed(seed: int, name: str) -> int:
@@ -323,6 +326,8 @@ def execute(recipe: Recipe, out_dir: Path | None = None, registry: Registry | No
                 raise TypeError(f"task {recipe.task.type!r} returned {type(result).__name__}, not RunResult")
             metrics = {k: _as_float(v) for k, v in result.metrics.items()}
             write_json(out_dir / "metrics.json", metrics)
+            if result.units:
+                write_json(out_dir / "units.json", result.units)
             elapsed = time.perf_counter() - started
             status.finish("complete", seconds=round(elapsed, 3))
             (out_dir / INCOMPLETE).unlink()
