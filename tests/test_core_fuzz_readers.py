@@ -11,6 +11,7 @@ that is a correct parse of what is there, so it is only required to agree with t
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from emverse.paths import shared_data_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-SLOW = os.environ.get("EMVERSE_RUN_SLOW") == "1"
+SLOW = os.environ.get("EMVERSE_RUN_SLOW") == "1" or "--runslow" in sys.argv
 EXAMPLES = 2000 if SLOW else 200
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

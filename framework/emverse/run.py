@@ -271,6 +271,8 @@ def environment_info(recipe: Recipe, registry: Registry) -> dict:
     }
 
 
+#: a run failing on bad input within this many seconds of its start leaves no directory
+START_SECONDS = 120.0
 #: files the runner writes before a task starts; a directory holding only these has no task output
 _BOOKKEEPING = {INCOMPLETE, "status.json", "run.log", "recipe.toml", "environment.json", "report.html"}
 
@@ -283,7 +285,7 @@ def execute(recipe: Recipe, out_dir: Path | None = None, registry: Registry | No
     ``out_dir`` (``ctx.resume`` is True: tasks that checkpoint pick up where they stopped).
     SIGTERM/SIGINT end the run with ``status.json`` = "interrupted" after calling the task's
     ``checkpoint(ctx)`` (if it has one) and every ``ctx.on_interrupt`` callback. A run that fails
-    with an :class:`EmverseError` (bad input) before writing any output leaves no directory.
+    with an :class:`EmverseError` (bad input) within START_SECONDS, before writing any output, leaves no directory.
     """
     registry = registry or get_registry()
     if resume:
@@ -341,7 +343,10 @@ def execute(recipe: Recipe, out_dir: Path | None = None, registry: Registry | No
     except BaseException as exc:
         status.finish("failed", error=f"{type(exc).__name__}: {exc}")
         log.exception("run failed")
+        # bad input found as the task starts: keep nothing, so a retry with the same --out works
+        # (a run that worked a while keeps its log even without outputs)
         remove_dir = (created and isinstance(exc, EmverseError)
+                      and time.perf_counter() - started < START_SECONDS
                       and {p.name for p in out_dir.iterdir()} <= _BOOKKEEPING)
         raise
     finally:
