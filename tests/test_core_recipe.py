@@ -170,7 +170,7 @@ def test_missing_checkpoint_path_is_reported(emverse_plugin, tmp_path):
     emverse_plugin(Plugin())
     raw = load_recipe(EXAMPLE).to_dict()
     raw["prior"] = {"type": "test.from_checkpoint", "checkpoint": "nowhere/model.safetensors"}
-    with pytest.raises(RecipeError, match=r"\$\.prior\.checkpoint: 'nowhere/model.safetensors' does not exist"):
+    with pytest.raises(RecipeError, match=r"\$\.prior\.checkpoint: 'nowhere/model.safetensors' \(at .*\) does not exist"):
         validate_recipe(raw, source=tmp_path / "r.toml")
     (tmp_path / "nowhere").mkdir()
     (tmp_path / "nowhere" / "model.safetensors").write_bytes(b"")

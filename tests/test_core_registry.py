@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from emverse.components import Component
-from emverse.errors import PluginError
+from emverse.errors import EmverseError, PluginError
 from emverse.hookspecs import hookimpl
 from emverse.registry import Registry, get_registry
 
@@ -54,9 +54,51 @@ def test_collision_names_both_distributions():
         def emverse_components(self):
             yield Component("metric", "dup.metric", "emverse.builtin.metrics:RMSE")
 
+    class B:
+        @hookimpl
+        def emverse_components(self):
+            yield Component("metric", "dup.metric", "emverse.builtin.metrics:RMSE")
+            yield Component("metric", "b.only", "emverse.builtin.metrics:RMSE")
+
     registry.register(A(), name="a", distribution="dist-a")
-    with pytest.raises(PluginError, match="both 'dist-a' and 'dist-b'"):
-        registry.register(A(), name="b", distribution="dist-b")
+    info = registry.register(B(), name="b", distribution="dist-b")  # no crash
+    assert info.ok and "b.only" in registry.names("metric")
+    assert "dup.metric" not in registry.names("metric")  # only the clashing component is off
+    with pytest.raises(PluginError, match="both 'dist-a' and 'dist-b'.*EMVERSE_DISABLE_PLUGINS=b"):
+        registry.get("metric", "dup.metric")
+    registry.unregister("b")  # the clash is over: a's offer is used again
+    assert registry.get("metric", "dup.metric").distribution == "dist-a"
+    with pytest.raises(PluginError, match="both"):
+        strict = Registry(strict=True)
+        strict.register(A(), name="a", distribution="dist-a")
+        strict.register(B(), name="b", distribution="dist-b")
+
+
+def test_missing_component_names_the_distribution_to_install():
+    registry = Registry(strict=False)
+    with pytest.raises(EmverseError, match="'cdi.infer' is provided by emverse-cdi, which is not "
+                                           r"installed; install it \(pip install emverse-cdi\)"):
+        registry.get("task", "cdi.infer")
+
+    class Broken:
+        @hookimpl
+        def emverse_components(self):
+            raise ImportError("No module named 'timm'")
+
+    registry.register(Broken(), name="cdi", distribution="emverse-cdi")
+    with pytest.raises(EmverseError, match="provided by emverse-cdi, which failed to load: "
+                                           "ImportError: No module named 'timm'"):
+        registry.get("task", "cdi.infer")
+    with pytest.raises(EmverseError, match="unknown task type 'thirdparty.infer'.*failed to load: emverse-cdi"):
+        registry.get("task", "thirdparty.infer")  # unknown prefix: the failure is still named
+
+
+def test_validate_says_which_distribution_provides_a_component(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('schema_version = 1\nname = "x"\nseed = 1\ntask = "cdi.infer"\n')
+    result = cli("recipe", "validate", str(recipe), env={"EMVERSE_DISABLE_PLUGINS": "cdi"})
+    assert result.returncode == 2
+    assert "$.task: task 'cdi.infer' is provided by emverse-cdi, which is disabled" in result.stderr
 
 
 def test_bad_record_is_recorded_not_fatal():
@@ -329,3 +371,43 @@ def _third_party_in_every_workflow(tmp_path: Path, refine_recipe: Path) -> None:
     high = metrics["paired.lbfgs_minus_diffusion_dps_high"]
     assert low <= metrics["paired.lbfgs_minus_diffusion_dps"] <= high
     assert metrics["lbfgs.normalised_rmse"] < 0.1
+
+def test_run_and_validate_accept_a_ready_recipe_name(tmp_path):
+    from emverse.ready_recipes import find_recipe, recipe_path
+
+    assert recipe_path("example-linear-gaussian") == find_recipe("example-linear-gaussian")
+    result = cli("recipe", "validate", "example-linear-gaussian", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    wrong = cli("run", "example-linear-gausian", cwd=tmp_path)
+    assert wrong.returncode == 2 and "did you mean 'example-linear-gaussian'" in wrong.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_recipes_ship_in_the_wheel(tmp_path):
+    """A non-editable install (wheel into a fresh prefix) lists and shows the ready recipes."""
+    import shutil
+
+    source = tmp_path / "source"  # build from a copy: an in-tree build would leave egg-info behind
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "framework" / "emverse", source / "framework" / "emverse",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "recipes", source / "recipes")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    str(source), "-w", str(tmp_path / "wheels")], check=True, timeout=300, cwd=tmp_path)
+    wheel = next((tmp_path / "wheels").glob("emverse-*.whl"))
+    prefix = tmp_path / "prefix"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", "--prefix", str(prefix),
+                    str(wheel)], check=True, timeout=300)
+    site = next(prefix.glob("lib/python*/site-packages"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("EMVERSE_RECIPES", None)
+    code = "import emverse, sys; from emverse.cli import main; print(emverse.__file__); sys.exit(main(['recipe', 'list']))"
+    listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].startswith(str(site))  # the installed copy, not the checkout
+    assert "example-linear-gaussian" in listed.stdout.splitlines()

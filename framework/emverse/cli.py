@@ -1,8 +1,8 @@
 """The ``emverse`` command line.
 
-``emverse plugins`` · ``emverse recipe validate FILE`` · ``emverse recipe show NAME``
-· ``emverse recipe list`` · ``emverse run FILE [--set k=v] [--out DIR]`` ·
-``emverse report RUN_DIR``. Plugins add subcommands through the ``emverse_cli`` hook.
+``emverse plugins`` · ``emverse recipe validate FILE|NAME`` · ``emverse recipe show NAME``
+· ``emverse recipe list`` · ``emverse run FILE|NAME [--set k=v] [--out DIR] [--force]`` ·
+``emverse run --resume RUN_DIR`` · ``emverse status RUN_DIR`` · ``emverse report RUN_DIR``. Plugins add subcommands through the ``emverse_cli`` hook.
 
 Errors a user can fix print one line and exit with code 2; ``--debug``
 shows the traceback.
@@ -17,17 +17,7 @@ import sys
 from pathlib import Path
 
 from emverse import __version__
-from emverse.errors import EmverseError, RecipeError
-
-
-def recipe_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("EMVERSE_RECIPES"):
-        dirs += [Path(p) for p in os.environ["EMVERSE_RECIPES"].split(os.pathsep)]
-    dirs.append(Path.cwd() / "recipes")
-    here = Path(__file__).resolve()
-    dirs += [parent / "recipes" for parent in here.parents[:3]]
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+from emverse.errors import EmverseError, RecipeError, RunInterrupted
 
 
 def _cmd_plugins(args) -> int:
@@ -38,7 +28,8 @@ def _cmd_plugins(args) -> int:
         out = [
             {"name": p.name, "distribution": p.distribution, "version": p.version,
              "status": "disabled" if p.disabled else ("failed" if p.error else "ok"),
-             "error": p.error, "components": p.components}
+             "error": p.error, "components": p.components,
+             "clashes": [c.message() for c in registry.clashes.values() if p.name in c.plugins]}
             for p in registry.plugins
         ]
         print(json.dumps(out, indent=2))
@@ -51,47 +42,56 @@ def _cmd_plugins(args) -> int:
             for comp in registry.components():
                 if f"{comp.kind}:{comp.name}" in p.components and comp.distribution == p.distribution:
                     print(f"    {comp.kind:<14} {comp.name:<32} {comp.summary}")
-    return 1 if registry.failures and registry.strict else 0
+        for clash in registry.clashes.values():
+            print(f"CLASH: {clash.message()}")
+    return 1 if (registry.failures or registry.clashes) and registry.strict else 0
 
 
 def _cmd_validate(args) -> int:
+    from emverse.ready_recipes import recipe_path
     from emverse.recipe import load_recipe
 
-    recipe = load_recipe(args.file, args.set)
+    recipe = load_recipe(recipe_path(args.file), args.set)
     n = len(recipe.components)
     print(f"{args.file}: ok (task {recipe.task.type}, {n} component table{'s' if n != 1 else ''})")
     return 0
 
 
 def _cmd_show(args) -> int:
-    for d in recipe_dirs():
-        for candidate in (d / args.name, d / f"{args.name}.toml"):
-            if candidate.is_file():
-                sys.stdout.write(candidate.read_text(encoding="utf-8"))
-                return 0
-    known = sorted({p.stem for d in recipe_dirs() for p in d.glob("*.toml")})
-    from emverse.registry import did_you_mean
+    from emverse.ready_recipes import find_recipe
 
-    raise EmverseError(f"no ready recipe named {args.name!r}{did_you_mean(args.name, known)}; "
-                       f"available: {', '.join(known) or 'none found'} (see `emverse recipe list`)")
+    sys.stdout.write(find_recipe(args.name).read_text(encoding="utf-8"))
+    return 0
 
 
 def _cmd_list(args) -> int:
-    for d in recipe_dirs():
-        for p in sorted(d.glob("*.toml")):
-            print(p.stem)
+    from emverse.ready_recipes import list_recipes
+
+    for name in sorted(list_recipes()):
+        print(name)
     return 0
 
 
 def _cmd_run(args) -> int:
-    from emverse.recipe import load_recipe
-
-    recipe = load_recipe(args.file, args.set)
     if args.scheduler:
         os.environ["EMVERSE_DASK_SCHEDULER"] = args.scheduler
-    from emverse.run import execute
+    from emverse.run import execute, resume_run
 
-    out = execute(recipe, Path(args.out) if args.out else None, progress=not args.no_progress)
+    progress = not args.no_progress
+    if args.resume:
+        if args.file or args.set or args.out or args.force:
+            raise EmverseError("--resume RUN_DIR takes the recipe stored in RUN_DIR; "
+                               "drop the recipe, --set, --out and --force")
+        out = resume_run(args.resume, progress=progress)
+    else:
+        if not args.file:
+            raise EmverseError("give a recipe file or ready recipe name (`emverse recipe list`), "
+                               "or --resume RUN_DIR")
+        from emverse.ready_recipes import recipe_path
+        from emverse.recipe import load_recipe
+
+        recipe = load_recipe(recipe_path(args.file), args.set)
+        out = execute(recipe, Path(args.out) if args.out else None, progress=progress, force=args.force)
     metrics = json.loads((out / "metrics.json").read_text())
     for key, value in sorted(metrics.items()):
         print(f"{key:<40} {value:.6g}")
@@ -100,15 +100,36 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_report(args) -> int:
-    from emverse.report import write_report
-
-    run_dir = Path(args.run_dir)
+def _run_dir_arg(text: str) -> Path:
+    run_dir = Path(text)
     if not (run_dir / "status.json").exists():
         raise EmverseError(f"{str(run_dir)!r} is not an emverse run directory (no status.json); "
                            "give the folder `emverse run` printed")
-    print(write_report(run_dir))
+    return run_dir
+
+
+def _cmd_report(args) -> int:
+    from emverse.report import write_report
+
+    print(write_report(_run_dir_arg(args.run_dir)))
     return 0
+
+
+def _cmd_status(args) -> int:
+    """Print the state of a run; exit 0 when complete, 3 when running, 1 otherwise."""
+    from emverse.runstate import read_status
+
+    state = read_status(_run_dir_arg(args.run_dir))
+    line = f"{args.run_dir}: {state.get('status', 'unknown')}"
+    if state.get("status") == "running":
+        line += f" (process {state.get('pid')} on {state.get('host')}, heartbeat {state.get('heartbeat')})"
+    detail = state.get("reason") or state.get("error")
+    if detail:
+        line += f": {detail}"
+    if state.get("status") in ("dead", "interrupted", "failed"):
+        line += f"; continue with `emverse run --resume {args.run_dir}` or start afresh with --force"
+    print(line)
+    return {"complete": 0, "running": 3}.get(state.get("status"), 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,10 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("run", help="run a recipe into a run directory")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", help="a recipe file or the name of a ready recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set sampler.steps=50")
-    p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--out", help="run directory (default runs/<name>-<UTC time>-<random>)")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory --out")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted or dead run in RUN_DIR with its stored recipe")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler for simulation campaigns, e.g. tcp://host:8786 "
@@ -147,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write report.html of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("status", help="is a run complete, running, interrupted, failed or dead?")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_status)
     return parser
 
 
@@ -172,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        name = getattr(exc, "signal_name", "SIGINT")
+        print(f"interrupted by {name}", file=sys.stderr)
+        return 143 if name == "SIGTERM" else 130
     except Exception as exc:
         if debug:
             raise

@@ -236,19 +236,44 @@ class Crystal:
         path = Path(path)
         if not path.is_file():
             raise EmverseError(f"CIF file {str(path)!r} does not exist; check the path")
+        raw = path.read_bytes()
+        if b"\0" in raw:
+            raise EmverseError(f"CIF file {str(path)!r} contains NUL bytes; it is damaged or not a text CIF")
+        if raw and not raw.endswith((b"\n", b"\r")):
+            # every CIF writer ends its last line; a file cut inside a line may end mid-number
+            raise EmverseError(f"CIF file {str(path)!r} ends inside a line, so it looks truncated; "
+                               "copy the complete file (or end its last line with a newline)")
         try:
             blocks = [b for b in parse_cif(str(path)) if b.has_structure()]
         except Exception as err:  # the parser raises many types
             raise EmverseError(
-                f"CIF file {str(path)!r} could not be parsed ({err}); check that it is a valid CIF"
+                f"CIF file {str(path)!r} could not be parsed ({_one_line(err)}); check that it is a valid CIF"
             ) from err
         if not blocks:
             raise EmverseError(
                 f"CIF file {str(path)!r} has no data block with a cell and atom sites; "
                 "it needs _cell_length_*, _cell_angle_* and an _atom_site_fract_* loop"
             )
-        block = blocks[0]
-        tags = {k.lower(): v for k, v in block.items()}
+        tags = {k.lower(): v for k, v in blocks[0].items()}
+        try:
+            crystal = cls._from_cif_tags(path, tags)
+        except EmverseError:
+            raise
+        except KeyError as err:
+            raise EmverseError(f"CIF file {str(path)!r} lacks {err} or has it damaged; "
+                               "check that the file is complete") from err
+        except (ValueError, TypeError, IndexError) as err:
+            raise EmverseError(f"CIF file {str(path)!r}: {_one_line(err)}; "
+                               "check that the file is complete and its numbers are valid") from err
+        bad = [s.label for s in crystal.sites if not (np.isfinite(s.position).all() and np.isfinite(s.u_cif).all())]
+        if bad or not np.isfinite([*crystal.cell_lengths, *crystal.cell_angles]).all():
+            raise EmverseError(f"CIF file {str(path)!r} holds a non-finite number (NaN or inf) in "
+                               f"{'site ' + bad[0] if bad else 'the cell'}; repair that value")
+        return crystal
+
+    @classmethod
+    def _from_cif_tags(cls, path: Path, tags: dict) -> Crystal:
+        """Build the crystal from the lower-cased tags of one CIF data block."""
 
         def number(key, default=None):
             value = tags.get(key, default)
@@ -292,6 +317,7 @@ class Crystal:
                 scale = 1.0 / (8 * math.pi**2)
             for j, label in enumerate(tags["_atom_site_aniso_label"]):
                 aniso[str(label)] = [float(c[j]) * scale for c in cols]
+        adp_types = list(tags.get("_atom_site_adp_type", tags.get("_atom_site_thermal_displace_type", ["?"] * n)))
         sites = []
         for i in range(n):
             entry = {
@@ -302,6 +328,10 @@ class Crystal:
             }
             if str(labels[i]) in aniso:
                 entry["u_aniso"] = aniso[str(labels[i])]
+            elif str(adp_types[i]).lower() in ("uani", "bani"):
+                raise EmverseError(
+                    f"CIF file {str(path)!r}: site {labels[i]} is {adp_types[i]} but has no row in the "
+                    "_atom_site_aniso_ loop; the file looks truncated or the loop is incomplete")
             elif u_iso is not None:
                 entry["u_iso"] = _as_float(u_iso[i], 0.0)
             elif b_iso is not None:
@@ -650,10 +680,15 @@ def _snap(position: np.ndarray) -> np.ndarray:
 
 
 def _as_float(value, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+    """A CIF number; ``?`` (unknown) and ``.`` (inapplicable) give ``default``, anything
+    else that is not a number is an error (never silently the default)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("?", ".")):
         return default
+    return float(value)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _operations_for(spacegroup) -> tuple[SymmetryOperation, ...]:

@@ -25,3 +25,12 @@ class RecipeError(EmverseError):
 
 class PluginError(EmverseError):
     """A plugin could not be loaded, or two plugins clash."""
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived during a run (a BaseException, like KeyboardInterrupt, so
+    ``except Exception`` in a task does not swallow it)."""
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(f"run interrupted by {signal_name}")

@@ -1,23 +1,36 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes: a reader never sees a half-written file; modes follow the umask."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+
+def reserve_temp(path: Path) -> Path:
+    """Create an empty hidden temp file beside ``path``. Unlike ``tempfile.mkstemp`` (always
+    0600) its mode follows the umask, so the renamed output is 0644 under umask 022."""
+    while True:
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = reserve_temp(path)
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)  # what the umask gives a new file
     try:
         write(tmp_path)
+        os.chmod(tmp_path, mode)  # writers that recreate the file (safetensors) make it 0600
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

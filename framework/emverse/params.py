@@ -71,6 +71,22 @@ def in_range(low, high, *, inclusive: bool = True):
     return check
 
 
+def greater_than(other: str):
+    """Cross-field validator: this value must exceed field ``other`` of the same object,
+    e.g. ``t_max_angstrom = attrs.field(validator=[positive, greater_than("t_min_angstrom")])``.
+    The recipe validator checks it when it builds the whole parameter object."""
+
+    def check(instance, attribute, value):
+        if instance is None:  # a field checked on its own: the other value is not known yet
+            return
+        low = getattr(instance, other)
+        if not value > low:
+            raise ValueError(f"{attribute.name} = {value!r} must be greater than {other} = {low!r}; "
+                             f"raise {attribute.name} or lower {other}")
+
+    return check
+
+
 def one_of(*choices):
     def check(instance, attribute, value):
         if value not in choices:
@@ -81,9 +97,23 @@ def one_of(*choices):
     return check
 
 
-def path_field(*, must_exist: bool = False, default=attrs.NOTHING):
-    """An attrs ``str`` field holding a file path (relative to the recipe's folder, or
-    ``shared:sub/path`` for the shared reference data). With ``must_exist`` the recipe
-    validator reports a missing file before anything runs."""
-    metadata = {"emverse_path": "existing" if must_exist else "any"}
+def path_field(kind: str = "file", *, default=attrs.NOTHING, must_exist: bool = True,
+               reader: str | None = None, not_paths: tuple[str, ...] = ("builtin:",)):
+    """An attrs ``str`` field holding an input path (relative to the recipe's folder, or
+    ``shared:sub/path`` for the shared reference data).
+
+    The recipe validator resolves it and, with ``must_exist``, checks before anything runs
+    that it exists, is of ``kind`` and opens as that kind (see :mod:`emverse.datafiles`):
+    ``"file"``, ``"directory"``, ``"cif"``, ``"checkpoint"`` (a safetensors file),
+    ``"zarr"`` (a Zarr store), ``"xyz"``. ``reader`` (``"pkg.module:function"``, a light
+    function that takes the path and raises :class:`~emverse.errors.EmverseError` for bad
+    content, e.g. ``"emverse_pdf.gr_io:read_gr"``) adds the plugin's own content check.
+    An empty string means "not given"; values starting with one of ``not_paths`` (e.g.
+    ``"builtin:"``, ``"icosahedron:"``) name something other than a file and are not checked.
+    """
+    from emverse.datafiles import check_kind
+
+    check_kind(kind)
+    metadata = {"emverse_path": {"kind": kind, "must_exist": must_exist, "reader": reader,
+                                 "not_paths": tuple(not_paths)}}
     return attrs.field(default=default, metadata=metadata)

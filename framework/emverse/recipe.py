@@ -7,6 +7,7 @@ Every problem is collected and reported at once, each with its path
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from pathlib import Path
@@ -103,6 +104,35 @@ def _plain(value):
     return value
 
 
+def recipe_input_paths(recipe: Recipe) -> list[tuple[str, Path]]:
+    """``(value, resolved path)`` of every input path field the recipe sets (for checksums)."""
+    from emverse.paths import resolve
+
+    found: list[tuple[str, Path]] = []
+
+    def visit(params):
+        if params is None or not attrs.has(type(params)):
+            return
+        for field in attrs.fields(type(params)):
+            value = getattr(params, field.name)
+            if isinstance(value, ComponentSpec):
+                visit(value.params)
+                continue
+            spec = field.metadata.get("emverse_path")
+            if not spec:
+                continue
+            not_paths = spec.get("not_paths", ()) if isinstance(spec, dict) else ()
+            for item in value if isinstance(value, tuple | list) else [value]:
+                if isinstance(item, str) and item and not any(item.startswith(p) for p in not_paths):
+                    found.append((item, resolve(item, recipe.base_dir)))
+
+    visit(recipe.task.params)
+    for value in recipe.components.values():
+        for spec in value if isinstance(value, list) else [value]:
+            visit(spec.params)
+    return found
+
+
 # -- reading -------------------------------------------------------------------------------
 
 
@@ -123,16 +153,23 @@ def read_toml(path: str | Path) -> dict:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides; values parse as TOML (``50``, ``"x"``, ``[1, 2]``), else as strings."""
-    data = copy.deepcopy(raw)
+    values = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise EmverseError(f"--set {item!r} must look like key.path=value, e.g. sampler.steps=50")
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
+            values[key] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            value = text
+            values[key] = text
+    return apply_values(raw, values)
+
+
+def apply_values(raw: dict, values: dict[str, Any]) -> dict:
+    """A copy of ``raw`` with each dotted key (``"options.n_samples"``, ``"metrics.0.type"``) set."""
+    data = copy.deepcopy(raw)
+    for key, value in values.items():
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -164,15 +201,21 @@ def _list_item(node: list, part: str, key: str):
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None,
-                registry: Registry | None = None) -> Recipe:
+                registry: Registry | None = None, *, check_files: bool = True) -> Recipe:
     raw = read_toml(path)
     raw = apply_overrides(raw, overrides or [])
-    return validate_recipe(raw, source=Path(path).resolve(), registry=registry)
+    return validate_recipe(raw, source=Path(path).resolve(), registry=registry, check_files=check_files)
 
 
-def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | None = None) -> Recipe:
+def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | None = None, *,
+                    check_files: bool = True) -> Recipe:
+    """Check ``raw`` (a parsed recipe) completely and return the :class:`Recipe`.
+
+    With ``check_files`` every input file a path field names must exist and open as its
+    kind (:mod:`emverse.datafiles`); every problem found is reported at once.
+    """
     registry = registry or get_registry()
-    v = _Validator(registry, base_dir=source.parent if source else Path.cwd())
+    v = _Validator(registry, base_dir=source.parent if source else Path.cwd(), check_files=check_files)
     for key in raw:
         if key not in TOP_LEVEL:
             v.error(f"$.{key}", f"unknown top-level key{did_you_mean(key, TOP_LEVEL)}; "
@@ -225,8 +268,12 @@ def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | 
             specs = [v.component(entry, kind, f"$.{table}[{i}]") for i, entry in enumerate(entries)]
             components[table] = [s for s in specs if s is not None]
 
-    if task_spec is not None and task_spec.params is not None:
-        for required in getattr(type(task_spec.params), "requires", ()):
+    if task_spec is not None:  # also when its options had problems: report everything at once
+        try:
+            requires = getattr(registry.get("task", task_spec.type).load_params(), "requires", ())
+        except Exception:  # already reported above
+            requires = ()
+        for required in requires:
             if required not in raw:
                 v.error(f"$.{required}", f"is missing; task {task_name!r} needs a [{required}] table")
     from emverse.compatibility import problems as incompatibilities
@@ -250,6 +297,8 @@ def _strict_int(value, _type):
 def _strict_float(value, _type):
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}; give a finite value")
     return float(value)
 
 
@@ -278,9 +327,10 @@ _CONVERTER = _make_converter()
 
 
 class _Validator:
-    def __init__(self, registry: Registry, base_dir: Path):
+    def __init__(self, registry: Registry, base_dir: Path, check_files: bool = True):
         self.registry = registry
         self.base_dir = base_dir
+        self.check_files = check_files
         self.problems: list[str] = []
 
     def error(self, path: str, message: str) -> None:
@@ -322,6 +372,32 @@ class _Validator:
                 return None
         return ComponentSpec(type=name, params=params)
 
+    def check_path(self, field, value) -> str | None:
+        """The problem with the input file(s) a path field names, or None."""
+        spec = field.metadata.get("emverse_path")
+        if not spec:
+            return None
+        if isinstance(spec, str):  # older metadata: "existing" or "any"
+            spec = {"kind": "any", "must_exist": spec == "existing", "reader": None, "not_paths": ()}
+        if not (spec["must_exist"] and self.check_files):
+            return None
+        from emverse.datafiles import check_input, check_with_reader
+        from emverse.paths import resolve
+
+        problems = []
+        for item in value if isinstance(value, tuple | list) else [value]:
+            if not isinstance(item, str) or not item or any(item.startswith(p) for p in spec["not_paths"]):
+                continue
+            target = resolve(item, self.base_dir)
+            label = repr(item) if str(target) == item else f"{item!r} (at {target})"
+            try:
+                check_input(spec["kind"], target, label)
+                if spec["reader"]:
+                    check_with_reader(spec["reader"], target)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return "; ".join(problems) or None
+
     def structure(self, cls, values: dict, path: str):
         attrs.resolve_types(cls)
         fields = {f.name: f for f in attrs.fields(cls)}
@@ -356,15 +432,11 @@ class _Validator:
                 ok = False
                 self.error(fpath, f"{value!r} is not a valid {_type_name(field.type)} ({_reason(exc)})")
                 continue
-            if field.metadata.get("emverse_path") and structured is not None:
-                target = Path(structured)
-                if not target.is_absolute() and not str(structured).startswith("shared:"):
-                    target = self.base_dir / target
-                if field.metadata["emverse_path"] == "existing" and not _resolve_shared(target).exists():
-                    ok = False
-                    self.error(fpath, f"{structured!r} does not exist (looked at {target}); "
-                               "fix the path (relative paths start at the recipe's folder)")
-                    continue
+            problem = self.check_path(field, structured)
+            if problem:
+                ok = False
+                self.error(fpath, problem)
+                continue
             if field.validator is not None:
                 try:
                     field.validator(None, field, structured)
@@ -387,15 +459,6 @@ class _Validator:
         except Exception as exc:
             self.error(path, _reason(exc))
             return None
-
-
-def _resolve_shared(path: Path) -> Path:
-    text = str(path)
-    if "shared:" in text:
-        from emverse.paths import shared_data_dir
-
-        return shared_data_dir() / text.split("shared:", 1)[1]
-    return path
 
 
 def _check_tuple_length(structured, annotation, raw) -> None:

@@ -4,7 +4,11 @@ Each entry point names a light ``hooks`` module; loading it never imports
 torch. A plugin that fails to import (or yields bad records) is recorded with
 its error and the rest still work, unless ``EMVERSE_STRICT_PLUGINS=1``.
 ``EMVERSE_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or distribution
-name. Two plugins offering the same ``(kind, name)`` is an error naming both.
+name. Two plugins offering the same ``(kind, name)`` disable that one component
+(both offers), are recorded in :attr:`Registry.clashes` and shown by ``emverse
+plugins``; the rest still works (``EMVERSE_STRICT_PLUGINS=1`` makes it fatal).
+A component that is not registered is looked up in :data:`KNOWN_PLUGINS` so the
+message names the distribution to install, or the plugin that failed to load.
 """
 
 from __future__ import annotations
@@ -22,6 +26,45 @@ from emverse.components import KINDS, Component
 from emverse.errors import EmverseError, PluginError
 
 ENTRY_POINT_GROUP = "emverse"
+
+#: name prefix -> the distribution that offers components of that prefix (the emverse plugins
+#: known to the core; a third-party plugin is simply not listed)
+KNOWN_PLUGINS = {
+    "bloch": "emverse-bloch",
+    "multislice": "emverse-multislice",
+    "pdf": "emverse-pdf",
+    "diffusion": "emverse-diffusion",
+    "uq": "emverse-diffusion",
+    "image": "emverse-diffusion",
+    "stats": "emverse-diffusion",
+    "ed3d": "emverse-ed3d",
+    "cdi": "emverse-cdi",
+    "mep": "emverse-mep",
+    "cbldm": "emverse-cbldm",
+    "example": "emverse-example",
+}
+
+
+def providing_distribution(name: str) -> str | None:
+    """The known distribution that offers component ``name`` (by its prefix), or None."""
+    prefix = str(name).split(".", 1)[0]
+    return KNOWN_PLUGINS.get(prefix) if "." in str(name) else None
+
+
+@attrs.define
+class Clash:
+    """Two distributions offer the same component; neither offer is used."""
+
+    kind: str
+    name: str
+    distributions: tuple[str, ...]
+    plugins: tuple[str, ...]
+    records: tuple[Component, ...] = ()
+
+    def message(self) -> str:
+        dists = " and ".join(repr(d) for d in self.distributions)
+        return (f"{self.kind} {self.name!r} is offered by both {dists}, so neither is used; "
+                f"uninstall one or disable it with EMVERSE_DISABLE_PLUGINS={self.plugins[-1]}")
 
 
 @attrs.define
@@ -57,6 +100,7 @@ class Registry:
         self.manager.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self._components: dict[tuple[str, str], Component] = {}
+        self.clashes: dict[tuple[str, str], Clash] = {}
 
     # -- discovery -------------------------------------------------------
     def load_entry_points(self) -> Registry:
@@ -98,15 +142,24 @@ class Registry:
             return info
         for record in staged:
             key = (record.kind, record.name)
-            if key in self._components:
-                other = self._components[key].distribution
-                raise PluginError(
-                    f"{record.kind} {record.name!r} is offered by both {other!r} and "
-                    f"{info.distribution!r}; uninstall one or disable it with "
-                    f"EMVERSE_DISABLE_PLUGINS={info.name}"
-                )
-            self._components[key] = record
             info.components.append(f"{record.kind}:{record.name}")
+            if key in self.clashes:  # a third offer of an already clashing name
+                clash = self.clashes[key]
+                clash.distributions += (info.distribution,)
+                clash.plugins += (info.name,)
+                clash.records += (record,)
+                continue
+            if key in self._components:
+                other = self._components.pop(key)
+                other_plugin = next((p.name for p in self.plugins if p.distribution == other.distribution
+                                     and f"{record.kind}:{record.name}" in p.components), other.distribution)
+                clash = Clash(record.kind, record.name, (other.distribution, info.distribution),
+                              (other_plugin, info.name), (other, record))
+                self.clashes[key] = clash
+                if self.strict:
+                    raise PluginError(clash.message() + " (EMVERSE_STRICT_PLUGINS=1 makes this fatal)")
+                continue
+            self._components[key] = record
         self.plugins.append(info)
         return info
 
@@ -120,6 +173,17 @@ class Registry:
             for key in [k for k, c in self._components.items() if f"{c.kind}:{c.name}" in info.components
                         and c.distribution == info.distribution]:
                 del self._components[key]
+            for key, clash in list(self.clashes.items()):
+                if name not in clash.plugins:
+                    continue
+                keep = [i for i, p in enumerate(clash.plugins) if p != name]
+                if len(keep) == 1:  # the clash is over: the remaining offer is used again
+                    del self.clashes[key]
+                    self._components[key] = clash.records[keep[0]]
+                else:
+                    clash.distributions = tuple(clash.distributions[i] for i in keep)
+                    clash.plugins = tuple(clash.plugins[i] for i in keep)
+                    clash.records = tuple(clash.records[i] for i in keep)
 
     def _records_of(self, plugin) -> list:
         others = [p for p in self.manager.get_plugins() if p is not plugin]
@@ -154,7 +218,31 @@ class Registry:
         try:
             return self._components[(kind, name)]
         except KeyError:
-            raise EmverseError(unknown_name_message(kind, name, self.names(kind))) from None
+            pass
+        if (kind, name) in self.clashes:
+            raise PluginError(self.clashes[(kind, name)].message())
+        raise EmverseError(self.missing_message(kind, name))
+
+    def missing_message(self, kind: str, name) -> str:
+        """Why ``name`` is not registered: the distribution to install, a plugin that failed to
+        load or was disabled, else a "did you mean" among the registered names."""
+        dist = providing_distribution(name)
+        if dist is not None:
+            plugin = next((p for p in self.plugins if p.distribution == dist), None)
+            if plugin is None:
+                return (f"{kind} {name!r} is provided by {dist}, which is not installed; "
+                        f"install it (pip install {dist})")
+            if plugin.disabled:
+                return (f"{kind} {name!r} is provided by {dist}, which is disabled "
+                        "(EMVERSE_DISABLE_PLUGINS); enable it")
+            if plugin.error:
+                return (f"{kind} {name!r} is provided by {dist}, which failed to load: {plugin.error}; "
+                        f"fix or reinstall {dist} (`emverse plugins` shows the error)")
+        message = unknown_name_message(kind, name, self.names(kind))
+        if self.failures:
+            failed = ", ".join(f"{p.distribution} ({p.error})" for p in self.failures)
+            message += f"; plugins that failed to load: {failed}"
+        return message
 
     @property
     def failures(self) -> list[PluginInfo]:

@@ -1,4 +1,9 @@
-"""A self-contained ``report.html`` for a run directory (figures embedded as PNG data)."""
+"""A self-contained ``report.html`` for a run directory (figures embedded as PNG data).
+
+Each number appears once: one metrics table (with units from ``units.json`` or the
+metric's name suffix), where per-item metrics ``group/item`` whose item is a row of a
+task table are left to that table, and a text that only repeats a table is left out.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +28,42 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
+#: metric-name suffixes that carry a unit
+_SUFFIX_UNITS = (("_angstrom2", "Å²"), ("_angstrom", "Å"), ("_inv_angstrom", "Å⁻¹"), ("_mrad", "mrad"),
+                 ("_kv", "kV"), ("_seconds", "s"), ("_percent", "%"), ("_deg", "°"), ("_nm", "nm"))
+
+
+def metric_unit(name: str, units: dict) -> str:
+    if name in units:
+        return units[name]
+    return next((unit for suffix, unit in _SUFFIX_UNITS if name.lower().endswith(suffix)), "")
+
+
+def _cells(table: dict) -> set[str]:
+    return {str(c).strip() for row in [table["header"], *table["rows"]] for c in row if str(c).strip()}
+
+
+def _repeats_a_table(text: str, tables: dict) -> bool:
+    """A text laid out as a table (``a | b | c`` lines) whose cells are exactly a table's."""
+    cells = {c.strip() for line in text.splitlines() for c in line.split("|") if c.strip()}
+    return bool(cells) and any(cells == _cells(t) for t in tables.values())
+
+
+def _in_a_table(name: str, tables: dict) -> bool:
+    group, sep, item = name.rpartition("/")
+    return bool(sep) and any(row and str(row[0]) == item for t in tables.values() for row in t["rows"])
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    status = _load(run_dir / "status.json", {"status": "unknown"})
+    from emverse.runstate import read_status
+
+    status = read_status(run_dir)
     metrics = _load(run_dir / "metrics.json", None)
     tables = _load(run_dir / "tables.json", {})
     texts = _load(run_dir / "texts.json", {})
     env = _load(run_dir / "environment.json", {})
+    units = _load(run_dir / "units.json", {})
     recipe = (run_dir / "recipe.toml").read_text() if (run_dir / "recipe.toml").exists() else ""
     log_tail = ""
     if (run_dir / "run.log").exists():
@@ -47,14 +81,20 @@ def write_report(run_dir: str | Path) -> Path:
     state = status.get("status", "unknown")
     cls = "" if state == "complete" else " class='bad'"
     parts.append(f"<p{cls}>Status: <b>{html.escape(state)}</b>"
-                 + (f" — {html.escape(status.get('error', ''))}" if status.get("error") else "")
+                 + (f" — {html.escape(status.get('error') or status.get('reason', ''))}"
+                    if status.get("error") or status.get("reason") else "")
                  + (f" ({status['seconds']} s)" if "seconds" in status else "") + "</p>")
     parts.append("<h2>Metrics</h2>")
     if metrics:
-        parts.append("<table><tr><th>metric</th><th>value</th></tr>")
-        parts += [f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>"
-                  for k, v in sorted(metrics.items())]
+        shown = {k: v for k, v in metrics.items() if not _in_a_table(k, tables)}
+        parts.append("<table><tr><th>metric</th><th>value</th><th>unit</th></tr>")
+        parts += [f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{_fmt(v)}</td>"
+                  f"<td style='text-align:left'>{html.escape(metric_unit(k, units))}</td></tr>"
+                  for k, v in sorted(shown.items())]
         parts.append("</table>")
+        if len(shown) < len(metrics):
+            parts.append(f"<p>{len(metrics) - len(shown)} per-item metrics are shown in the tables below "
+                         "(all are in metrics.json).</p>")
     else:
         parts.append("<p class='bad'>No metrics: the run did not finish.</p>")
     for name, table in tables.items():
@@ -64,6 +104,8 @@ def write_report(run_dir: str | Path) -> Path:
             parts.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
     for name, text in texts.items():
+        if _repeats_a_table(text, tables):
+            continue
         parts.append(f"<h2>{html.escape(name)}</h2><pre>{html.escape(text)}</pre>")
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     if figures:

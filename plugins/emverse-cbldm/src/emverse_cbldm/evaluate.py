@@ -335,12 +335,9 @@ def report_evaluation(ctx, results: dict, val: dict) -> dict:
 
 
 def rw_figure(results):
-    import matplotlib
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = agg.subplots(figsize=(6, 3.5))
     methods = results["methods"]
     ax.boxplot([results["rw"][m].ravel() for m in methods])
     ax.set_xticks(range(1, len(methods) + 1), methods)
@@ -350,13 +347,10 @@ def rw_figure(results):
 
 
 def fits_figure(example):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     r = np.arange(example["g_in"].size) * 0.01
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = agg.subplots(figsize=(7, 4))
     ax.plot(r, example["g_in"], "k", lw=1.5, label="input")
     offset = 0.0
     for m, (x, value, g) in example["methods"].items():
@@ -370,15 +364,12 @@ def fits_figure(example):
 
 
 def structures_figure(example):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     items = [("truth", example["truth"])] + [
         (m, v[0]) for m, v in example["methods"].items() if v[0] is not None
     ]
-    fig = plt.figure(figsize=(3 * len(items), 3))
+    fig = agg.figure(figsize=(3 * len(items), 3))
     for k, (name, x) in enumerate(items):
         ax = fig.add_subplot(1, len(items), k + 1, projection="3d")
         ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=20, c=x[:, 2], cmap="viridis", depthshade=True)

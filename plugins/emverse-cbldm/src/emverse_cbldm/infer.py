@@ -151,12 +151,9 @@ class InferTask(OptionsTask):
 
 
 def _fits_figure(name, g_in, candidates):
-    import matplotlib
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = agg.subplots(figsize=(7, 4))
     ax.plot(R_GRID, g_in, "k", lw=1.5, label=f"{name} (measured, /max)")
     for j, (value, x, g) in enumerate(candidates[:3]):
         scale = float(np.dot(g, g_in) / max(np.dot(g, g), 1e-30))
@@ -173,13 +170,10 @@ def _fits_figure(name, g_in, candidates):
 
 
 def _structures_figure(name, candidates):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     items = candidates[:3]
-    fig = plt.figure(figsize=(3 * len(items), 3))
+    fig = agg.figure(figsize=(3 * len(items), 3))
     for k, (value, x, _) in enumerate(items):
         ax = fig.add_subplot(1, len(items), k + 1, projection="3d")
         ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=20, c=x[:, 2], cmap="viridis")

@@ -7,7 +7,15 @@ times in [0, 1] (0 = clean, 1 = noise; the emverse-diffusion convention).
 from __future__ import annotations
 
 import attrs
-from emverse.params import ComponentSpec, in_range, nested, non_negative, one_of, positive
+from emverse.params import (
+    ComponentSpec,
+    in_range,
+    nested,
+    non_negative,
+    one_of,
+    path_field,
+    positive,
+)
 
 ALL_TYPES = ("SC", "FCC", "BCC", "HCP", "Ico", "Dec", "Oct")
 
@@ -170,7 +178,7 @@ class TrainParams:
     eval_polish_lr: float = attrs.field(default=0.01, validator=positive)
     eval_workers: int = attrs.field(default=1, validator=positive)
     checkpoint_name: str = "cbldm"
-    init_checkpoint: str = ""
+    init_checkpoint: str = path_field("checkpoint", default="")
     threads: int = attrs.field(default=0, validator=non_negative)
 
 
@@ -186,10 +194,10 @@ class InferParams:
     the latent sampler; ``fit_rmin``/``fit_rmax`` (Å): r range of the reported Rwp.
     """
 
-    checkpoint: str = ""
-    observations: tuple[str, ...] = (
+    checkpoint: str = path_field("checkpoint", default="")
+    observations: tuple[str, ...] = path_field("file", reader="emverse_pdf.gr_io:read_gr", default=(
         "shared:pdf_nanoparticles/deepstruc/experimental/Au144PET_100K-00000.gr",
-    )
+    ))
     element: str = "Au"
     candidates: int = attrs.field(default=5, validator=positive)
     fit_rmin: float = attrs.field(default=1.5, validator=non_negative)
@@ -208,4 +216,4 @@ class SimulateParams:
 class LdmPriorParams:
     """Prior ``cbldm.ldm``: a trained CbLDM loaded from ``checkpoint`` ("" = the shipped small model)."""
 
-    checkpoint: str = ""
+    checkpoint: str = path_field("checkpoint", default="")

@@ -15,14 +15,11 @@ and ``truth`` (N, P), in physical units, with the parameter ranges from a
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from emverse.parameter_space import ParameterSpace  # noqa: E402
-from emverse_diffusion.metrics import uq  # noqa: E402
+import numpy as np
+import torch
+from emverse import figures as agg  # explicit Agg canvas, no backend switch
+from emverse.parameter_space import ParameterSpace
+from emverse_diffusion.metrics import uq
 
 LEVELS = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
 
@@ -75,7 +72,7 @@ def summary_table(space, cdi_samples, truth, regression=None):
 def _grid(n: int):
     cols = min(5, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = agg.subplots(rows, cols, figsize=(3.0 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
@@ -97,8 +94,8 @@ def calibration_figure(calib: dict, space: ParameterSpace):
 
 
 def coverage_sharpness_figure(calib: dict, space: ParameterSpace):
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    cmap = plt.get_cmap("tab20")
+    fig, ax = agg.subplots(figsize=(6, 4.5))
+    cmap = agg.get_cmap("tab20")
     for p, name in enumerate(space.names):
         ax.plot(calib["sharpness"][:, p].numpy(), calib["coverage"][:, p].numpy(), "-",
                 color=cmap(p % 20), label=name)
@@ -115,7 +112,7 @@ def coverage_sharpness_figure(calib: dict, space: ParameterSpace):
 def nrmse_figure(space, metrics: dict):
     names = space.names
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig, ax = agg.subplots(figsize=(9, 3.5))
     cdi = [metrics[f"nrmse_mean/{n}"] for n in names]
     ax.bar(x - 0.2, cdi, 0.4, label="CDI posterior mean")
     if f"regression_nrmse/{names[0]}" in metrics:
@@ -155,7 +152,7 @@ def ppc_figure(observed, simulated_mean, simulated_draws, prior_draws=None, titl
     panels += [(f"posterior draw {i + 1}", d) for i, d in enumerate(simulated_draws[:2])]
     if prior_draws is not None and len(prior_draws):
         panels.append(("prior draw", prior_draws[0]))
-    fig, axes = plt.subplots(2, len(panels), figsize=(2.6 * len(panels), 5.2), squeeze=False)
+    fig, axes = agg.subplots(2, len(panels), figsize=(2.6 * len(panels), 5.2), squeeze=False)
     vmax = float(observed.max())
     for i, (name, img) in enumerate(panels):
         axes[0, i].imshow(img.numpy(), cmap="inferno", vmin=0, vmax=vmax)

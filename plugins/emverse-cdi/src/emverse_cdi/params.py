@@ -9,7 +9,15 @@ A ``checkpoint`` is a path to a safetensors file (relative to the recipe) or
 from __future__ import annotations
 
 import attrs
-from emverse.params import ComponentSpec, in_range, nested, non_negative, one_of, positive
+from emverse.params import (
+    ComponentSpec,
+    in_range,
+    nested,
+    non_negative,
+    one_of,
+    path_field,
+    positive,
+)
 
 DEPTHS = (10, 18, 34, 50)
 
@@ -37,7 +45,7 @@ class TransformerPriorParams:
     was trained with.
     """
 
-    checkpoint: str = ""
+    checkpoint: str = path_field("checkpoint", default="")
     encoder_depth: int = attrs.field(default=34, validator=one_of(*DEPTHS))
     encoder_width: int = attrs.field(default=64, validator=positive)
     encoder_stem: str = attrs.field(default="imagenet", validator=one_of("imagenet", "small"))
@@ -58,7 +66,7 @@ class RegressionParams:
     """``cdi.regression``: a ResNet-{10,18,34,50} that predicts the normalised
     parameters directly (MSE), treated as a point-mass posterior."""
 
-    checkpoint: str = ""
+    checkpoint: str = path_field("checkpoint", default="")
     depth: int = attrs.field(default=50, validator=one_of(*DEPTHS))
     width: int = attrs.field(default=64, validator=positive)
     stem: str = attrs.field(default="imagenet", validator=one_of("imagenet", "small"))

@@ -44,13 +44,13 @@ def _simulate(ctx, forward_model, n, store, *, chunk_size, seed_name, scheduler,
 
 
 def _pattern_figure(dataset: PatternDataset, n: int = 4):
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     n = min(n, len(dataset))
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
+    fig, axes = agg.subplots(1, n, figsize=(2.8 * n, 3.0), squeeze=False)
     patterns = dataset.patterns_at(torch.arange(n))
     for i in range(n):
-        axes[0, i].imshow(patterns[i].numpy(), cmap="inferno")
+        agg.image_panel(axes[0, i], patterns[i].numpy(), unit="intensity (arb. units)", axis_off=False)
         t = dataset.parameters[i]
         axes[0, i].set_title(f"t={float(t[-1]):.0f} Å", fontsize=9)
         axes[0, i].set_xticks([])
@@ -60,9 +60,9 @@ def _pattern_figure(dataset: PatternDataset, n: int = 4):
 
 
 def _loss_figure(histories: dict):
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = agg.subplots(figsize=(5, 3.5))
     for name, h in histories.items():
         ax.semilogy(range(1, len(h.epoch_loss) + 1), h.epoch_loss, label=name)
     ax.set_xlabel("epoch")

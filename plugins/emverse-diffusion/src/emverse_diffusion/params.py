@@ -6,7 +6,15 @@ Time convention everywhere: t ∈ [0, 1], t = 0 clean, t = 1 noise; logSNR λ = 
 from __future__ import annotations
 
 import attrs
-from emverse.params import ComponentSpec, in_range, nested, non_negative, one_of, positive
+from emverse.params import (
+    ComponentSpec,
+    in_range,
+    nested,
+    non_negative,
+    one_of,
+    path_field,
+    positive,
+)
 
 SPACINGS = ("uniform", "logsnr", "karras", "polyexponential")
 PREDICTIONS = ("eps", "x0", "v")
@@ -174,8 +182,13 @@ class MLPPriorParams:
     time_features: int = attrs.field(default=32, validator=_positive_int)
     prediction: str = attrs.field(default="v", validator=one_of(*PREDICTIONS))
     time_input: str = attrs.field(default="t", validator=one_of("t", "logsnr", "step"))
+<<<<<<< HEAD
     schedule: ComponentSpec = nested("noise_schedule", "diffusion.cosine")
     checkpoint: str = ""
+=======
+    schedule: ComponentSpec = nested("schedule", "diffusion.cosine")
+    checkpoint: str = path_field("checkpoint", default="")
+>>>>>>> hardening
     use_ema: bool = True
     clip_x0: float | None = attrs.field(default=None, validator=_optional_positive)
 
@@ -198,7 +211,7 @@ class SimulatedDataParams:
 class ZarrDataParams:
     """Training pairs from a Zarr group (as written by emverse.parallel.map_to_zarr)."""
 
-    path: str
+    path: str = path_field("zarr")
     x_key: str = "parameters"
     condition_key: str = "observations"
     validation_fraction: float = attrs.field(default=0.05, validator=in_range(0.0, 0.5))
@@ -233,7 +246,7 @@ class TrainTaskParams:
     adaptive_bins: int = attrs.field(default=100, validator=_positive_int)
     norm: str = attrs.field(default="l2", validator=one_of("l2", "l1"))
     #: continue an interrupted run: path to its model-resume.safetensors
-    resume_from: str = ""
+    resume_from: str = path_field("checkpoint", default="")
     #: after training: posterior draws for this many held-out observations (0: none)
     n_observations: int = attrs.field(default=0, validator=non_negative)
     n_samples: int = attrs.field(default=200, validator=_positive_int)

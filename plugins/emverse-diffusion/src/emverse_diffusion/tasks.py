@@ -144,12 +144,9 @@ class PosteriorTask(Task):
 
 
 def _loss_figure(history):
-    import matplotlib
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = agg.subplots(figsize=(5, 3.5))
     ax.semilogy(history["step"], history["loss"], lw=0.8, label="train (batch)")
     if history["val_loss"]:
         ax.semilogy(history["val_step"], history["val_loss"], "o-", label="validation (EMA)")

@@ -110,14 +110,11 @@ class WRAll(Metric):
         }
 
     def figure(self, prediction, truth):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
         i_calc = _np(prediction)
         i_obs = _np(truth)[:, 0]
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        fig, ax = agg.subplots(figsize=(4.5, 4.5))
         ax.loglog(np.clip(i_calc, 1e-3, None), np.clip(i_obs, 1e-3, None), ".", ms=2, alpha=0.5)
         lo, hi = max(1e-3, min(i_calc.min(), i_obs[i_obs > 0].min())), max(i_calc.max(), i_obs.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-from emverse.params import in_range, non_negative, one_of, positive
+from emverse.params import greater_than, in_range, non_negative, one_of, path_field, positive
 
 
 @attrs.frozen
@@ -23,6 +23,7 @@ class RefineParams:
 
     requires: ClassVar[tuple[str, ...]] = ("refiner",)
 
+<<<<<<< HEAD
     data: str = "shared:ed3d_pets/quartz/quartz_exp.cif_pets"
     structure: str = "shared:ed3d_pets/quartz/quartz_refined_P3221.cif"
     start_structure: str = ""
@@ -31,6 +32,12 @@ class RefineParams:
     continue_from: str = ""
     evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
     enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
+=======
+    data: str = path_field("file", default="shared:ed3d_pets/quartz/quartz_exp.cif_pets")
+    structure: str = path_field("cif", default="shared:ed3d_pets/quartz/quartz_refined_P3221.cif")
+    start_structure: str = path_field("cif", default="")
+    enantiomer: str = attrs.field(default="", validator=one_of("", "P3121", "P3221"))
+>>>>>>> hardening
     # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
     frame_stride: int = attrs.field(default=1, validator=positive)
     max_frames: int = attrs.field(default=0, validator=non_negative)
@@ -52,7 +59,7 @@ class RefineParams:
     # thickness model
     thickness_model: str = attrs.field(default="nn", validator=one_of("nn", "single", "kinematical"))
     t_min_angstrom: float = attrs.field(default=50.0, validator=positive)
-    t_max_angstrom: float = attrs.field(default=2000.0, validator=positive)
+    t_max_angstrom: float = attrs.field(default=2000.0, validator=[positive, greater_than("t_min_angstrom")])
     t_init_angstrom: float = attrs.field(default=500.0, validator=positive)
     quadratic_prior: bool = False
     # physics

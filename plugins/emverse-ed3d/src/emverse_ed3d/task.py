@@ -283,15 +283,12 @@ class Ed3dRefineTask(OptionsTask):
 
     @staticmethod
     def _figures(ctx, history, theta_deg, model, t_true, i_calc, truth_table):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
         keys = [("loss", "wR(all)"), ("asu_rmsd", "ASU RMSD (Å)"), ("adp_error", "ADP error (Å²)")]
         if "thickness_rms" in history:
             keys.append(("thickness_rms", "thickness RMS error (Å)"))
-        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
+        fig, axes = agg.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2))
         for ax, (key, label) in zip(np.atleast_1d(axes), keys, strict=False):
             values = history.get(key, [])
             if values:
@@ -300,9 +297,9 @@ class Ed3dRefineTask(OptionsTask):
             ax.set_ylabel(label)
         fig.tight_layout()
         ctx.save_figure("history", fig)
-        plt.close(fig)
+        agg.close(fig)
 
-        fig, ax = plt.subplots(figsize=(5, 3.4))
+        fig, ax = agg.subplots(figsize=(5, 3.4))
         ax.plot(theta_deg, model.thickness().detach().numpy(), "o-", ms=3, label="recovered")
         if t_true is not None:
             ax.plot(theta_deg, t_true, "k--", label="true")
@@ -311,10 +308,11 @@ class Ed3dRefineTask(OptionsTask):
         ax.legend()
         fig.tight_layout()
         ctx.save_figure("thickness_profile", fig)
-        plt.close(fig)
+        agg.close(fig)
 
         fig = M.WRAll().figure(i_calc, truth_table)
         ctx.save_figure("iobs_vs_icalc", fig)
+<<<<<<< HEAD
         plt.close(fig)
 
 
@@ -368,3 +366,6 @@ def fit_thickness_to(model, previous, steps: int = 2000) -> None:
         loss = ((model.thickness() - target) ** 2).mean()
         loss.backward()
         optimiser.step()
+=======
+        agg.close(fig)
+>>>>>>> hardening

@@ -173,10 +173,7 @@ class DatasetTask(OptionsTask):
 
 
 def _figure(out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     try:
         volumes, _ = load_volumes(out / "train.zarr", 0, None)
@@ -184,7 +181,7 @@ def _figure(out):
         return None
     n = min(4, len(volumes))
     depth = volumes.shape[1]
-    fig, axes = plt.subplots(n, depth + 1, figsize=(1.6 * (depth + 1), 1.6 * n), squeeze=False)
+    fig, axes = agg.subplots(n, depth + 1, figsize=(1.6 * (depth + 1), 1.6 * n), squeeze=False)
     for r in range(n):
         for d in range(depth):
             axes[r, d].imshow(volumes[r, d], cmap="magma")

@@ -6,12 +6,9 @@ import numpy as np
 
 
 def _plt():
-    import matplotlib
+    from emverse import figures  # explicit Agg canvas, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return figures
 
 
 def slices_figure(volumes: dict[str, np.ndarray], title: str = ""):

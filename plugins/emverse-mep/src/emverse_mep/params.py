@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-from emverse.params import ComponentSpec, in_range, nested, non_negative, positive
+from emverse.params import ComponentSpec, in_range, nested, non_negative, path_field, positive
 
 
 def _to_tuple(value):
@@ -75,7 +75,7 @@ class DatasetParams:
     n_train_materials: int = attrs.field(default=64, validator=positive)
     n_val_materials: int = attrs.field(default=0, validator=non_negative)
     n_test_materials: int = attrs.field(default=8, validator=non_negative)
-    cif_directory: str = ""
+    cif_directory: str = path_field("directory", default="")
     elements: tuple[str, ...] = attrs.field(
         default=(
             "O", "C", "N", "F", "Si", "Al", "Mg", "Ti", "V", "Fe", "Co", "Ni", "Cu", "Zn",
@@ -137,7 +137,7 @@ class UNet3DParams:
     attention_from_stage: int = attrs.field(default=3, validator=non_negative)
     attention_heads: int = attrs.field(default=4, validator=positive)
     groups: int = attrs.field(default=8, validator=positive)
-    checkpoint: str = ""
+    checkpoint: str = path_field("checkpoint", default="")
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
 
@@ -157,7 +157,7 @@ class TrainParams:
     * ``flip_augment`` random flips/90° rotations in-plane.
     """
 
-    data: str = "mep-data/train.zarr"
+    data: str = path_field("zarr", default="mep-data/train.zarr")
     steps: int = attrs.field(default=2000, validator=positive)
     batch_size: int = attrs.field(default=16, validator=positive)
     learning_rate: float = attrs.field(default=1e-4, validator=positive)
@@ -188,7 +188,7 @@ class ReconstructParams:
 
     requires: ClassVar[tuple[str, ...]] = ("prior", "forward_model", "sampler", "guidance")
 
-    data: str = "mep-data/test.zarr"
+    data: str = path_field("zarr", default="mep-data/test.zarr")
     first: int = attrs.field(default=0, validator=non_negative)
     count: int = attrs.field(default=4, validator=positive)
     samples: int = attrs.field(default=4, validator=positive)
@@ -215,7 +215,7 @@ class EvaluateParams:
 
     requires: ClassVar[tuple[str, ...]] = ("prior", "forward_model", "sampler", "guidance")
 
-    data: str = "mep-data/test.zarr"
+    data: str = path_field("zarr", default="mep-data/test.zarr")
     first: int = attrs.field(default=0, validator=non_negative)
     count: int = attrs.field(default=8, validator=positive)
     samples: int = attrs.field(default=2, validator=positive)

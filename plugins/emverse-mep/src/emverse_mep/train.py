@@ -142,19 +142,16 @@ def denoising_errors(prior, x0: torch.Tensor, generator, logsnrs=(-6.0, -2.0, 2.
 
 
 def _loss_figure(ctx, history):
-    import matplotlib
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 3))
+    fig, ax = agg.subplots(figsize=(4, 3))
     ax.plot(history["step"], history["loss"])
     ax.set_xlabel("step")
     ax.set_ylabel("weighted v-loss (EMA)")
     ax.set_yscale("log")
     fig.tight_layout()
     ctx.save_figure("training_loss", fig)
-    plt.close(fig)
+    agg.close(fig)
 
 
 __all__ = ["TrainTask", "train_prior"]

@@ -7,15 +7,12 @@ import torch
 
 def depth_sum_figure(prediction: torch.Tensor, truth: torch.Tensor, max_slices: int = 6):
     """Depth sums and the first slices of a reconstructed and a true (depth, H, W) volume (rad)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     pred = prediction.detach().cpu().float()
     true = truth.detach().cpu().float()
     n = min(pred.shape[0], max_slices)
-    fig, axes = plt.subplots(2, n + 1, figsize=(2.2 * (n + 1), 4.6), squeeze=False)
+    fig, axes = agg.subplots(2, n + 1, figsize=(2.2 * (n + 1), 4.6), squeeze=False)
     for row, (name, vol) in enumerate((("truth", true), ("reconstruction", pred))):
         axes[row, 0].imshow(vol.sum(0), cmap="magma")
         axes[row, 0].set_title(f"{name}: depth sum", fontsize=8)
@@ -30,12 +27,9 @@ def depth_sum_figure(prediction: torch.Tensor, truth: torch.Tensor, max_slices: 
 
 
 def loss_figure(history: list[float]):
-    import matplotlib
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = agg.subplots(figsize=(4.5, 3.2))
     ax.semilogy(history)
     ax.set_xlabel("epoch / iteration")
     ax.set_ylabel("loss")

@@ -10,7 +10,7 @@ same thing as in abTEM.
 from __future__ import annotations
 
 import attrs
-from emverse.params import non_negative, one_of, positive
+from emverse.params import non_negative, one_of, path_field, positive
 
 
 def _positive_int_tuple(length: int):
@@ -196,7 +196,7 @@ class ReconstructParams:
     * ``noise`` add Poisson noise at the model's dose to the simulated data.
     """
 
-    structure: str = "builtin:srtio3"
+    structure: str = path_field("file", default="builtin:srtio3")
     zone_axis: tuple[int, int, int] = attrs.field(default=(0, 0, 1), converter=_to_tuple)
     in_plane_rotation_deg: float = 0.0
     parametrization: str = attrs.field(default="lobato", validator=one_of("lobato", "kirkland"))

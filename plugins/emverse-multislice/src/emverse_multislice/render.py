@@ -71,10 +71,16 @@ def load_structure(structure):
             f"structure file {text!r} does not exist; give a CIF path, an ase.Atoms, "
             "or 'builtin:srtio3'"
         )
+    if path.suffix.lower() == ".cif":  # the project's one CIF reader (messages name the problem)
+        from emverse.crystal import Crystal
+
+        return Crystal.from_cif(path).to_ase()
     try:
         atoms = ase.io.read(str(path))
-    except Exception as error:  # ase raises many kinds
-        raise EmverseError(f"could not read structure {text!r}: {error}") from error
+    except Exception as error:  # ase raises many kinds, some with an empty message
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise EmverseError(f"could not read structure {text!r} ({reason}); give a CIF or another "
+                           "file ase can read (xyz, POSCAR, ...)") from error
     if len(atoms) == 0:
         raise EmverseError(f"structure {text!r} holds no atoms")
     return atoms

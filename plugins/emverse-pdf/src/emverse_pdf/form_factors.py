@@ -5,13 +5,12 @@ D. Waasmaier & A. Kirfel, "New analytical scattering-factor functions for free
 atoms and ions", Acta Cryst. A51, 416-431 (1995). f0 is in electrons; no
 anomalous (f', f'') part.
 
-The coefficients are *read at run time* from the data file that ships with the
-DebyeCalculator package (``debyecalculator/utility/elements_info.yaml``,
-rows ``a1..a5, c, b1..b5, b_coh, Z, radius``), located through the package's
-installed-files metadata so that debyecalculator itself is never imported.
-Using the same table as DebyeCalculator makes the two codes comparable to
-round-off. Entries with missing coefficients (e.g. Kr, Xe, Rn) are treated as
-"no form factor".
+The coefficients ship with this plugin (``emverse_pdf/data/waasmaier_kirfel_1995.csv``),
+copied from DebyeCalculator's ``elements_info.yaml`` (Apache-2.0; source, version and
+checksum in the file's header), so debyecalculator and its heavy dependencies are not
+needed at run time. Using the same table as DebyeCalculator makes the two codes
+comparable to round-off (a test compares the copy with the installed file). Entries
+with missing coefficients (e.g. Kr, Xe, Rn) are treated as "no form factor".
 """
 
 from __future__ import annotations
@@ -23,37 +22,20 @@ from collections.abc import Sequence
 import torch
 from emverse.errors import EmverseError
 
-_DATA_FILE = "debyecalculator/utility/elements_info.yaml"
+_DATA_FILE = "data/waasmaier_kirfel_1995.csv"
 
 
 @functools.lru_cache(maxsize=1)
 def _table() -> dict[str, tuple[float, ...]]:
     """symbol -> (a1..a5, c, b1..b5) for every element/ion with complete coefficients."""
-    import importlib.metadata as metadata
+    from importlib import resources
 
-    import yaml
-
-    try:
-        dist = metadata.distribution("debyecalculator")
-    except metadata.PackageNotFoundError as exc:
-        raise EmverseError(
-            "the X-ray form-factor table (Waasmaier & Kirfel 1995) is read from the data file of "
-            "the 'debyecalculator' package, which is not installed; fix: pip install debyecalculator"
-        ) from exc
-    path = dist.locate_file(_DATA_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
-    except OSError as exc:
-        raise EmverseError(
-            f"form-factor data file {path} could not be read ({exc}); fix: reinstall debyecalculator"
-        ) from exc
+    text = resources.files("emverse_pdf").joinpath(_DATA_FILE).read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line and not line.startswith("#")]
     table = {}
-    for symbol, row in raw.items():
-        coefficients = row[:11]
-        if any(v is None for v in coefficients):
-            continue
-        table[str(symbol)] = tuple(float(v) for v in coefficients)
+    for row in rows[1:]:  # rows[0] is the column header
+        symbol, *coefficients = row.split(",")
+        table[symbol] = tuple(float(v) for v in coefficients)
     return table
 
 

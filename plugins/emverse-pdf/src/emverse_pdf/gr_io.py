@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 from emverse.errors import EmverseError
+from emverse.io import write_text
 
 __all__ = ["GrData", "header_value", "read_gr", "write_gr"]
 
@@ -152,6 +152,12 @@ def read_gr(path: str | os.PathLike) -> GrData:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise EmverseError(f"cannot read G(r) file {path}: {exc.strerror}; check the path") from exc
+    if text and not text.endswith(("\n", "\r")):
+        # writers end the last line; a file cut inside a line may end mid-number (0.0041 -> 0.00)
+        raise EmverseError(f"{path}: ends inside a line, so it looks truncated; copy the complete "
+                           "file (or end its last line with a newline)")
+    if "\0" in text:
+        raise EmverseError(f"{path}: contains NUL bytes; it is damaged or not a text .gr file")
     lines = text.splitlines()
 
     start = None
@@ -250,16 +256,7 @@ def write_gr(
         lines += [f"{a:.6f} {b:.10g} 0 {c:.10g}" for a, b, c in zip(r, g, dg, strict=False)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text(path, "\n".join(lines) + "\n")  # atomic, mode follows the umask
 
 
 def _to_numpy(value):

@@ -136,17 +136,14 @@ class RwpMetric(Metric):
         }
 
     def figure(self, prediction, truth):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
         prediction = torch.as_tensor(prediction).detach().reshape(-1, prediction.shape[-1])[0]
         truth = torch.as_tensor(truth).detach().reshape(-1, truth.shape[-1])[0].to(prediction)
         scale, shift = fit_scale_offset(prediction, truth, offset=self.fit_offset)
         fitted = scale * prediction + shift
         r = self.r if self.r is not None else torch.arange(prediction.numel())
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = agg.subplots(figsize=(7, 4))
         ax.plot(r, truth, label="observed", lw=1.2)
         ax.plot(r, fitted, label="calculated (scaled)", lw=1.0)
         offset = float(truth.min() - (truth - fitted).max()) - 0.1 * float(truth.abs().max())

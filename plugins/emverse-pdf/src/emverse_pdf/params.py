@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-from emverse.params import non_negative, positive
+from emverse.params import non_negative, path_field, positive
 
 
 def _optional_positive(instance, attribute, value):
@@ -145,7 +145,7 @@ class FitStructureParams:
 
     requires: ClassVar[tuple[str, ...]] = ("forward_model", "refiner")
     structure: str = "icosahedron:Au:2:2.88"
-    observation: str = ""
+    observation: str = path_field("file", default="", reader="emverse_pdf.gr_io:read_gr")
     truth_structure: str = "icosahedron:Au:2:2.88"
     perturb_angstrom: float = attrs.field(default=0.0, validator=non_negative)
     write_gr: bool = True

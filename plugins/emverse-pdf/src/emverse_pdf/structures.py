@@ -9,7 +9,6 @@ symbol lists (padding atoms carry the first symbol but are masked out).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import attrs
 import numpy as np
 import torch
 from emverse.errors import EmverseError
+from emverse.io import write_text
 
 from emverse_pdf.form_factors import normalise_symbol
 
@@ -203,16 +203,7 @@ def write_xyz(path: str | os.PathLike, structure: Structure, comment: str = "") 
     lines += [
         f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in zip(structure.symbols, structure.positions, strict=False)
     ]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text(path, "\n".join(lines) + "\n")  # atomic, mode follows the umask
 
 
 def kabsch_rmsd(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, allow_reflection: bool = True) -> float:

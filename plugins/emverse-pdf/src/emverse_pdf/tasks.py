@@ -143,14 +143,11 @@ def _scaled(g_calc: torch.Tensor, g_obs: torch.Tensor) -> torch.Tensor:
 
 def comparison_figure(r, g_obs, curves: dict, title: str = "", obs_label: str = "observed"):
     """Observed G(r) against one or more calculated ones, with the difference of the last (Agg figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
     r = np.asarray(r)
     g_obs = np.asarray(g_obs)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = agg.subplots(figsize=(8, 4.5))
     ax.plot(r, g_obs, color="k", lw=1.2, label=obs_label)
     last = None
     for label, curve in curves.items():

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from emverse import figures as agg  # explicit Agg canvas, no backend switch
 
 
 def reliability_figure(nominal, coverage):
     """Empirical coverage of central intervals vs nominal level; the diagonal is perfect calibration."""
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = agg.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
     for j in range(coverage.shape[1]):
         ax.plot(nominal, coverage[:, j], "-", lw=1, alpha=0.6, label=f"p{j}" if coverage.shape[1] <= 8 else None)
@@ -25,7 +22,7 @@ def reliability_figure(nominal, coverage):
 
 
 def coverage_sharpness_figure(nominal, coverage, widths):
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    fig, ax = agg.subplots(figsize=(4.5, 3.5))
     sc = ax.scatter(widths, coverage, c=nominal, cmap="viridis")
     ax.plot(widths, nominal, "k--", lw=1, label="nominal")
     fig.colorbar(sc, ax=ax, label="nominal level")
@@ -38,7 +35,7 @@ def coverage_sharpness_figure(nominal, coverage, widths):
 
 def rank_histogram_figure(hist):
     d = hist.shape[1]
-    fig, axes = plt.subplots(1, d, figsize=(2.2 * d, 2.4), squeeze=False)
+    fig, axes = agg.subplots(1, d, figsize=(2.2 * d, 2.4), squeeze=False)
     expected = float(hist[:, 0].sum()) / hist.shape[0]
     for j in range(d):
         ax = axes[0, j]
@@ -55,7 +52,7 @@ def rank_histogram_figure(hist):
 def nrmse_figure(values, names):
     from .uq import NRMSE_MEAN_PREDICTOR, NRMSE_RANDOM_PREDICTOR
 
-    fig, ax = plt.subplots(figsize=(max(3, 0.5 * len(values) + 1.5), 3))
+    fig, ax = agg.subplots(figsize=(max(3, 0.5 * len(values) + 1.5), 3))
     ax.bar(range(len(values)), values.numpy(), color="C0")
     ax.axhline(NRMSE_MEAN_PREDICTOR, color="C1", ls="--", label="1/√12 (prior mean)")
     ax.axhline(NRMSE_RANDOM_PREDICTOR, color="C3", ls=":", label="1/√6 (prior draw)")
@@ -68,7 +65,7 @@ def nrmse_figure(values, names):
 
 def image_comparison_figure(prediction, truth, scores, label, max_items: int = 4):
     n = min(max_items, prediction.shape[0])
-    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
+    fig, axes = agg.subplots(2, n, figsize=(2.2 * n, 4.4), squeeze=False)
     for i in range(n):
         p, t = prediction[i], truth[i]
         if p.ndim == 3:  # volume: depth sum
@@ -84,7 +81,7 @@ def image_comparison_figure(prediction, truth, scores, label, max_items: int = 4
 
 
 def bootstrap_figure(result, confidence):
-    fig, ax = plt.subplots(figsize=(4.5, 3))
+    fig, ax = agg.subplots(figsize=(4.5, 3))
     ax.hist(result.boot_means, bins=40, color="C0", alpha=0.8)
     ax.axvline(0, color="k", lw=1)
     ax.axvline(result.ci_low, color="C3", ls="--", label=f"{confidence:.0%} CI")
