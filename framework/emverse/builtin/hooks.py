@@ -3,7 +3,6 @@
 from emverse.components import Component
 from emverse.hookspecs import hookimpl
 
-
 P = "emverse.builtin.params:"
 
 

@@ -182,13 +182,8 @@ class MLPPriorParams:
     time_features: int = attrs.field(default=32, validator=_positive_int)
     prediction: str = attrs.field(default="v", validator=one_of(*PREDICTIONS))
     time_input: str = attrs.field(default="t", validator=one_of("t", "logsnr", "step"))
-<<<<<<< HEAD
     schedule: ComponentSpec = nested("noise_schedule", "diffusion.cosine")
-    checkpoint: str = ""
-=======
-    schedule: ComponentSpec = nested("schedule", "diffusion.cosine")
     checkpoint: str = path_field("checkpoint", default="")
->>>>>>> hardening
     use_ema: bool = True
     clip_x0: float | None = attrs.field(default=None, validator=_optional_positive)
 

@@ -23,21 +23,14 @@ class RefineParams:
 
     requires: ClassVar[tuple[str, ...]] = ("refiner",)
 
-<<<<<<< HEAD
-    data: str = "shared:ed3d_pets/quartz/quartz_exp.cif_pets"
-    structure: str = "shared:ed3d_pets/quartz/quartz_refined_P3221.cif"
-    start_structure: str = ""
-    # a finished ed3d.refine run directory: start from its refined.cif, its thickness profile (the
-    # network is first fitted to it) and its per-frame orientation corrections (matched by frame id)
-    continue_from: str = ""
-    evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
-    enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
-=======
     data: str = path_field("file", default="shared:ed3d_pets/quartz/quartz_exp.cif_pets")
     structure: str = path_field("cif", default="shared:ed3d_pets/quartz/quartz_refined_P3221.cif")
     start_structure: str = path_field("cif", default="")
-    enantiomer: str = attrs.field(default="", validator=one_of("", "P3121", "P3221"))
->>>>>>> hardening
+    # a finished ed3d.refine run directory: start from its refined.cif, its thickness profile (the
+    # network is first fitted to it) and its per-frame orientation corrections (matched by frame id)
+    continue_from: str = path_field("directory", default="")
+    evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
+    enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
     # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
     frame_stride: int = attrs.field(default=1, validator=positive)
     max_frames: int = attrs.field(default=0, validator=non_negative)

@@ -312,8 +312,7 @@ class Ed3dRefineTask(OptionsTask):
 
         fig = M.WRAll().figure(i_calc, truth_table)
         ctx.save_figure("iobs_vs_icalc", fig)
-<<<<<<< HEAD
-        plt.close(fig)
+        agg.close(fig)
 
 
 def write_reflection_table(path, data, i_calc) -> None:
@@ -366,6 +365,3 @@ def fit_thickness_to(model, previous, steps: int = 2000) -> None:
         loss = ((model.thickness() - target) ** 2).mean()
         loss.backward()
         optimiser.step()
-=======
-        agg.close(fig)
->>>>>>> hardening
