@@ -286,8 +286,8 @@ THIRD_PARTY_INFER = """
     depth = 2
     checkpoint = "CHECKPOINT"
     [sampler]
-    type = "diffusion.ddim"
-    steps = 25
+    type = "diffusion.ddpm"
+    steps = 100
     [guidance]
     type = "diffusion.dps"
     [likelihood]
@@ -327,8 +327,8 @@ THIRD_PARTY_EVALUATE = """
     depth = 2
     checkpoint = "CHECKPOINT"
     [compare.sampler]
-    type = "diffusion.ddim"
-    steps = 25
+    type = "diffusion.ddpm"
+    steps = 100
     [compare.guidance]
     type = "diffusion.dps"
 """
