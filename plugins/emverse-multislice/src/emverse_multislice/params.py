@@ -9,6 +9,8 @@ same thing as in abTEM.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 from emverse.params import non_negative, one_of, path_field, positive
 
@@ -83,6 +85,9 @@ class PtychographyParams:
     * ``positions_per_pass`` scan positions simulated at once when no gradient
       is needed (bounds memory; omitted = all).
     """
+
+    output: ClassVar[str] = "intensity"
+    takes: ClassVar[str] = "volume"
 
     voltage_kv: float = attrs.field(default=300.0, validator=positive)
     semiangle_mrad: float = attrs.field(default=21.4, validator=positive)

@@ -49,6 +49,10 @@ class DebyeParams:
     See docs/emverse-pdf.md.
     """
 
+    #: what the model predicts and takes (checked against [likelihood] / [parametrization])
+    output: ClassVar[str] = "pdf"
+    takes: ClassVar[str] = "structure"
+
     elements: str = "Au"
     qmin: float = attrs.field(default=0.7, validator=non_negative)
     qmax: float = attrs.field(default=25.0, validator=positive)
