@@ -41,3 +41,26 @@ def test_uncertainty_notation():
     assert with_uncertainty(0.25314, 0.0123) == "0.253(12)"
     assert with_uncertainty(2203.4, 4.2) == "2203(4)"
     assert with_uncertainty(1.0, math.nan) == "1.00000000"
+
+
+def test_written_cif_reads_in_gemmi_with_the_same_cell_symmetry_and_sites(tmp_path):
+    """gemmi (an independent CIF reader) sees the cell, the space group and every site."""
+    gemmi = pytest.importorskip("gemmi")
+    crystal = Crystal.from_sites((4.9134, 4.9134, 5.4052), (90, 90, 120), [
+        {"label": "Si1", "element": "Si", "position": (0.4697, 0.0, 0.0), "u_iso": 0.0066},
+        {"label": "O1", "element": "O", "position": (0.4135, 0.2669, 0.1191),
+         "u_aniso": (0.013, 0.010, 0.011, 0.008, -0.002, -0.004)},
+    ], spacegroup=154, name="quartz")
+    path = tmp_path / "quartz.cif"
+    crystal.to_cif(path, u_iso_su={"Si1": 0.0003})
+    small = gemmi.read_small_structure(str(path))
+    assert small.cell.a == pytest.approx(4.9134) and small.cell.gamma == pytest.approx(120.0)
+    assert small.spacegroup is not None and small.spacegroup.number == 154
+    assert small.check_spacegroup() == ""  # the symmetry operations agree with the H-M symbol
+    labels = {site.label: site for site in small.sites}
+    assert set(labels) == {"Si1", "O1"}
+    assert labels["O1"].aniso.u11 == pytest.approx(0.013)
+    assert labels["Si1"].u_iso == pytest.approx(0.0066)
+    assert (labels["O1"].fract.x, labels["O1"].fract.y) == pytest.approx((0.4135, 0.2669))
+    # gemmi's expansion of the asymmetric unit gives the same number of atoms as ours
+    assert len(small.get_all_unit_cell_sites()) == crystal.n_atoms
