@@ -36,6 +36,7 @@ import torch
 
 from emverse.errors import EmverseError
 from emverse.interfaces import Likelihood
+from emverse.noise import GaussianNoise, PoissonNoise, sum_but_batch
 
 
 @attrs.frozen
@@ -72,14 +73,6 @@ def _parts(y_pred: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor | None, 
     return values, sigma, mask
 
 
-def _sum_but_batch(t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    if mask is not None:
-        t = torch.where(mask, t, torch.zeros_like(t))
-    if t.dim() == 0:
-        return t.reshape(1)
-    return t.reshape(t.shape[0], -1).sum(dim=1)
-
-
 def _positive(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -99,11 +92,10 @@ class GaussianLikelihood(Likelihood):
 
     def negative_log_likelihood(self, y_pred, y):
         values, _, mask = _parts(y_pred, y)
-        return _sum_but_batch((values - y_pred) ** 2, mask) / (2.0 * self.sigma**2)
+        return sum_but_batch((values - y_pred) ** 2, mask) / (2.0 * self.sigma**2)
 
     def sample(self, y_pred, generator=None):
-        noise = torch.randn(y_pred.shape, generator=generator, dtype=y_pred.dtype, device=y_pred.device)
-        return y_pred + self.sigma * noise
+        return GaussianNoise(self.sigma).sample(y_pred, generator)
 
 
 class PoissonLikelihood(Likelihood):
@@ -117,11 +109,10 @@ class PoissonLikelihood(Likelihood):
     def negative_log_likelihood(self, y_pred, y):
         values, _, mask = _parts(y_pred, y)
         rate = y_pred.clamp_min(1e-12) * self.dose
-        return _sum_but_batch(rate - values * self.dose * torch.log(rate), mask)
+        return sum_but_batch(rate - values * self.dose * torch.log(rate), mask)
 
     def sample(self, y_pred, generator=None):
-        rate = (y_pred.clamp_min(0) * self.dose).detach()
-        return torch.poisson(rate, generator=generator) / self.dose
+        return PoissonNoise(self.dose).sample(y_pred, generator)
 
 
 class AmplitudeLikelihood(Likelihood):
@@ -143,7 +134,7 @@ class AmplitudeLikelihood(Likelihood):
         values, _, mask = _parts(y_pred, y)
         # the 1e-12 keeps the square root differentiable where the prediction is exactly 0
         diff = torch.sqrt(y_pred.clamp_min(0) + 1e-12) - torch.sqrt(values.clamp_min(0))
-        return _sum_but_batch(diff**2, mask) / (2.0 * self.amplitude_sigma**2)
+        return sum_but_batch(diff**2, mask) / (2.0 * self.amplitude_sigma**2)
 
 
 class WeightedIntensityLikelihood(Likelihood):
@@ -158,7 +149,7 @@ class WeightedIntensityLikelihood(Likelihood):
                 "likelihood 'core.weighted_intensity' needs σ(I): pass an emverse.likelihoods.Observation "
                 "with sigma, or use 'core.gaussian'"
             )
-        return 0.5 * _sum_but_batch(((values - y_pred) / sigma) ** 2, mask)
+        return 0.5 * sum_but_batch(((values - y_pred) / sigma) ** 2, mask)
 
 
 class RwLikelihood(Likelihood):
@@ -168,7 +159,7 @@ class RwLikelihood(Likelihood):
 
     def negative_log_likelihood(self, y_pred, y):
         values, _, mask = _parts(y_pred, y)
-        return _sum_but_batch((values - y_pred) ** 2, mask) / _sum_but_batch(values**2, mask).clamp_min(1e-300)
+        return sum_but_batch((values - y_pred) ** 2, mask) / sum_but_batch(values**2, mask).clamp_min(1e-300)
 
 
 class NCCLikelihood(Likelihood):

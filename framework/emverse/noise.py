@@ -28,7 +28,7 @@ class NoNoise(NoiseModel):
         return y
 
     def log_likelihood(self, y_pred, y):
-        return -0.5 * _sum_but_batch((y_pred - y) ** 2)
+        return -0.5 * sum_but_batch((y_pred - y) ** 2)
 
 
 class GaussianNoise(NoiseModel):
@@ -45,7 +45,7 @@ class GaussianNoise(NoiseModel):
 
     def log_likelihood(self, y_pred, y):
         n = y[0].numel()
-        misfit = _sum_but_batch((y_pred - y) ** 2) / (2 * self.sigma**2)
+        misfit = sum_but_batch((y_pred - y) ** 2) / (2 * self.sigma**2)
         return -misfit - n * math.log(self.sigma * math.sqrt(2 * math.pi))
 
 
@@ -69,8 +69,14 @@ class PoissonNoise(NoiseModel):
     def log_likelihood(self, y_pred, y):
         rate = y_pred.clamp_min(1e-12) * self.dose
         counts = y * self.dose
-        return _sum_but_batch(counts * torch.log(rate) - rate - torch.lgamma(counts + 1))
+        return sum_but_batch(counts * torch.log(rate) - rate - torch.lgamma(counts + 1))
 
 
-def _sum_but_batch(t: torch.Tensor) -> torch.Tensor:
+def sum_but_batch(t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over every axis but the first (shape (batch,)); where ``mask`` is False the
+    element does not count. A 0-d tensor is one batch element."""
+    if mask is not None:
+        t = torch.where(mask, t, torch.zeros_like(t))
+    if t.dim() == 0:
+        return t.reshape(1)
     return t.reshape(t.shape[0], -1).sum(dim=1)

@@ -9,6 +9,8 @@ into an estimate of the unknown, built only from registered components.
 
 from __future__ import annotations
 
+import copy
+
 import attrs
 import torch
 
@@ -40,10 +42,11 @@ class RefineMethod:
         )
 
     def estimate(self, ctx, model, likelihood, y, start, generator) -> Estimate:
-        parametrization = self.parametrization
-        if parametrization is None or isinstance(parametrization, ParameterVector):
-            free = parametrization.free if parametrization is not None else ()
+        if self.parametrization is None or isinstance(self.parametrization, ParameterVector):
+            free = self.parametrization.free if self.parametrization is not None else ()
             parametrization = ParameterVector(free).start_at(model, start)
+        else:  # a fresh copy per observation: no observation starts where the last one ended
+            parametrization = copy.deepcopy(self.parametrization)
         data_term = self.likelihood or likelihood or ModelLikelihood(model)
         self.refiner.run(parametrization, model, data_term, y, generator=generator)
         return Estimate(parametrization().detach())

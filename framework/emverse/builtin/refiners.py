@@ -127,9 +127,9 @@ class AdamRefiner(Refiner):
             if _stalled(history["loss"], self.tolerance, self.patience):
                 converged = True
                 break
-        iterations = step + 1 if self.steps else 0
-        return RefinementResult(problem.snapshot(), history, converged=converged or iterations == self.steps,
-                                iterations=iterations,
+        # Adam has no convergence test of its own: a finished run counts as converged, and the
+        # message says whether the loss stalled or the step budget ran out
+        return RefinementResult(problem.snapshot(), history, converged=True, iterations=step + 1,
                                 message="loss stalled" if converged else "step budget used")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from emverse.builtin.parametrizations import ParameterVector
+from emverse.errors import EmverseError
 from emverse.figures import observations_figure, posterior_figure
 from emverse.interfaces import Task
 from emverse.likelihoods import ModelLikelihood
@@ -174,8 +175,6 @@ class EvaluateTask(Task):
         methods = ctx.build("compare")
         space = model.parameter_space
         if space is None:
-            from emverse.errors import EmverseError
-
             raise EmverseError("task 'evaluate' needs a [forward_model] with a parameter_space")
         truth = model.example_input(self.n_observations, generator=ctx.generator("truth"),
                                     dtype=ctx.dtype).to(ctx.device)
