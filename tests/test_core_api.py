@@ -36,7 +36,11 @@ def test_run_from_a_dict_is_reproducible_and_module_stays_callable(tmp_path):
     a = emverse.run(raw, {"options.n_observations": 2}, out=tmp_path / "a")
     b = run_module(raw, {"options.n_observations": 2}, out=tmp_path / "b")
     assert emverse.run is run_module
-    assert a.metrics == b.metrics
+
+    def reproducible(metrics):  # wall times are measurements, not results
+        return {k: v for k, v in metrics.items() if "seconds" not in k}
+
+    assert reproducible(a.metrics) == reproducible(b.metrics)
     assert torch.equal(a.tensors("posterior")["samples"], b.tensors("posterior")["samples"])
 
 

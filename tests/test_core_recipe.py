@@ -23,7 +23,9 @@ def test_example_recipe_validates_and_fills_defaults():
     recipe = load_recipe(EXAMPLE)
     resolved = recipe.to_dict()
     assert resolved["forward_model"]["matrix_seed"] == 0  # default filled in
-    assert resolved["options"] == {"n_observations": 8, "n_samples": 500}
+    assert resolved["options"] == {"n_observations": 8, "n_samples": 500, "truth": [], "n_ppc": 3,
+                                   "observation": "", "observation_units": "counts",
+                                   "observation_reciprocal_pixel_size": 0.0}
     assert resolved["metrics"] == [{"type": "core.rmse"}]
 
 

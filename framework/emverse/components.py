@@ -16,6 +16,7 @@ KINDS = (
     "metric",
     "likelihood",
     "parametrization",
+    "correction",
     "method",
     "task",
     "dataset",

@@ -73,6 +73,22 @@ class ForwardModel(nn.Module, Configurable, abc.ABC):
         """Mean negative log-likelihood over the batch (a scalar to minimise)."""
         return -self.log_likelihood(y_pred, y).mean()
 
+    #: names of parameters :meth:`scan` evaluates much faster than one forward pass per value
+    cheap_scans: tuple[str, ...] = ()
+
+    def scan(self, x: torch.Tensor, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Predictions (B, T, ...) of ``x`` (B, P) with parameter ``name`` of the
+        :attr:`parameter_space` set to each of ``values`` (T,). This default runs one forward
+        pass per value; a model lists in :attr:`cheap_scans` the parameters it scans faster."""
+        if self.parameter_space is None or name not in self.parameter_space.names:
+            raise ValueError(f"{type(self).__name__} has no parameter {name!r} to scan")
+        j = list(self.parameter_space.names).index(name)
+        values = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+        grid = x[:, None, :].repeat(1, len(values), 1)
+        grid[:, :, j] = values
+        out = self(grid.reshape(-1, x.shape[-1]))
+        return out.reshape(x.shape[0], len(values), *out.shape[1:])
+
     def example_input(
         self, batch: int, generator: torch.Generator | None = None, dtype=torch.float64
     ) -> Any:
@@ -108,6 +124,12 @@ class Prior(nn.Module, Configurable, abc.ABC):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no tractable log_prob")
+
+    def physical(self, draws: torch.Tensor) -> torch.Tensor:
+        """Draws in the forward model's input units. A prior that samples in normalised
+        coordinates (e.g. a network trained on [-1, 1]) maps them back here; by default
+        draws already are what the forward model takes."""
+        return draws
 
 
 class DiffusionPrior(Prior):
@@ -213,6 +235,18 @@ class Likelihood(Configurable, abc.ABC):
     def sample(self, y_pred: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A noisy observation drawn from the likelihood (where it is generative)."""
         raise NotImplementedError(f"{type(self).__name__} cannot draw observations")
+
+    def fisher_diagonal(self, y_pred: torch.Tensor, y: Any) -> torch.Tensor:
+        """The expected Fisher information of each observed value about its prediction,
+        E[(∂ℓ/∂ŷ)²] (shape of ``y_pred``; 0 where a value does not count). With the Jacobian
+        J of the forward model, Jᵀ diag(this) J is the Gauss–Newton / Fisher-scoring
+        curvature that Laplace approximations and posterior corrections use."""
+        raise NotImplementedError(f"{type(self).__name__} gives no Fisher information")
+
+    def chi2(self, y_pred: torch.Tensor, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pearson χ² per batch element and the number of values that count (both (batch,)):
+        divide χ² by (count − free parameters) for the reduced χ² of a fit."""
+        raise NotImplementedError(f"{type(self).__name__} defines no χ²")
 
 
 class Parametrization(nn.Module, Configurable, abc.ABC):
@@ -329,6 +363,53 @@ class Refiner(Configurable, abc.ABC):
         appended to the history.
         """
         raise NotImplementedError(f"{type(self).__name__} implements only run()")
+
+
+@attrs.define
+class PosteriorMode:
+    """One mode of a corrected posterior: its location and covariance in the forward model's
+    input units, its negative log-likelihood there and its posterior weight (the modes'
+    weights sum to 1)."""
+
+    location: torch.Tensor  # (P,)
+    covariance: torch.Tensor  # (P, P)
+    negative_log_likelihood: float
+    weight: float
+    converged: bool = True
+
+
+@attrs.define
+class CorrectedPosterior:
+    """What a :class:`Correction` returns for one observation: draws of the corrected
+    posterior (n, P), its modes, and diagnostics (floats: iterations, ESS, seconds, …)."""
+
+    samples: torch.Tensor
+    modes: list[PosteriorMode] = attrs.field(factory=list)
+    diagnostics: dict[str, float] = attrs.field(factory=dict)
+
+
+class Correction(Configurable, abc.ABC):
+    """Turns approximate posterior draws (from an amortized network, a prior, anything) into
+    draws of the posterior under the exact likelihood of a forward model (``[correction]``).
+
+    ``draws`` (n, P) are in the forward model's input units; ``space`` is the forward model's
+    parameter space, whose box is the prior's support (uniform prior inside it). Each
+    correction states in its docstring which posterior it targets.
+    """
+
+    @abc.abstractmethod
+    def correct(
+        self,
+        draws: torch.Tensor,
+        forward_model: ForwardModel,
+        likelihood: Likelihood,
+        observation: Any,
+        space: Any,
+        *,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> CorrectedPosterior:
+        """``n_samples`` draws of the corrected posterior of one ``observation``."""
 
 
 class Metric(Configurable, abc.ABC):

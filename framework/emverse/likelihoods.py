@@ -97,6 +97,16 @@ class GaussianLikelihood(Likelihood):
     def sample(self, y_pred, generator=None):
         return GaussianNoise(self.sigma).sample(y_pred, generator)
 
+    def fisher_diagonal(self, y_pred, y):
+        _, _, mask = _parts(y_pred, y)
+        info = torch.full_like(y_pred, 1.0 / self.sigma**2)
+        return info if mask is None else torch.where(mask, info, torch.zeros_like(info))
+
+    def chi2(self, y_pred, y):
+        values, _, mask = _parts(y_pred, y)
+        count = sum_but_batch(torch.ones_like(y_pred), mask)
+        return sum_but_batch((values - y_pred) ** 2, mask) / self.sigma**2, count
+
 
 class PoissonLikelihood(Likelihood):
     """Counting noise: ``y`` = counts / ``dose``, the prediction a probability per pixel."""
@@ -113,6 +123,32 @@ class PoissonLikelihood(Likelihood):
 
     def sample(self, y_pred, generator=None):
         return PoissonNoise(self.dose).sample(y_pred, generator)
+
+    #: expected counts below which a value carries no χ² term (a pixel outside every disc)
+    CHI2_MIN_COUNTS = 1e-6
+
+    def fisher_diagonal(self, y_pred, y):
+        """dose / ŷ per value (Fisher information of a Poisson mean dose·ŷ about ŷ)."""
+        _, _, mask = _parts(y_pred, y)
+        info = self.dose / y_pred.clamp_min(1e-12 / self.dose)
+        info = torch.where(y_pred * self.dose > self.CHI2_MIN_COUNTS, info, torch.zeros_like(info))
+        return info if mask is None else torch.where(mask, info, torch.zeros_like(info))
+
+    def chi2(self, y_pred, y):
+        """Pearson χ² in counts, Σ (N − dose·ŷ)² / (dose·ŷ), over values with expected counts
+        above ``CHI2_MIN_COUNTS`` (an observed count where none is expected makes χ² infinite)."""
+        values, _, mask = _parts(y_pred, y)
+        expected = y_pred * self.dose
+        counts = values * self.dose
+        counting = expected > self.CHI2_MIN_COUNTS
+        if mask is not None:
+            counting = counting & mask.bool()
+        terms = (counts - expected) ** 2 / expected.clamp_min(self.CHI2_MIN_COUNTS)
+        stray = ((counts > 0) & ~counting).flatten(1).any(dim=1) if mask is None else \
+            ((counts > 0) & ~counting & mask.bool()).flatten(1).any(dim=1)
+        chi2 = sum_but_batch(terms, counting)
+        chi2 = torch.where(stray, torch.full_like(chi2, float("inf")), chi2)
+        return chi2, sum_but_batch(torch.ones_like(y_pred), counting)
 
 
 class AmplitudeLikelihood(Likelihood):
@@ -135,6 +171,13 @@ class AmplitudeLikelihood(Likelihood):
         # the 1e-12 keeps the square root differentiable where the prediction is exactly 0
         diff = torch.sqrt(y_pred.clamp_min(0) + 1e-12) - torch.sqrt(values.clamp_min(0))
         return sum_but_batch(diff**2, mask) / (2.0 * self.amplitude_sigma**2)
+
+    def fisher_diagonal(self, y_pred, y):
+        """1 / (4 ŷ σ_a²): the Gauss–Newton curvature of the amplitude residual about ŷ."""
+        _, _, mask = _parts(y_pred, y)
+        info = 1.0 / (4.0 * (y_pred.clamp_min(0) + 1e-12) * self.amplitude_sigma**2)
+        info = torch.where(y_pred > 0, info, torch.zeros_like(info))
+        return info if mask is None else torch.where(mask, info, torch.zeros_like(info))
 
 
 class WeightedIntensityLikelihood(Likelihood):

@@ -302,3 +302,51 @@ def _calibration_from(metadata: dict, axes: list[dict], ndim: int) -> dict:
 
 def _unit(axis: dict) -> str:
     return str(axis.get("units") or "").replace(" ", "").lower()
+
+
+# ------------------------------------------------------------------ diffraction patterns
+def read_pattern(source, overrides: dict | None = None) -> Measurement:
+    """A single diffraction pattern (2D): every pixel finite and ≥ 0, else one error naming the
+    source and the first bad pixel."""
+    measurement = read(source, ndim=2, overrides=overrides)
+    data = np.asarray(measurement.data, dtype=np.float64)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise EmverseError(f"{measurement.source}: {int(bad.sum())} pixel(s) are NaN or infinite (first at "
+                           f"row {row}, column {col}); mask or interpolate them before inference")
+    if (data < 0).any():
+        row, col = (int(v) for v in np.argwhere(data < 0)[0])
+        raise EmverseError(f"{measurement.source}: {int((data < 0).sum())} pixel(s) are negative (first at "
+                           f"row {row}, column {col}: {data[row, col]:.4g}); subtract the dark level so that "
+                           "counts are >= 0")
+    measurement.data = data
+    return measurement
+
+
+def check_pattern(path) -> None:
+    """Content check for a recipe's pattern file (see :func:`read_pattern`)."""
+    read_pattern(path)
+
+
+def resample_pattern(data: np.ndarray, from_pixel: float, to_pixel: float, shape: tuple[int, int],
+                     source: str = "pattern") -> np.ndarray:
+    """A centred pattern of pixel size ``from_pixel`` onto ``shape`` pixels of size ``to_pixel``
+    (same units, e.g. Å⁻¹), both with the optic axis at pixel (n//2, n//2). Bilinear; each new
+    pixel holds the counts of its area (scaled by (to/from)²). Refused when the new grid
+    reaches beyond the measured one."""
+    from scipy.ndimage import map_coordinates
+
+    ratio = to_pixel / from_pixel
+    rows, cols = shape
+    need = (max(rows, cols) / 2) * ratio
+    have = min(data.shape) / 2
+    if need > have + 0.5:
+        raise EmverseError(
+            f"{source}: the model's detector spans {2 * need:.1f} measured pixels but the pattern has "
+            f"{min(data.shape)}; give a smaller detector (detector_pixels) or a larger pattern")
+    r = (np.arange(rows) - rows // 2) * ratio + data.shape[0] // 2
+    c = (np.arange(cols) - cols // 2) * ratio + data.shape[1] // 2
+    rr, cc = np.meshgrid(r, c, indexing="ij")
+    out = map_coordinates(data, [rr, cc], order=1, mode="nearest")
+    return out * ratio**2

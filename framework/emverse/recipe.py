@@ -33,6 +33,7 @@ COMPONENT_TABLES = {
     "dataset": "dataset",
     "likelihood": "likelihood",
     "parametrization": "parametrization",
+    "correction": "correction",
 }
 LIST_TABLES = {"metrics": "metric", "compare": "method"}
 TOP_LEVEL = {

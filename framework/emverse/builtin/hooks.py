@@ -40,6 +40,13 @@ def emverse_components():
                     "Rw^2 = sum (y - y_pred)^2 / sum y^2 (PDF agreement)")
     yield Component("likelihood", "core.ncc", lk + "NCCLikelihood", P + "IntensityLikelihoodParams",
                     "1 - zero-normalised cross-correlation of each image (scale/offset free)")
+    yield Component("prior", "core.uniform", "emverse.builtin.priors:UniformPrior", None,
+                    "Uniform over the forward model's parameter box (physics-only posteriors)")
+    yield Component("correction", "core.laplace", "emverse.builtin.corrections:LaplaceMixture",
+                    P + "LaplaceParams", "Multistart Fisher scoring from approximate draws; Laplace mixture of the modes")
+    yield Component("correction", "core.importance", "emverse.builtin.corrections:ImportanceResampling",
+                    P + "ImportanceParams",
+                    "The Laplace mixture as a proposal, importance-resampled under the exact likelihood")
     yield Component("parametrization", "core.parameter_vector",
                     "emverse.builtin.parametrizations:ParameterVector", P + "ParameterVectorParams",
                     "A forward model's parameter vector in normalised units, optionally a free subset")

@@ -4,7 +4,7 @@ from typing import ClassVar
 
 import attrs
 
-from emverse.params import ComponentSpec, in_range, nested, positive
+from emverse.params import ComponentSpec, in_range, nested, one_of, path_field, positive
 
 
 @attrs.frozen
@@ -15,6 +15,16 @@ class SimulateParams:
     n: int = attrs.field(default=4, validator=positive)
 
 
+def _single_truth(instance, attribute, value):
+    if instance is None:  # checked on its own: n_observations is not known yet
+        return
+    if instance.observation and (value or instance.n_observations != 1):
+        raise ValueError("observation names a measured pattern: leave truth empty and set n_observations = 1")
+    if value and instance.n_observations != 1:
+        raise ValueError(f"truth is given but n_observations = {instance.n_observations}; a truth "
+                         "names one observation: set n_observations = 1 or leave truth empty")
+
+
 @attrs.frozen
 class InferParams:
     """Options of the ``infer`` task: posterior samples for simulated observations."""
@@ -22,6 +32,20 @@ class InferParams:
     requires: ClassVar[tuple[str, ...]] = ("forward_model", "prior")
     n_observations: int = attrs.field(default=4, validator=positive)
     n_samples: int = attrs.field(default=200, validator=positive)
+    #: the truth of a single observation, in the forward model's units and parameter order
+    #: (empty: drawn from the parameter space with the seed)
+    truth: tuple[float, ...] = attrs.field(default=(), converter=tuple, validator=_single_truth)
+    #: observations that get a posterior-predictive figure (observed, posterior-mean pattern,
+    #: normalised residual)
+    n_ppc: int = attrs.field(default=3, validator=in_range(0, 1000))
+    #: a measured pattern (DM3/DM4, EMD, HDF5, MIB, TIFF, .npy + TOML, Zarr) instead of a
+    #: simulated one; n_observations must be 1 and truth empty
+    observation: str = path_field("file", default="", reader="emverse.readers:check_pattern")
+    #: "counts": the file holds electron counts (divided by the [likelihood]'s dose);
+    #: "fraction": fractions of the incident beam, as the forward model predicts
+    observation_units: str = attrs.field(default="counts", validator=one_of("counts", "fraction"))
+    #: Å⁻¹ per pixel of the measured pattern; 0: from the file's metadata
+    observation_reciprocal_pixel_size: float = attrs.field(default=0.0, validator=in_range(0.0, 1e6))
 
 
 @attrs.frozen
@@ -84,6 +108,40 @@ class AnyLikelihoodParams:
     """Likelihoods with no parameters that score any prediction (rw)."""
 
     expects: ClassVar[str] = "any"
+
+
+# ------------------------------------------------------------------ corrections
+@attrs.frozen
+class LaplaceParams:
+    """``core.laplace``: multistart Fisher scoring from the draws, then a Laplace mixture."""
+
+    #: refined starts (the lowest-ℓ draws, at least ``separation`` apart)
+    n_starts: int = attrs.field(default=12, validator=positive)
+    #: minimum distance between two starts, normalised units (the box is [-1, 1] per parameter)
+    separation: float = attrs.field(default=0.02, validator=in_range(0.0, 4.0))
+    max_iterations: int = attrs.field(default=40, validator=positive)
+    #: a start stops when an accepted step lowers ℓ by less than this, nats
+    tolerance: float = attrs.field(default=1e-4, validator=positive)
+    #: one-sided difference step of the Jacobian, normalised units
+    jacobian_step: float = attrs.field(default=1e-6, validator=in_range(1e-12, 1e-2))
+    #: two refined points closer than this Mahalanobis distance are one mode
+    merge_distance: float = attrs.field(default=3.0, validator=positive)
+    #: forward-model batch size
+    chunk: int = attrs.field(default=64, validator=positive)
+    #: values per cheap scan (the forward model's cheap_scans, e.g. thickness) over the box; 0: none
+    scan_points: int = attrs.field(default=96, validator=in_range(0, 100000))
+    #: the lowest-ℓ draws that are scanned before the starts are chosen; 0: every draw
+    scan_candidates: int = attrs.field(default=0, validator=in_range(0, 10**7))
+    #: during the refinement, scan again every this many iterations (0: only before and after)
+    scan_every: int = attrs.field(default=5, validator=in_range(0, 10**6))
+
+
+@attrs.frozen
+class ImportanceParams(LaplaceParams):
+    """``core.importance``: the Laplace mixture as a proposal, importance-resampled under the likelihood."""
+
+    #: proposal draws whose importance weights are computed
+    proposals: int = attrs.field(default=1024, validator=in_range(2, 10**7))
 
 
 # ------------------------------------------------------------- parametrizations

@@ -39,47 +39,286 @@ class SimulateTask(Task):
 
 
 class InferTask(Task):
-    """Posterior samples for ``n_observations`` simulated observations.
+    """Posterior draws for ``n_observations`` simulated observations, optionally corrected.
 
-    Truths are drawn from the forward model's ``example_input`` (its parameter
-    space) with the recipe seed. Three ways to the posterior, chosen from the
-    recipe: a prior with an exact posterior (``exact_posterior``) and no
-    sampler; a conditional prior with a sampler (condition = observation);
-    or a prior + sampler + guidance, where the guidance is bound to the forward
-    model and each observation at call time.
+    Truths are drawn from the forward model's parameter space with the recipe seed (or
+    ``truth`` for one observation); each observation is the ``[likelihood]``'s draw around
+    the prediction where the likelihood is generative, else the forward model's noise.
+    Three ways to the approximate posterior, chosen from the recipe: a prior with an
+    exact posterior (``exact_posterior``) and no sampler; a conditional prior with a
+    sampler (condition = observation, e.g. an amortized network); or a prior + sampler +
+    guidance bound to the forward model and each observation. Draws are mapped to the
+    forward model's units by ``prior.physical``.
+
+    A ``[correction]`` then turns each observation's draws into the posterior under the
+    exact likelihood (:mod:`emverse.builtin.corrections`): its modes and weights are
+    reported, and the reduced χ² of the posterior-mean prediction where the likelihood
+    defines χ².
     """
 
-    def __init__(self, n_observations: int = 4, n_samples: int = 200):
+    def __init__(self, n_observations: int = 4, n_samples: int = 200, truth=(), n_ppc: int = 3,
+                 observation: str = "", observation_units: str = "counts",
+                 observation_reciprocal_pixel_size: float = 0.0):
         self.n_observations, self.n_samples = n_observations, n_samples
+        self.truth, self.n_ppc = tuple(truth), n_ppc
+        self.observation, self.observation_units = observation, observation_units
+        self.observation_pixel = observation_reciprocal_pixel_size
+
+    def _measured(self, ctx, model, likelihood):
+        """The measured pattern as the forward model's observation (1, H, W): calibration
+        checked against the model's, resampled where only the pixel size differs (counts
+        are summed over the model's larger pixel, so the [likelihood]'s dose is per model
+        pixel)."""
+        import numpy as np
+
+        from emverse.readers import read_pattern, resample_pattern
+
+        path = ctx.resolve_path(self.observation)
+        overrides = {"reciprocal_pixel_size": self.observation_pixel} if self.observation_pixel else {}
+        measurement = read_pattern(path, overrides)
+        cal = measurement.calibration
+        with torch.no_grad():
+            shape = tuple(model(model.example_input(1, dtype=ctx.dtype).to(ctx.device)).shape[1:])
+        voltage = getattr(model, "voltage_kv", None)
+        if cal.beam_energy_kv is not None and voltage is not None and abs(cal.beam_energy_kv / voltage - 1) > 5e-3:
+            raise EmverseError(f"{path}: beam energy {cal.beam_energy_kv:g} kV in the file, but [forward_model] "
+                               f"voltage_kv = {voltage:g}; set voltage_kv to the measurement's")
+        zone = getattr(model, "zone_axis", None)
+        if cal.zone_axis is not None and zone is not None and tuple(cal.zone_axis) != tuple(int(v) for v in zone):
+            raise EmverseError(f"{path}: zone axis {list(cal.zone_axis)} in the file, but [forward_model] "
+                               f"zone_axis = {list(zone)}; set zone_axis to the measurement's")
+        data = measurement.data
+        model_pixel = getattr(model, "reciprocal_pixel_size", None)
+        if cal.reciprocal_pixel_size is not None and model_pixel is not None:
+            if abs(cal.reciprocal_pixel_size / model_pixel - 1) > 0.01 or data.shape != shape:
+                data = resample_pattern(data, cal.reciprocal_pixel_size, model_pixel, shape, str(path))
+                ctx.log.info("resampled %s from %.5g to %.5g 1/Å per pixel onto %s", path,
+                             cal.reciprocal_pixel_size, model_pixel, shape)
+        if data.shape != shape:
+            raise EmverseError(
+                f"{path}: the pattern is {data.shape[0]}×{data.shape[1]} px but the forward model predicts "
+                f"{shape[0]}×{shape[1]} px; give its reciprocal pixel size (observation_reciprocal_pixel_size, "
+                f"1/Å) so that it can be resampled, or set detector_pixels to {data.shape[0]}")
+        y = torch.as_tensor(np.ascontiguousarray(data), dtype=ctx.dtype)[None].to(ctx.device)
+        ctx.add_text("observation", f"{path}: calibration {cal.report()}")
+        if self.observation_units == "counts":
+            dose = getattr(likelihood, "dose", None)
+            if dose is None:
+                raise EmverseError("observation_units = \"counts\" needs a [likelihood] with a dose "
+                                   "(e.g. core.poisson); or give the pattern as fractions (\"fraction\")")
+            y = y / dose
+        return y
+
+    def _truths(self, ctx, model):
+        space = model.parameter_space
+        if not self.truth:
+            return model.example_input(self.n_observations, generator=ctx.generator("truth"),
+                                        dtype=ctx.dtype).to(ctx.device)
+        truth = torch.tensor(self.truth, dtype=ctx.dtype)[None]
+        if space is not None:
+            if len(self.truth) != len(space):
+                raise EmverseError(
+                    f"options.truth has {len(self.truth)} values; give {len(space)} in the order "
+                    f"{list(space.names)} (units {list(space.units)}), or leave it empty for a draw")
+            if not bool(space.contains(truth).all()):
+                raise EmverseError(f"options.truth {list(self.truth)} lies outside the parameter box "
+                                   f"{list(zip(space.names, space.bounds(torch.float64)[0].tolist(), space.bounds(torch.float64)[1].tolist(), strict=True))}; "
+                                   "the posterior is defined inside it")
+        return truth.to(ctx.device)
+
+    def _approximate(self, ctx, model, prior, sampler, guidance, likelihood, y, gen):
+        """(n_observations, n_samples, P) draws of the approximate posterior, physical units."""
+        if sampler is None and hasattr(prior, "exact_posterior"):
+            return torch.stack([prior.exact_posterior(model, y[i]).sample((self.n_samples,))
+                                for i in range(len(y))])
+        if guidance is not None:
+            # guidance differentiates the forward model at the prior's own coordinates
+            target = _InPriorUnits(model, prior)
+            conditional = getattr(prior, "conditional", False)
+            out = []
+            for i in ctx.progress(range(len(y)), desc="observations"):
+                bound = guidance.bind(target, y[i:i + 1].expand(self.n_samples, *y.shape[1:]), likelihood)
+                draws = prior.sample(self.n_samples, condition=y[i:i + 1] if conditional else None,
+                                     sampler=sampler, generator=gen, guidance=bound)
+                out.append(prior.physical(draws.reshape(self.n_samples, -1)))
+            return torch.stack(out)
+        return torch.cat([prior.physical(prior.sample(self.n_samples, condition=y[i:i + 1],
+                                                      sampler=sampler, generator=gen))
+                          for i in ctx.progress(range(len(y)), desc="approximate posterior")])
 
     def run(self, ctx):
+        import time
+
         model = ctx.build("forward_model")
+        for p in model.parameters():
+            p.requires_grad_(False)
         prior = ctx.build("prior")
         sampler = ctx.build("sampler") if ctx.has("sampler") else None
         guidance = ctx.build("guidance") if ctx.has("guidance") else None
         likelihood = ctx.build("likelihood") if ctx.has("likelihood") else None
-        truth = model.example_input(self.n_observations, generator=ctx.generator("truth"),
-                                    dtype=ctx.dtype).to(ctx.device)
-        y = model.simulate(truth, generator=ctx.generator("noise", device=ctx.device))
-        gen = ctx.generator("posterior", device=ctx.device)
-        if sampler is None and hasattr(prior, "exact_posterior"):
-            draws = torch.stack([prior.exact_posterior(model, y[i]).sample((self.n_samples,))
-                                 for i in range(len(y))])
-        elif guidance is not None:
-            draws = torch.stack([
-                prior.sample(self.n_samples, sampler=sampler, generator=gen,
-                             guidance=guidance.bind(model, y[i:i + 1].expand(self.n_samples, *y.shape[1:]),
-                                                      likelihood))
-                for i in ctx.progress(range(len(y)), desc="observations")
-            ])
+        correction = ctx.build("correction") if ctx.has("correction") else None
+        space = model.parameter_space
+        if correction is not None and likelihood is None:
+            raise EmverseError("[correction] needs a [likelihood] table: the correction targets the "
+                               "posterior under that likelihood (e.g. type = \"core.poisson\")")
+        if hasattr(prior, "use_parameter_space"):
+            prior.use_parameter_space(space)
+        if self.observation:
+            y, truth = self._measured(ctx, model, likelihood), None
         else:
-            draws = prior.sample(self.n_samples, condition=y, sampler=sampler, generator=gen)
-        ctx.save_checkpoint("posterior", {"samples": draws, "truth": truth, "observation": y})
-        names = model.parameter_space.names if model.parameter_space is not None else ()
-        ctx.save_figure("posterior", posterior_figure(draws, truth, names))
-        metrics = _metrics_of(ctx, draws, truth)
-        metrics["posterior_mean_rmse"] = float((draws.mean(dim=1) - truth).pow(2).mean().sqrt())
+            truth = self._truths(ctx, model)
+            noise_gen = ctx.generator("noise", device=ctx.device)
+            y = torch.cat([_observe(model, likelihood or ModelLikelihood(model), truth[i:i + 1], noise_gen)
+                           for i in range(len(truth))])
+        gen = ctx.generator("posterior", device=ctx.device)
+        started = time.perf_counter()
+        approximate = self._approximate(ctx, model, prior, sampler, guidance, likelihood, y, gen)
+        approximate = approximate.to(ctx.dtype)
+        metrics = {"approximate_seconds_per_observation": (time.perf_counter() - started) / len(y)}
+        draws, corrected = approximate, []
+        if correction is not None:
+            started = time.perf_counter()
+            cgen = ctx.generator("correction")
+            corrected = [correction.correct(approximate[i], model, likelihood, y[i:i + 1], space,
+                                            n_samples=self.n_samples, generator=cgen)
+                         for i in ctx.progress(range(len(y)), desc="correction")]
+            draws = torch.stack([c.samples.to(ctx.dtype) for c in corrected])
+            metrics["correction_seconds_per_observation"] = (time.perf_counter() - started) / len(y)
+        saved = {"samples": draws, "observation": y}
+        if truth is not None:
+            saved["truth"] = truth
+        if correction is not None:
+            saved["approximate"] = approximate
+        ctx.save_checkpoint("posterior", saved)
+        names = list(space.names) if space is not None else [f"x{i}" for i in range(draws.shape[-1])]
+        units = list(space.units) if space is not None else [""] * draws.shape[-1]
+        if truth is not None:
+            ctx.save_figure("posterior", posterior_figure(draws, truth, names))
+            metrics.update(_metrics_of(ctx, draws, truth))
+            metrics["posterior_mean_rmse"] = float((draws.mean(dim=1) - truth).pow(2).mean().sqrt())
+            if space is not None:
+                metrics.update(_posterior_summary(ctx, space, draws, approximate, truth,
+                                                  correction is not None))
+        metrics.update(_chi2_metrics(ctx, model, likelihood, y, draws, len(names), self.n_ppc))
+        if len(y) == 1:
+            _single_observation_report(ctx, names, units, None if truth is None else truth[0], draws[0],
+                                       approximate[0], corrected[0] if corrected else None, metrics)
         return RunResult(metrics)
+
+
+class _InPriorUnits(torch.nn.Module):
+    """The forward model seen from the prior's coordinates: x ↦ model(prior.physical(x))."""
+
+    def __init__(self, model, prior):
+        super().__init__()
+        self.model, self.prior = model, prior
+        self.noise = model.noise
+
+    def forward(self, x):
+        return self.model(self.prior.physical(x))
+
+
+def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc) -> dict[str, float]:
+    """Reduced χ² of each observation's posterior-mean prediction (where the likelihood
+    defines χ²) and the posterior-predictive figures of the first ``n_ppc`` observations."""
+    if likelihood is None:
+        return {}
+    with torch.no_grad():
+        prediction = torch.cat([model(draws[i].mean(dim=0, keepdim=True)) for i in range(len(y))])
+    try:
+        chi2, count = likelihood.chi2(prediction, y)
+    except NotImplementedError:
+        return {}
+    reduced = chi2 / (count - n_parameters).clamp_min(1)
+    out = {}
+    if len(y) == 1:
+        out["posterior_mean_chi2_reduced"] = float(reduced[0])
+    else:
+        out["posterior_mean_chi2_reduced_median"] = float(reduced.median())
+        out["posterior_mean_chi2_reduced_fraction_0.8_1.3"] = float(((reduced >= 0.8) & (reduced <= 1.3))
+                                                                    .double().mean())
+    for i in range(min(n_ppc, len(y))):
+        if prediction[i].ndim == 2:
+            ctx.save_figure(f"ppc_{i}", _ppc_figure(likelihood, y[i], prediction[i], float(reduced[i])))
+    return out
+
+
+def _ppc_figure(likelihood, observed, predicted, reduced):
+    """Observed, posterior-mean prediction and the residual in units of its standard deviation."""
+    from emverse.figures import image_panel, new_figure
+
+    fig, axes = new_figure(3, 1, size=3.4)
+    info = likelihood.fisher_diagonal(predicted[None], observed[None])[0]
+    residual = (observed - predicted) * info.sqrt()
+    limit = float(residual.abs().max().clamp_min(1e-12))
+    image_panel(axes[0, 0], observed.cpu().numpy(), title="observed", unit="intensity (fraction of beam)")
+    image_panel(axes[0, 1], predicted.cpu().numpy(), title="posterior-mean prediction",
+                unit="intensity (fraction of beam)")
+    image_panel(axes[0, 2], residual.cpu().numpy(), title=f"residual, reduced χ² = {reduced:.3f}",
+                unit="(observed − predicted) / σ", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    fig.tight_layout()
+    return fig
+
+
+def _posterior_summary(ctx, space, draws, approximate, truth, corrected: bool) -> dict[str, float]:
+    """Per-parameter NRMSE of the posterior mean, calibration error and 90 % coverage
+    (:mod:`emverse.statistics`), for the final and, when corrected, the approximate draws."""
+    from emverse import statistics as st
+
+    low, high = space.bounds(torch.float64)
+    out: dict[str, float] = {}
+    if len(truth) < 2:
+        return out
+    sets = {"posterior": draws, "approximate": approximate} if corrected else {"posterior": draws}
+    rows = []
+    for label, samples in sets.items():
+        nrmse = st.nrmse(samples, truth, low, high)
+        levels, coverage = st.calibration_curve(samples, truth)
+        error = (coverage - levels[:, None]).abs().mean(dim=0)
+        i90 = int(torch.argmin((levels - 0.9).abs()))
+        for p, name in enumerate(space.names):
+            out[f"{label}/nrmse/{name}"] = float(nrmse[p])
+            out[f"{label}/calibration_error/{name}"] = float(error[p])
+            out[f"{label}/coverage90/{name}"] = float(coverage[i90, p])
+            rows.append([label, name, float(nrmse[p]), float(error[p]), float(coverage[i90, p])])
+        out[f"{label}/calibration_error_mean"] = float(error.mean())
+        out[f"{label}/coverage90_mean"] = float(coverage[i90].mean())
+    ctx.add_table(f"posterior quality over {len(truth)} observations (NRMSE: RMSE of the mean / range)",
+                  ["draws", "parameter", "NRMSE", "calibration error", "coverage @90%"], rows)
+    return out
+
+
+def _single_observation_report(ctx, names, units, truth, draws, approximate, corrected, metrics):
+    mean, std = draws.mean(dim=0), draws.std(dim=0)
+    a_mean, a_std = approximate.mean(dim=0), approximate.std(dim=0)
+    rows = []
+    for p, name in enumerate(names):
+        metrics[f"posterior_mean/{name}"] = float(mean[p])
+        metrics[f"posterior_std/{name}"] = float(std[p])
+        if truth is not None:
+            metrics[f"truth/{name}"] = float(truth[p])
+        if corrected is not None:
+            metrics[f"approximate_mean/{name}"] = float(a_mean[p])
+            metrics[f"approximate_std/{name}"] = float(a_std[p])
+        rows.append([name, units[p], "" if truth is None else float(truth[p]), float(a_mean[p]), float(a_std[p]),
+                     float(mean[p]), float(std[p])])
+    ctx.add_table("posterior of the observation", ["parameter", "unit", "truth", "approximate mean",
+                                                   "approximate std", "posterior mean", "posterior std"], rows)
+    if corrected is None:
+        return
+    for key, value in corrected.diagnostics.items():
+        metrics[f"correction/{key}"] = float(value)
+    mode_rows = []
+    for k, mode in enumerate(corrected.modes):
+        metrics[f"mode_{k}/weight"] = mode.weight
+        metrics[f"mode_{k}/negative_log_likelihood"] = mode.negative_log_likelihood
+        sd = mode.covariance.diagonal().clamp_min(0).sqrt()
+        for p, name in enumerate(names):
+            metrics[f"mode_{k}/{name}"] = float(mode.location[p])
+        mode_rows.append([k, mode.weight, mode.negative_log_likelihood, mode.converged]
+                         + [f"{float(mode.location[p]):.5g} ± {float(sd[p]):.2g}" for p in range(len(names))])
+    ctx.add_table("modes of the corrected posterior (location ± Laplace std)",
+                  ["mode", "weight", "NLL (nats)", "converged", *names], mode_rows)
 
 
 class RefineTask(Task):

@@ -78,6 +78,13 @@ class PatternConditioned(nn.Module):
         # mean pixel intensity of the training patterns: the input scale
         self.register_buffer("intensity_scale", torch.ones((), dtype=torch.float32))
 
+    #: sample() takes the pattern as its condition
+    conditional = True
+
+    def physical(self, draws: torch.Tensor) -> torch.Tensor:
+        """Draws are normalised ([-1, 1] over the parameter box); the forward model takes physical units."""
+        return self.parameter_space.denormalise(draws.double())
+
     # -- preprocessing ------------------------------------------------------------------
     def check_patterns(self, patterns: torch.Tensor) -> torch.Tensor:
         patterns = transforms.as_batch(patterns)
