@@ -1,7 +1,10 @@
 """CBED patterns by Bloch waves, one solve per disc pixel (``bloch.cbed``).
 
-The unknown is the 13-parameter vector of the MgB2 [010] problem of the CBED
-paper (Zhu et al., arXiv 2411.10431, appendix A), in physical units:
+The unknown is a parameter vector in physical units laid out by a
+:class:`~emverse_bloch.cbed_table.CbedTable`: ``parameter_table = "symmetry"`` builds it
+from any crystal (ADPs allowed by site symmetry, chosen structure factors, tilt,
+thickness); ``"paper"`` (the default for MgB2) is the 13-parameter vector of the MgB2
+[010] problem of the CBED paper (Zhu et al., arXiv 2411.10431, appendix A):
 
 ====  ==================  ======  ====================================================
 idx   name                unit    meaning
@@ -48,10 +51,11 @@ from emverse.electron import potential_prefactor, wavelength_angstrom
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.noise import NoNoise, PoissonNoise
-from emverse.parameter_space import Parameter, ParameterSpace
+from emverse.parameter_space import ParameterSpace
 
 from emverse_bloch.bethe import propagate_bethe
 from emverse_bloch.bloch import propagate
+from emverse_bloch.cbed_table import PAPER_REFLECTIONS, CbedTable, paper_table, symmetry_table
 from emverse_bloch.crystal import Crystal, load_structure
 from emverse_bloch.geometry import (
     check_zone_axis,
@@ -69,34 +73,17 @@ from emverse_bloch.structure_factors import (
 )
 from emverse_bloch.structure_matrix import CouplingTable, structure_matrix
 
-#: reflections whose F are free parameters, in the order of the parameter vector
-OVERRIDE_HKL = ((0, 0, 1), (1, 0, 0), (1, 0, 1), (0, 0, 2))
+#: reflections whose F are free parameters in the paper's vector, in its order
+OVERRIDE_HKL = PAPER_REFLECTIONS
 
 
 def mgb2_parameter_space() -> ParameterSpace:
     """Means ± half-ranges of the CBED paper's table 2 (uniform prior box)."""
-    c = Parameter.centred
-    return ParameterSpace(
-        [
-            c("Mg_U11", "pm^2", 48.0, 25.0, "Mg U11 (= U22)"),
-            c("Mg_U33", "pm^2", 56.0, 25.0, "Mg U33"),
-            c("Mg_U12", "pm^2", 20.0, 10.0, "Mg U12"),
-            c("B_U11", "pm^2", 47.0, 25.0, "B U11 (= U22)"),
-            c("B_U33", "pm^2", 51.0, 25.0, "B U33"),
-            c("B_U12", "pm^2", 20.0, 10.0, "B U12"),
-            c("F_001", "Å", -0.91, 1.0, "structure factor F(001)"),
-            c("F_100", "Å", 0.63, 0.6, "structure factor F(100)"),
-            c("F_101", "Å", 2.69, 0.4, "structure factor F(101)"),
-            c("F_002", "Å", 2.94, 0.3, "structure factor F(002)"),
-            c("tilt_x", "deg", -0.03, 0.2, "crystal tilt towards +x"),
-            c("tilt_y", "deg", 0.15, 0.2, "crystal tilt towards +y"),
-            c("thickness", "Å", 2800.0, 1000.0, "specimen thickness"),
-        ]
-    )
+    return paper_table(load_structure("MgB2")).space
 
 
 class BlochCBED(ForwardModel):
-    """``bloch.cbed``: x (B, 13) in physical units -> CBED pattern (B, H, W)."""
+    """``bloch.cbed``: x (B, P) in physical units (the table's layout) -> CBED pattern (B, H, W)."""
 
     def __init__(
         self,
@@ -116,15 +103,22 @@ class BlochCBED(ForwardModel):
         crystal: Crystal | None = None,
         mip_corrected: bool = True,
         bethe_strong_beams: int = 0,
+        parameter_table: str = "auto",
+        adp: str = "isotropic",
+        u_range_pm2=(20.0, 150.0),
+        free_reflections=(),
+        structure_factor_half_range: float = 0.5,
+        tilt_half_range_deg: float = 0.2,
+        thickness_range_angstrom=(500.0, 2500.0),
     ):
         noise = PoissonNoise(dose_electrons_per_pixel) if dose_electrons_per_pixel > 0 else NoNoise()
         super().__init__(noise)
         self.crystal = crystal if crystal is not None else load_structure(structure)
-        if len(self.crystal.sites) != 2:
-            raise EmverseError(
-                f"bloch.cbed's 13-parameter vector is for a two-site structure like MgB2; "
-                f"{self.crystal.name} has {len(self.crystal.sites)} sites"
-            )
+        if parameter_table == "auto":
+            parameter_table = "paper" if str(structure).lower() in {"mgb2", "mgb2.cif"} else "symmetry"
+        if parameter_table not in ("paper", "symmetry"):
+            raise EmverseError(f"parameter_table = {parameter_table!r} is unknown; use 'paper' (the "
+                               "CBED paper's MgB2 vector), 'symmetry' (from the crystal) or 'auto'")
         if convergence_semiangle_mrad <= 0:
             raise EmverseError(
                 f"convergence_semiangle_mrad {convergence_semiangle_mrad} must be > 0 mrad"
@@ -147,11 +141,33 @@ class BlochCBED(ForwardModel):
         self.orientation = zone_axis_orientation(self.crystal, self.zone_axis)
         self.beams = select_beams(self.crystal, self.orientation, self.wavenumber, g_max, sg_max)
         self.couplings = CouplingTable(self.beams)
-        self.overrides = Overrides(OVERRIDE_HKL)
-        self.override_plan = self.overrides.plan(self.crystal, self.couplings.hkl)
+        if parameter_table == "paper":
+            self.table: CbedTable = paper_table(self.crystal)
+        else:
+            def table_with(centres):
+                return symmetry_table(
+                    self.crystal, adp=adp, u_range_pm2=tuple(u_range_pm2), free_reflections=free_reflections,
+                    structure_factor_half_range=structure_factor_half_range,
+                    tilt_half_range_deg=tilt_half_range_deg,
+                    thickness_range_angstrom=tuple(thickness_range_angstrom),
+                    structure_factor_centres=centres)
+
+            # the free F are centred on their independent-atom values at the box-centre ADPs
+            layout = table_with(None)
+            low, high = layout.space.bounds(torch.float64)
+            base = StructureParameters.from_crystal(self.crystal)
+            centre_u = layout.u_cif((0.5 * (low + high))[None])[0]
+            hkl = np.asarray(free_reflections, dtype=np.int64).reshape(-1, 3)
+            f = structure_factors(self.crystal, hkl, StructureParameters(base.positions, centre_u, base.occupancy),
+                                  parametrization)
+            lookup = {tuple(int(v) for v in h): complex(value) for h, value in zip(hkl, f.tolist(), strict=True)}
+            self.table = table_with(lambda h: lookup[tuple(h)])
+        self.overrides = Overrides(self.table.reflections) if self.table.reflections else None
+        self.override_plan = (self.overrides.plan(self.crystal, self.couplings.hkl)
+                              if self.overrides is not None else None)
         g_lab = self.crystal.g_vectors(self.beams) @ self.orientation.T
         self.register_buffer("g_lab", torch.as_tensor(g_lab, dtype=torch.float64))
-        self.parameter_space = mgb2_parameter_space()
+        self.parameter_space = self.table.space
         if bethe_strong_beams < 0:
             raise EmverseError(
                 f"bethe_strong_beams {bethe_strong_beams} must be >= 0 (0: every beam solved exactly)"
@@ -161,7 +177,7 @@ class BlochCBED(ForwardModel):
         # phases of the overrides: real for every x (see is_real_potential)
         self.real_symmetric = (
             method == "eig" and not self.absorption
-            and bool(np.all(np.abs(self.override_plan.phase.imag) < 1e-12))
+            and (self.override_plan is None or bool(np.all(np.abs(self.override_plan.phase.imag) < 1e-12)))
             and is_real_potential(self.crystal, self.potential_table(self.default_parameters()))
         )
 
@@ -170,6 +186,8 @@ class BlochCBED(ForwardModel):
         pixel_rad = detector_pixel_size_um * 1e-6 / (camera_length_mm * 1e-3)
         self.shape = (n, n)
         self.pixel_mrad = pixel_rad * 1e3
+        #: Å⁻¹ per detector pixel (an angle θ is the reciprocal distance θ/λ)
+        self.reciprocal_pixel_size = pixel_rad / self.wavelength
         alpha = convergence_semiangle_mrad * 1e-3
         axis = (np.arange(n) - n // 2) * pixel_rad
         tx, ty = np.meshgrid(axis, axis, indexing="xy")  # tx varies along columns
@@ -206,43 +224,60 @@ class BlochCBED(ForwardModel):
         return int(self.pair_pixel.numel())
 
     def structure_from_vector(self, x: torch.Tensor) -> StructureParameters:
-        """Site tensors for the batch: U from the six DW parameters (pm² -> Å²)."""
-        u = x[..., :6].reshape(*x.shape[:-1], 2, 3) * 1e-4
-        u11, u33, u12 = u[..., 0], u[..., 1], u[..., 2]
-        zero = torch.zeros_like(u11)
-        u_cif = torch.stack(
-            [torch.stack([u11, u12, zero], -1), torch.stack([u12, u11, zero], -1),
-             torch.stack([zero, zero, u33], -1)], -2)
+        """Site tensors for the batch: U_cif (Å²) from the table's ADP parameters (pm²)."""
         base = StructureParameters.from_crystal(self.crystal, dtype=x.dtype, device=x.device)
-        return StructureParameters(base.positions, u_cif, base.occupancy)
+        return StructureParameters(base.positions, self.table.u_cif(x), base.occupancy)
 
     def potential_table(self, x: torch.Tensor) -> torch.Tensor:
         """U(h) (Å⁻², complex, (B, M)) for the coupling table, overrides applied."""
         f = structure_factors(self.crystal, self.couplings.hkl, self.structure_from_vector(x),
                               self.parametrization)
-        f = self.override_plan.apply(f, x[..., 6:10])
+        if self.override_plan is not None:
+            f = self.override_plan.apply(f, self.table.structure_factor_values(x))
         u = f * (potential_prefactor(self.voltage_kv) / self.crystal.volume)
         if self.absorption:
             u = u * complex(1.0, self.absorption)
         return u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[-1] != 13:
+        self._check_input(x)
+        return self._patterns(x, self.table.thickness(x)[:, None])[:, 0]
+
+    #: parameters :meth:`scan` evaluates at the cost of about one forward pass
+    cheap_scans = ("thickness",)
+
+    def scan(self, x: torch.Tensor, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Patterns (B, T, H, W) of ``x`` (B, P) with parameter ``name`` set to each of ``values``
+        (T,). Thickness reuses each direction's eigendecomposition for every value."""
+        if name != "thickness":
+            return super().scan(x, name, values)
+        self._check_input(x)
+        values = torch.as_tensor(values, dtype=x.dtype, device=x.device)
+        if torch.any(values < 0):
+            raise EmverseError(f"thickness {float(values.min()):.4g} Å is negative; give thicknesses >= 0 Å")
+        return self._patterns(x, values.expand(x.shape[0], -1))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[-1] != len(self.table):
             raise EmverseError(
-                f"x has shape {tuple(x.shape)}; bloch.cbed takes (batch, 13) parameters in "
+                f"x has shape {tuple(x.shape)}; bloch.cbed takes (batch, {len(self.table)}) parameters in "
                 f"physical units ({', '.join(self.parameter_space.names)})"
             )
-        thickness = x[:, 12]
+        thickness = self.table.thickness(x)
         if torch.any(thickness.detach() < 0):
             raise EmverseError(
                 f"thickness {thickness.detach().min().item():.4g} Å is negative; give thicknesses >= 0 Å"
             )
+
+    def _patterns(self, x: torch.Tensor, thickness: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W) patterns of ``x`` at the thicknesses (B, T) in Å."""
         dtype = x.dtype
+        batch, n_t = thickness.shape
         table = self.potential_table(x)
         if self.real_symmetric:
             table = table.real
         couplings = self.couplings.gather(table)[:, None]  # (B,1,N,N)
-        tilt = torch.deg2rad(x[:, 10:12])  # (B,2)
+        tilt = torch.deg2rad(self.table.tilt_deg(x))  # (B,2)
         angle = self.pair_angle.to(dtype)[None] + tilt[:, None, :]  # (B,P,2)
         direction = incident_direction(angle[..., 0], angle[..., 1])  # (B,P,3)
         g_lab = self.g_lab.to(dtype)
@@ -253,19 +288,19 @@ class BlochCBED(ForwardModel):
         if self.absorption:
             absorption0 = torch.tensor(self.absorption * self.u0, dtype=dtype, device=x.device)
         matrix = structure_matrix(couplings, s, self.wavenumber, metric, absorption0)
-        t = thickness[:, None, None].expand(-1, self.n_directions, 1)
+        t = thickness[:, None, :].expand(-1, self.n_directions, n_t)
         if self.bethe_strong_beams:
             psi = propagate_bethe(matrix, t, self.wavenumber, self.bethe_strong_beams, metric)
         else:
-            psi = propagate(matrix, t, self.wavenumber, self.method, metric)
-        psi = psi[..., 0, :]  # (B,P,N)
-        picked = psi.gather(-1, self.pair_beam[None, :, None].expand(x.shape[0], -1, 1))[..., 0]
-        values = picked.real**2 + picked.imag**2
-        pattern = torch.zeros(x.shape[0], self.shape[0] * self.shape[1], dtype=dtype, device=x.device)
-        pattern = pattern.index_add(1, self.pair_pixel, values)
-        return pattern.reshape(x.shape[0], *self.shape)
+            psi = propagate(matrix, t, self.wavenumber, self.method, metric)  # (B,P,T,N)
+        beam = self.pair_beam[None, :, None, None].expand(batch, -1, n_t, 1)
+        picked = psi.gather(-1, beam)[..., 0]  # (B,P,T)
+        values = (picked.real**2 + picked.imag**2).transpose(1, 2)  # (B,T,P)
+        pattern = torch.zeros(batch, n_t, self.shape[0] * self.shape[1], dtype=dtype, device=x.device)
+        pattern = pattern.index_add(2, self.pair_pixel, values)
+        return pattern.reshape(batch, n_t, *self.shape)
 
     def default_parameters(self, dtype=torch.float64) -> torch.Tensor:
-        """The centre of the parameter box, shape (1, 13)."""
+        """The centre of the parameter box, shape (1, P)."""
         low, high = self.parameter_space.bounds(dtype)
         return (0.5 * (low + high))[None]

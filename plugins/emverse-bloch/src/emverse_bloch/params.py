@@ -27,6 +27,19 @@ def _tuple3(value):
     return tuple(int(v) for v in value) if hasattr(value, "__iter__") else value
 
 
+def _ordered_pair(instance, attribute, value):
+    ok = len(value) == 2 and all(isinstance(v, int | float) for v in value) and 0 <= value[0] < value[1]
+    if not ok:
+        raise ValueError(f"{attribute.name} {list(value)} must be [low, high] with 0 <= low < high")
+
+
+def _reflections(instance, attribute, value):
+    for h in value:
+        if len(h) != 3 or not any(h):
+            raise ValueError(f"{attribute.name}: {list(h)} is not a reflection; give three Miller "
+                             "indices, not all zero, e.g. [[1, 1, 1], [2, 2, 0]]")
+
+
 @attrs.frozen
 class CbedParams:
     """``bloch.cbed``: MgB2-type CBED pattern from the 13-parameter vector.
@@ -56,6 +69,23 @@ class CbedParams:
     # 0: every beam solved exactly; n > 0: n beams per direction exactly, the rest folded in
     # by Bethe potentials (faster, approximate: see docs/emverse-bloch.md for the error)
     bethe_strong_beams: int = attrs.field(default=0, validator=non_negative)
+    #: the unknowns: "paper" (the CBED paper's MgB2 13-vector), "symmetry" (built from the
+    #: crystal: ADPs allowed by site symmetry, free_reflections, tilt, thickness), "auto"
+    #: ("paper" for the built-in MgB2, else "symmetry"); see emverse_bloch.cbed_table
+    parameter_table: str = attrs.field(default="auto", validator=one_of("auto", "paper", "symmetry"))
+    #: "symmetry" table: one U_iso per site, or the U_ij its site symmetry allows
+    adp: str = attrs.field(default="isotropic", validator=one_of("isotropic", "anisotropic"))
+    #: range of the ADPs (diagonal components, pm² = 1e-4 Å²); off-diagonal: ± half its width
+    u_range_pm2: tuple[float, float] = attrs.field(default=(20.0, 150.0), converter=tuple,
+                                                   validator=_ordered_pair)
+    #: reflections whose structure factor (Å) is free, e.g. [[1, 1, 1], [2, 2, 0]]
+    free_reflections: tuple[tuple[int, int, int], ...] = attrs.field(
+        default=(), converter=lambda v: tuple(_tuple3(h) for h in v), validator=_reflections)
+    #: each free F is uniform in its independent-atom value ± this (Å)
+    structure_factor_half_range: float = attrs.field(default=0.5, validator=positive)
+    tilt_half_range_deg: float = attrs.field(default=0.2, validator=positive)
+    thickness_range_angstrom: tuple[float, float] = attrs.field(default=(500.0, 2500.0), converter=tuple,
+                                                                validator=_ordered_pair)
 
 
 @attrs.frozen
