@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PLUGINS := $(sort $(wildcard plugins/emverse-*))
-DEMO_RECIPE ?= recipes/cbed-mgb2-infer.toml
+DEMO_RECIPE ?= recipes/cbed-mgb2-physics.toml
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: install demo test test-slow lint benchmarks clean
