@@ -231,8 +231,6 @@ class Crystal:
     def from_cif(cls, path: str | Path) -> Crystal:
         """Read the first data block of a CIF (ASE's parser; symmetry from the
         operation loop, else from the space-group number or symbol)."""
-        from ase.io.cif import parse_cif
-
         path = Path(path)
         if not path.is_file():
             raise EmverseError(f"CIF file {str(path)!r} does not exist; check the path")
@@ -244,7 +242,9 @@ class Crystal:
             raise EmverseError(f"CIF file {str(path)!r} ends inside a line, so it looks truncated; "
                                "copy the complete file (or end its last line with a newline)")
         try:
-            blocks = [b for b in parse_cif(str(path)) if b.has_structure()]
+            blocks = [b for b in parse_cif_blocks(path) if b.has_structure()]
+        except EmverseError:
+            raise
         except Exception as err:  # the parser raises many types
             raise EmverseError(
                 f"CIF file {str(path)!r} could not be parsed ({_one_line(err)}); check that it is a valid CIF"
@@ -589,6 +589,26 @@ class Crystal:
 
 
 # ---------------------------------------------------------------- helpers
+def parse_cif_blocks(path: str | Path) -> list:
+    """The data blocks of a CIF through ASE's parser (the project's one CIF parser), with the
+    rows ASE would drop with a warning (a loop row with the wrong number of values) refused:
+    a damaged row must not silently vanish from a structure or a reflection list."""
+    import warnings
+
+    from ase.io.cif import parse_cif
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocks = list(parse_cif(str(path)))
+    for warning in caught:
+        text = str(warning.message)
+        if text.startswith("Wrong number"):
+            first = text.split(":", 1)[0]
+            raise EmverseError(f"{path}: a loop row has the wrong number of values ({first.lower()}); "
+                               "the file is damaged: fix or replace that row")
+    return blocks
+
+
 def isotropic_u_cif(u_iso, cell_lengths, cell_angles, recip_lengths=None) -> np.ndarray:
     """U_cif tensor (Å²) of an isotropic displacement U_iso (Å²)."""
     from ase.geometry import cellpar_to_cell

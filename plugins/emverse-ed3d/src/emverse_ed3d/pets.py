@@ -154,6 +154,17 @@ def _number(value) -> float:
     return float(text.split("(")[0])
 
 
+def _scalar(value, tag, source) -> float:
+    """One item's number, finite, or one error naming the item."""
+    try:
+        number = _number(value)
+    except ValueError:
+        raise EmverseError(f"{source}: {tag} = {str(value)!r} is not a number; fix the file") from None
+    if not np.isfinite(number):
+        raise EmverseError(f"{source}: {tag} = {str(value)!r} is not a finite number; fix the file")
+    return number
+
+
 def _numbers(values, column, source) -> np.ndarray:
     try:
         return np.array([_number(v) for v in values], dtype=float)
@@ -163,14 +174,16 @@ def _numbers(values, column, source) -> np.ndarray:
 
 def _read_block(path: str | Path) -> tuple[dict, str]:
     """Tags of the first data block (ASE's CIF parser, the project's one), lower-case keys."""
-    from ase.io.cif import parse_cif
+    from emverse.crystal import parse_cif_blocks
 
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise EmverseError(f"PETS2 file {source!r} does not exist; check the path")
     try:
-        blocks = list(parse_cif(source))
+        blocks = parse_cif_blocks(source)
+    except EmverseError:
+        raise
     except Exception as err:  # the parser raises many types
         raise EmverseError(f"{source}: not a readable CIF ({err}); give a PETS2 .cif_pets file") from err
     if not blocks:
@@ -187,11 +200,14 @@ def read_pets(path: str | Path, *, strict: bool = False) -> PetsData:
         value = tags.get(tag)
         if value is None:
             raise EmverseError(f"{source}: cell item {tag} is missing; the file needs a full cell")
-        cell.append(_number(value))
+        cell.append(_scalar(value, tag, source))
+    if not (all(v > 0 for v in cell[:3]) and all(0 < v < 180 for v in cell[3:])):
+        raise EmverseError(f"{source}: cell {cell} is not a cell (lengths > 0 Å, angles between 0 and "
+                           "180°); fix the file")
     wavelength = tags.get("_diffrn_radiation_wavelength")
     if wavelength is None:
         raise EmverseError(f"{source}: _diffrn_radiation_wavelength is missing (Å); add it")
-    wavelength = _number(wavelength)
+    wavelength = _scalar(wavelength, "_diffrn_radiation_wavelength", source)
     if not wavelength > 0:
         raise EmverseError(f"{source}: wavelength {wavelength} Å is not positive; fix the file")
 
@@ -202,7 +218,7 @@ def read_pets(path: str | Path, *, strict: bool = False) -> PetsData:
             value = tags.get(tag)
             if value is None:
                 raise EmverseError(f"{source}: orientation matrix item {tag} is missing; add the UB matrix")
-            ub[i, j] = _number(value)
+            ub[i, j] = _scalar(value, tag, source)
     if abs(np.linalg.det(ub)) < 1e-12:
         raise EmverseError(f"{source}: the UB matrix is singular; fix the orientation matrix")
 
