@@ -605,7 +605,7 @@ def parse_cif_blocks(path: str | Path) -> list:
         if text.startswith("Wrong number"):
             first = text.split(":", 1)[0]
             raise EmverseError(f"{path}: a loop row has the wrong number of values ({first.lower()}); "
-                               "the file is damaged: fix or replace that row")
+                               "the file is damaged (a value or a loop column name is missing): fix it")
     return blocks
 
 

@@ -72,9 +72,10 @@ def test_wavelength_to_voltage():
     assert wavelength_to_voltage_kv(0.033492) == pytest.approx(120.0, abs=0.05)
 
 
-def test_missing_column_is_named(small_pets):
+def test_missing_column_header_is_refused(small_pets):
+    # every row then has one value more than the loop declares: refused, not dropped
     path = small_pets({"_refln_intensity_sigma\n": ""})
-    with pytest.raises(EmverseError, match="_refln_intensity_sigma"):
+    with pytest.raises(EmverseError, match="wrong number 6 of tokens, expected 5"):
         read_pets(path)
 
 

@@ -180,6 +180,11 @@ def _read_block(path: str | Path) -> tuple[dict, str]:
     source = str(path)
     if not path.is_file():
         raise EmverseError(f"PETS2 file {source!r} does not exist; check the path")
+    raw = path.read_bytes()
+    if raw and not raw.endswith((b"\n", b"\r")):
+        # PETS2 ends its last line; a file cut inside a line may end mid-number (13 -> 1)
+        raise EmverseError(f"{source}: ends inside a line, so it looks truncated (a cut row can still read as "
+                           "numbers); copy the complete file, or end its last line with a newline")
     try:
         blocks = parse_cif_blocks(source)
     except EmverseError:
