@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--patterns", type=int, default=10)
     parser.add_argument("--seed", type=int, default=90210)
     parser.add_argument("--run", type=Path, default=None, help="an earlier run of the recipe to check")
+    parser.add_argument("--indices", type=str, default="",
+                        help="with --run: the patterns to check, e.g. 1,2,5 (default: all)")
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=200)
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     samples, truth, observations = saved["samples"], saved["truth"], saved["observation"]
     names = model.parameter_space.names
     rows, worst = [], []
-    for i in range(len(observations)):
+    indices = [int(v) for v in args.indices.split(",")] if args.indices else range(len(observations))
+    for i in indices:
         corrected = samples[i]
         mean, cov = corrected.mean(0), torch.cov(corrected.T)
         starts = torch.stack([mean] + [corrected[k] for k in range(1, args.chains)])
