@@ -100,6 +100,9 @@ def test_a_measured_pattern_is_resampled_onto_the_model_detector(tmp_path):
     assert float(observed.sum() / expected.sum()) == pytest.approx(1.0, rel=0.05)
     metrics = json.loads((out / "metrics.json").read_text())
     assert "posterior_mean_chi2_reduced" in metrics and not any(k.startswith("truth/") for k in metrics)
+    # four uniform prior draws do not explain the pattern, and the report says so
+    assert metrics["posterior_mean_chi2_reduced"] > 2
+    assert "do not trust its width" in json.loads((out / "texts.json").read_text())["posterior predictive check"]
 
 
 def test_bad_measurements_are_refused_naming_the_file(tmp_path):

@@ -7,14 +7,19 @@ log-likelihood of the observation (nats).
 
 ``core.laplace`` — multistart Fisher scoring, then a Laplace mixture:
 
-1. *Screen.* ℓ of every approximate draw, batched. The starts are the ``n_starts`` draws of
-   lowest ℓ, taken greedily at least ``separation`` apart (normalised units, Euclidean), so
-   that separate basins — the Pendellösung aliases of a CBED thickness — each get a start.
+1. *Screen.* ℓ of every approximate draw, batched. Where the forward model scans a parameter
+   cheaply (``cheap_scans``: a CBED thickness, whose eigendecompositions serve every value),
+   every draw (or the ``scan_candidates`` most likely) moves to the best of ``scan_points``
+   values of it over the box: a draw with the right structure but on another Pendellösung
+   fringe ranks low before its scan and high after it. The starts are the ``n_starts``
+   draws of lowest ℓ, taken greedily at least ``separation`` apart (normalised units).
 2. *Refine* every start at once by Levenberg–Marquardt on the Fisher-scoring curvature
    H = Jᵀ diag(F) J and gradient g = Jᵀ ∂ℓ/∂ŷ (J the forward model's Jacobian in normalised
    units, by one-sided differences of step ``jacobian_step``; F the likelihood's Fisher
-   diagonal); steps are projected onto the box; a start stops when ℓ falls by less than
-   ``tolerance`` nats in an accepted step.
+   diagonal); steps are projected onto the box; every ``scan_every`` iterations the cheap
+   scans run again (a jump to a better alias); a start stops when ℓ falls by less than
+   ``tolerance`` nats in an accepted step, or is frozen once it is far behind the best.
+   The refined points are scanned once more, and those that move are refined again.
 3. *Modes.* The refined points in order of ℓ; one within Mahalanobis distance
    ``merge_distance`` of a better mode (under that mode's covariance) is the same mode.
 4. *Laplace.* Mode k is N(u_k, H_k⁻¹) (eigenvalues of H_k floored at 0.25: a direction the
@@ -77,7 +82,7 @@ class LaplaceMixture(Correction):
         self.jacobian_step, self.merge_distance = float(jacobian_step), float(merge_distance)
         self.chunk = int(chunk)
         self.scan_points, self.scan_candidates = int(scan_points), int(scan_candidates)
-        self.scan_every = int(scan_every) if getattr(self, "scan_points", 0) >= 2 else 0
+        self.scan_every = int(scan_every) if self.scan_points >= 2 else 0
 
     @classmethod
     def from_params(cls, params, ctx=None):

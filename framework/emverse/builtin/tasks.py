@@ -218,6 +218,10 @@ class _InPriorUnits(torch.nn.Module):
         return self.model(self.prior.physical(x))
 
 
+#: a reduced χ² above this says the posterior-mean prediction does not fit the data
+CHI2_WARNING = 2.0
+
+
 def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc) -> dict[str, float]:
     """Reduced χ² of each observation's posterior-mean prediction (where the likelihood
     defines χ²) and the posterior-predictive figures of the first ``n_ppc`` observations."""
@@ -230,6 +234,14 @@ def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc) -> dict
     except NotImplementedError:
         return {}
     reduced = chi2 / (count - n_parameters).clamp_min(1)
+    poor = [i for i in range(len(y)) if not float(reduced[i]) < CHI2_WARNING]
+    if poor:
+        message = (f"the posterior-mean prediction does not explain {len(poor)} of {len(y)} observation(s) "
+                   f"(reduced χ² ≥ {CHI2_WARNING:g}: {', '.join(f'#{i} {float(reduced[i]):.3g}' for i in poor[:10])}); "
+                   "the posterior there sits on a wrong mode or the model misses part of the physics — "
+                   "do not trust its width")
+        ctx.log.warning(message)
+        ctx.add_text("posterior predictive check", message)
     out = {}
     if len(y) == 1:
         out["posterior_mean_chi2_reduced"] = float(reduced[0])
