@@ -79,3 +79,17 @@ def test_physics_corrected_posterior_reproduces_the_pattern(tmp_path):
     assert metrics["approximate_std/thickness"] > 5 * metrics["posterior_std/thickness"]
     assert metrics["mode_0/weight"] > 0.5 and "correction/ess" in metrics
     assert (run / "figures" / "ppc_0.png").exists()
+
+
+def test_cbed_prior_swaps_to_the_regression_baseline_by_set_alone(tmp_path):
+    """CBED inference's prior (CDI diffusion -> regression ResNet) is swapped by one --set of
+    the [prior] table; the correction then starts from the regression's point estimate."""
+    regression = ('prior={type = "cdi.regression", checkpoint = "builtin:regression-mgb2-small.safetensors", '
+                  'depth = 10, width = 8, stem = "small", crop_size = 28, input_size = 28}')
+    run = run_recipe(RECIPES / "cbed-mgb2-physics.toml", tmp_path / "run", overrides=[
+        regression, "options.n_samples=8", "correction.n_starts=1", "correction.proposals=64",
+        "correction.max_iterations=5", "correction.scan_points=32"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["approximate_std/thickness"] == 0.0  # a point estimate, repeated
+    assert metrics["correction/n_starts"] == 1.0
+    assert "posterior_mean_chi2_reduced" in metrics

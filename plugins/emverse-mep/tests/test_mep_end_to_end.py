@@ -103,3 +103,20 @@ def test_mismatched_diffraction_stack_is_a_clear_error():
         check_observation(model, torch.zeros(1, 9, 16, 16))
     with pytest.raises(EmverseError, match="detector"):
         check_observation(model, torch.zeros(1, 4, 8, 8))
+
+
+def test_sampler_and_guidance_weight_swap_by_set_alone(tiny_pipeline, tmp_path):
+    """The MEP reconstruction's sampler (dpmpp_2m_sde -> ddim) and guidance weight (shifted
+    sigmoid -> constant) are swapped by --set overrides alone, and the swap takes effect."""
+    import tomllib
+
+    _, data, train_dir, prior_overrides = tiny_pipeline
+    base = [o for o in _eval_overrides(data, train_dir, prior_overrides)
+            if not o.startswith(("options.steps_sweep", "options.bootstrap", "options.adam", "options.lbfgs"))]
+    default = run_recipe(RECIPES / "mep-cpu-reconstruct.toml", tmp_path / "default", overrides=base)
+    swapped = run_recipe(RECIPES / "mep-cpu-reconstruct.toml", tmp_path / "swapped", overrides=[
+        *base, "sampler.type=diffusion.ddim", 'guidance.schedule={type = "diffusion.constant", scale = 0.5}'])
+    recipe = tomllib.loads((swapped / "recipe.toml").read_text())
+    assert recipe["sampler"]["type"] == "diffusion.ddim"
+    assert recipe["guidance"]["schedule"] == {"type": "diffusion.constant", "scale": 0.5}
+    assert read_metrics(swapped)["sample_ssim"] != read_metrics(default)["sample_ssim"]
