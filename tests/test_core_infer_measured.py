@@ -121,3 +121,24 @@ def test_a_zone_axis_other_than_the_measurements_is_refused(tmp_path):
     assert done.returncode != 0
     assert "zone axis [0, 0, 1]" in done.stderr and "zone_axis" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["no calibration", "too small"])
+def test_a_pattern_that_cannot_be_matched_to_the_detector_is_refused(tmp_path, case):
+    if case == "no calibration":  # another size and nothing to resample by
+        np.save(tmp_path / "pattern.npy", np.ones((40, 40)))
+        expected = "set detector_pixels to 40"
+    else:  # calibrated, but the model's detector reaches beyond it
+        from emverse_bloch.cbed import BlochCBED
+
+        pixel = BlochCBED(structure="MgB2", detector_pixels=32, g_max=0.8).reciprocal_pixel_size
+        np.save(tmp_path / "pattern.npy", np.ones((16, 16)))
+        (tmp_path / "pattern.npy.toml").write_text(f"reciprocal_pixel_size = {pixel!r}\n")
+        expected = "spans 32.0 measured pixels but the pattern has 16"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(observation="pattern.npy", zone="[0, 1, 0]"))
+    done = subprocess.run([sys.executable, "-m", "emverse.cli", "run", str(recipe), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "pattern.npy" in done.stderr
+    assert not (tmp_path / "run").exists()
