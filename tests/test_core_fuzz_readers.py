@@ -59,10 +59,12 @@ def _sites(crystal: Crystal) -> dict:
             for s in crystal.sites}
 
 
-@pytest.mark.parametrize("path", CIFS, ids=[p.stem for p in CIFS])
-def test_crystal_from_cif_on_damaged_files(path, tmp_path):
+def _fuzz(path, read, agrees, tmp_path):
+    """Feed damaged copies of ``path`` to ``read``: either one EmverseError line, or a parse that
+    ``agrees(parsed, full, truncated)`` with the undamaged file's (``truncated``: the damaged copy
+    is a prefix of the original)."""
     original = path.read_bytes()
-    full = _sites(Crystal.from_cif(path))
+    full = read(path)
     target = tmp_path / path.name
 
     @SETTINGS
@@ -70,42 +72,38 @@ def test_crystal_from_cif_on_damaged_files(path, tmp_path):
     def check(data):
         target.write_bytes(data)
         try:
-            crystal = Crystal.from_cif(target)
+            parsed = read(target)
         except EmverseError as exc:
             _one_line_error(exc)
             return
-        assert np.isfinite(crystal.atom_positions).all()
-        assert all(np.isfinite(s.u_cif).all() for s in crystal.sites)
-        if original.startswith(data):  # a truncation: what was read must be what the file said
-            parsed = _sites(crystal)
-            for label, values in parsed.items():
-                assert full.get(label) == values, f"site {label} changed by a truncation at {len(data)}"
+        agrees(parsed, full, original.startswith(data))
 
     check()
+
+
+@pytest.mark.parametrize("path", CIFS, ids=[p.stem for p in CIFS])
+def test_crystal_from_cif_on_damaged_files(path, tmp_path):
+    def agrees(crystal, full, truncated):
+        assert np.isfinite(crystal.atom_positions).all()
+        assert all(np.isfinite(s.u_cif).all() for s in crystal.sites)
+        if truncated:  # what was read must be what the file said
+            reference = _sites(full)
+            for label, values in _sites(crystal).items():
+                assert reference.get(label) == values, f"site {label} changed by a truncation"
+
+    _fuzz(path, Crystal.from_cif, agrees, tmp_path)
 
 
 def test_gr_reader_on_damaged_files(tmp_path):
     from emverse_pdf.gr_io import read_gr
 
-    original = GR.read_bytes()
-    full = read_gr(GR)
-    target = tmp_path / GR.name
-
-    @SETTINGS
-    @given(damaged(original))
-    def check(data):
-        target.write_bytes(data)
-        try:
-            gr = read_gr(target)
-        except EmverseError as exc:
-            _one_line_error(exc)
-            return
+    def agrees(gr, full, truncated):
         assert np.isfinite(gr.r).all() and np.isfinite(gr.g).all() and (np.diff(gr.r) > 0).all()
-        if original.startswith(data):
+        if truncated:
             n = len(gr.r)
-            assert np.array_equal(gr.r, full.r[:n]) and np.array_equal(gr.g, full.g[:n]), len(data)
+            assert np.array_equal(gr.r, full.r[:n]) and np.array_equal(gr.g, full.g[:n])
 
-    check()
+    _fuzz(GR, read_gr, agrees, tmp_path)
 
 
 def test_pets2_reader_on_damaged_files(tmp_path):
@@ -113,24 +111,12 @@ def test_pets2_reader_on_damaged_files(tmp_path):
     file: a parse agrees with the undamaged file's frames and reflections (a truncation may
     only drop trailing reflection rows, which PETS2 files do not count), or one error line."""
     pets = pytest.importorskip("emverse_ed3d.pets")
-    path = DATA / "ed3d_pets/quartz/quartz_exp.cif_pets"
-    original = path.read_bytes()
-    full = pets.read_pets(path)
-    target = tmp_path / path.name
 
-    @SETTINGS
-    @given(damaged(original))
-    def check(data):
-        target.write_bytes(data)
-        try:
-            got = pets.read_pets(target)
-        except EmverseError as exc:
-            _one_line_error(exc)
-            return
+    def agrees(got, full, truncated):
         for array in (got.intensity, got.sigma, got.ub, got.frames.zone_axis, got.frames.alpha_deg):
             assert np.isfinite(array).all()
         assert (got.sigma >= 0).all()
-        if original.startswith(data):  # a truncation: a prefix of the reflection rows, the rest equal
+        if truncated:  # a prefix of the reflection rows, the rest equal
             n = got.n_reflections
             assert got.cell == full.cell and np.array_equal(got.ub, full.ub)
             # frames left without reflections are dropped (and counted in ``skipped``)
@@ -139,4 +125,4 @@ def test_pets2_reader_on_damaged_files(tmp_path):
             assert got.skipped.get("frames_without_reflections", 0) == len(full.frames) - kept
             assert np.array_equal(got.hkl, full.hkl[:n]) and np.array_equal(got.intensity, full.intensity[:n])
 
-    check()
+    _fuzz(DATA / "ed3d_pets/quartz/quartz_exp.cif_pets", pets.read_pets, agrees, tmp_path)

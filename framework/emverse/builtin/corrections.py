@@ -199,9 +199,10 @@ class LaplaceMixture(Correction):
             converged[rows[better][small]] = True
         return u, nll, curv, iterations, evaluations, converged
 
-    def _box_mass(self, mean, cov, generator, n: int = 16384) -> float:
+    def _box_mass(self, mean, scale, generator, n: int = 16384) -> float:
+        """The mass inside the box of N(mean, scale scaleᵀ), by sampling."""
         z = torch.randn(n, mean.shape[0], generator=generator, dtype=mean.dtype)
-        draws = mean + z @ torch.linalg.cholesky(cov).T
+        draws = mean + z @ scale.T
         return max(float(((draws >= -1) & (draws <= 1)).all(dim=1).double().mean()), 1.0 / n)
 
     def _modes(self, u, nll, curv, converged, generator):
@@ -222,10 +223,11 @@ class LaplaceMixture(Correction):
         modes = []
         for m in kept:
             i, mean, cov = m["index"], m["mean"], m["cov"]
+            scale = torch.linalg.cholesky(cov)  # one factor per mode: box mass, draws, density
             log_det_cov = -float(torch.log(m["values"]).sum())
-            mass = self._box_mass(mean, cov, generator)
+            mass = self._box_mass(mean, scale, generator)
             log_evidence = -float(nll[i]) + 0.5 * (p * math.log(2 * math.pi) + log_det_cov) + math.log(mass)
-            modes.append({"index": i, "mean": mean, "cov": cov, "nll": float(nll[i]),
+            modes.append({"index": i, "mean": mean, "cov": cov, "scale": scale, "nll": float(nll[i]),
                           "log_evidence": log_evidence, "mass": mass, "converged": bool(converged[i])})
         evidence = torch.tensor([m["log_evidence"] for m in modes], dtype=torch.float64)
         log_weights = evidence - torch.logsumexp(evidence, dim=0)
@@ -240,7 +242,7 @@ class LaplaceMixture(Correction):
         out = torch.empty(n, modes[0]["mean"].shape[0], dtype=dtype)
         for k, m in enumerate(modes):
             rows = torch.nonzero(which == k).flatten()
-            chol = torch.linalg.cholesky(m["cov"])
+            chol = m["scale"]
             filled = 0
             for _ in range(200):
                 if filled == len(rows):
@@ -258,12 +260,10 @@ class LaplaceMixture(Correction):
         return out
 
     @staticmethod
-    def _log_mixture_density(modes, u):
-        terms = []
-        for m in modes:
-            dist = torch.distributions.MultivariateNormal(m["mean"], covariance_matrix=m["cov"])
-            terms.append(m["log_weight"] + dist.log_prob(u) - math.log(m["mass"]))
-        return torch.logsumexp(torch.stack(terms), dim=0)
+    def _weighted_log_normals(modes, u) -> torch.Tensor:
+        """log wₖ + log N(u; μₖ, Σₖ) for every mode k and row of u: (K, M)."""
+        return torch.stack([m["log_weight"] + torch.distributions.MultivariateNormal(
+            m["mean"], scale_tril=m["scale"]).log_prob(u) for m in modes])
 
     # ------------------------------------------------------------------ the correction
     def locate(self, draws, forward_model, likelihood, observation, space, generator):
@@ -339,7 +339,10 @@ class ImportanceResampling(LaplaceMixture):
         started = time.perf_counter()
         u = self._sample_mixture(modes, self.proposals, generator, torch.float64)
         nll = _nll(forward_model, likelihood, observation, space.denormalise(u), self.chunk)
-        log_w = -nll - self._log_mixture_density(modes, u)
+        per_mode = self._weighted_log_normals(modes, u)
+        log_mass = torch.tensor([math.log(m["mass"]) for m in modes], dtype=per_mode.dtype)
+        # q(u): the mixture of box-truncated Gaussians
+        log_w = -nll - torch.logsumexp(per_mode - log_mass[:, None], dim=0)
         log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -float("inf")))
         w = torch.exp(log_w - log_w.max())
         ess = float(w.sum() ** 2 / (w**2).sum())
@@ -352,8 +355,7 @@ class ImportanceResampling(LaplaceMixture):
             log.warning("importance resampling: ESS %.0f of %d proposals (< 10 %%): the Laplace mixture "
                         "is a poor proposal here; the draws are less reliable", ess, self.proposals)
         # the modes' weights, re-estimated from the importance weights
-        which = torch.stack([torch.distributions.MultivariateNormal(m["mean"], covariance_matrix=m["cov"])
-                             .log_prob(u) + m["log_weight"] for m in modes]).argmax(dim=0)
+        which = per_mode.argmax(dim=0)
         for k, m in enumerate(modes):
             m["weight"] = float(w[which == k].sum() / w.sum())
         return CorrectedPosterior(space.denormalise(u[picked]), self._as_modes(modes, space), diagnostics)

@@ -100,13 +100,14 @@ class InferTask(Task):
                 f"{shape[0]}×{shape[1]} px; give its reciprocal pixel size (observation_reciprocal_pixel_size, "
                 f"1/Å) so that it can be resampled, or set detector_pixels to {data.shape[0]}")
         y = torch.as_tensor(np.ascontiguousarray(data), dtype=ctx.dtype)[None].to(ctx.device)
-        ctx.add_text("observation", f"{path}: calibration {cal.report()}")
         if self.observation_units == "counts":
             dose = getattr(likelihood, "dose", None)
             if dose is None:
                 raise EmverseError("observation_units = \"counts\" needs a [likelihood] with a dose "
                                    "(e.g. core.poisson); or give the pattern as fractions (\"fraction\")")
             y = y / dose
+        # the first output, written once every check has passed (a refused input leaves no run directory)
+        ctx.add_text("observation", f"{path}: calibration {cal.report()}")
         return y
 
     def _truths(self, ctx, model):
@@ -121,8 +122,8 @@ class InferTask(Task):
                     f"options.truth has {len(self.truth)} values; give {len(space)} in the order "
                     f"{list(space.names)} (units {list(space.units)}), or leave it empty for a draw")
             if not bool(space.contains(truth).all()):
-                raise EmverseError(f"options.truth {list(self.truth)} lies outside the parameter box "
-                                   f"{list(zip(space.names, space.bounds(torch.float64)[0].tolist(), space.bounds(torch.float64)[1].tolist(), strict=True))}; "
+                box = [(p.name, p.low, p.high) for p in space.parameters]
+                raise EmverseError(f"options.truth {list(self.truth)} lies outside the parameter box {box}; "
                                    "the posterior is defined inside it")
         return truth.to(ctx.device)
 

@@ -55,7 +55,13 @@ from emverse.parameter_space import ParameterSpace
 
 from emverse_bloch.bethe import propagate_bethe
 from emverse_bloch.bloch import propagate
-from emverse_bloch.cbed_table import PAPER_REFLECTIONS, CbedTable, paper_table, symmetry_table
+from emverse_bloch.cbed_table import (
+    PAPER_REFLECTIONS,
+    CbedTable,
+    paper_space,
+    paper_table,
+    symmetry_table,
+)
 from emverse_bloch.crystal import Crystal, load_structure
 from emverse_bloch.geometry import (
     check_zone_axis,
@@ -79,7 +85,7 @@ OVERRIDE_HKL = PAPER_REFLECTIONS
 
 def mgb2_parameter_space() -> ParameterSpace:
     """Means ± half-ranges of the CBED paper's table 2 (uniform prior box)."""
-    return paper_table(load_structure("MgB2")).space
+    return paper_space()
 
 
 class BlochCBED(ForwardModel):
@@ -144,24 +150,11 @@ class BlochCBED(ForwardModel):
         if parameter_table == "paper":
             self.table: CbedTable = paper_table(self.crystal)
         else:
-            def table_with(centres):
-                return symmetry_table(
-                    self.crystal, adp=adp, u_range_pm2=tuple(u_range_pm2), free_reflections=free_reflections,
-                    structure_factor_half_range=structure_factor_half_range,
-                    tilt_half_range_deg=tilt_half_range_deg,
-                    thickness_range_angstrom=tuple(thickness_range_angstrom),
-                    structure_factor_centres=centres)
-
-            # the free F are centred on their independent-atom values at the box-centre ADPs
-            layout = table_with(None)
-            low, high = layout.space.bounds(torch.float64)
-            base = StructureParameters.from_crystal(self.crystal)
-            centre_u = layout.u_cif((0.5 * (low + high))[None])[0]
-            hkl = np.asarray(free_reflections, dtype=np.int64).reshape(-1, 3)
-            f = structure_factors(self.crystal, hkl, StructureParameters(base.positions, centre_u, base.occupancy),
-                                  parametrization)
-            lookup = {tuple(int(v) for v in h): complex(value) for h, value in zip(hkl, f.tolist(), strict=True)}
-            self.table = table_with(lambda h: lookup[tuple(h)])
+            self.table = symmetry_table(
+                self.crystal, adp=adp, u_range_pm2=tuple(u_range_pm2), free_reflections=free_reflections,
+                structure_factor_half_range=structure_factor_half_range,
+                tilt_half_range_deg=tilt_half_range_deg,
+                thickness_range_angstrom=tuple(thickness_range_angstrom), parametrization=parametrization)
         self.overrides = Overrides(self.table.reflections) if self.table.reflections else None
         self.override_plan = (self.overrides.plan(self.crystal, self.couplings.hkl)
                               if self.overrides is not None else None)

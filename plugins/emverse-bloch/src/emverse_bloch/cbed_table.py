@@ -33,6 +33,7 @@ from emverse.errors import EmverseError
 from emverse.parameter_space import Parameter, ParameterSpace
 
 from emverse_bloch.crystal import Crystal
+from emverse_bloch.structure_factors import StructureParameters, structure_factors
 
 VOIGT = ("11", "22", "33", "12", "13", "23")
 _VOIGT_INDEX = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
@@ -61,15 +62,7 @@ class CbedTable:
 
     def u_cif(self, x: torch.Tensor) -> torch.Tensor:
         """(..., S, 3, 3) U_cif in Å² from the ADP parameters (pm²)."""
-        tensors = []
-        for site_map, sl in zip(self.site_maps, self.site_slices, strict=True):
-            m = torch.as_tensor(site_map, dtype=x.dtype, device=x.device)
-            u6 = x[..., sl] @ m.T * 1e-4
-            rows = [[None] * 3 for _ in range(3)]
-            for k, (i, j) in enumerate(_VOIGT_INDEX):
-                rows[i][j] = rows[j][i] = u6[..., k]
-            tensors.append(torch.stack([torch.stack(r, -1) for r in rows], -2))
-        return torch.stack(tensors, -3)
+        return _u_cif(x, self.site_maps, self.site_slices)
 
     def structure_factor_values(self, x: torch.Tensor) -> torch.Tensor:
         """The free F (Å), complex where a phase is not 0 or 180°."""
@@ -87,15 +80,23 @@ class CbedTable:
         return x[..., self.thickness_index]
 
 
-def paper_table(crystal: Crystal) -> CbedTable:
-    """The CBED paper's 13-vector (two-site structures such as MgB2)."""
-    if len(crystal.sites) != 2:
-        raise EmverseError(
-            f"parameter_table = \"paper\" is the 13-parameter vector of a two-site structure like "
-            f"MgB2; {crystal.name} has {len(crystal.sites)} sites: use parameter_table = \"symmetry\""
-        )
+def _u_cif(x: torch.Tensor, site_maps, site_slices) -> torch.Tensor:
+    """(..., S, 3, 3) U_cif in Å²: site s takes u6 = M_s x[..., slice_s] (pm² -> Å²)."""
+    tensors = []
+    for site_map, sl in zip(site_maps, site_slices, strict=True):
+        m = torch.as_tensor(site_map, dtype=x.dtype, device=x.device)
+        u6 = x[..., sl] @ m.T * 1e-4
+        rows = [[None] * 3 for _ in range(3)]
+        for k, (i, j) in enumerate(_VOIGT_INDEX):
+            rows[i][j] = rows[j][i] = u6[..., k]
+        tensors.append(torch.stack([torch.stack(r, -1) for r in rows], -2))
+    return torch.stack(tensors, -3)
+
+
+def paper_space() -> ParameterSpace:
+    """The CBED paper's table 2: means ± half-ranges of the 13 MgB2 [010] parameters."""
     c = Parameter.centred
-    params = [
+    return ParameterSpace([
         c("Mg_U11", "pm^2", 48.0, 25.0, "Mg U11 (= U22)"),
         c("Mg_U33", "pm^2", 56.0, 25.0, "Mg U33"),
         c("Mg_U12", "pm^2", 20.0, 10.0, "Mg U12"),
@@ -109,13 +110,22 @@ def paper_table(crystal: Crystal) -> CbedTable:
         c("tilt_x", "deg", -0.03, 0.2, "crystal tilt towards +x"),
         c("tilt_y", "deg", 0.15, 0.2, "crystal tilt towards +y"),
         c("thickness", "Å", 2800.0, 1000.0, "specimen thickness"),
-    ]
+    ])
+
+
+def paper_table(crystal: Crystal) -> CbedTable:
+    """The CBED paper's 13-vector (two-site structures such as MgB2)."""
+    if len(crystal.sites) != 2:
+        raise EmverseError(
+            f"parameter_table = \"paper\" is the 13-parameter vector of a two-site structure like "
+            f"MgB2; {crystal.name} has {len(crystal.sites)} sites: use parameter_table = \"symmetry\""
+        )
     # (U11, U33, U12) -> Voigt (U11, U22 = U11, U33, U12, 0, 0)
     site_map = np.zeros((6, 3))
     site_map[0, 0] = site_map[1, 0] = 1.0
     site_map[2, 1] = 1.0
     site_map[3, 2] = 1.0
-    return CbedTable(ParameterSpace(params), [site_map, site_map.copy()], [slice(0, 3), slice(3, 6)],
+    return CbedTable(paper_space(), [site_map, site_map.copy()], [slice(0, 3), slice(3, 6)],
                      PAPER_REFLECTIONS, slice(6, 10), slice(10, 12), 12, kind="paper", phases=(1.0,) * 4)
 
 
@@ -143,10 +153,10 @@ def symmetry_table(
     structure_factor_half_range: float = 0.5,
     tilt_half_range_deg: float = 0.2,
     thickness_range_angstrom: tuple[float, float] = (500.0, 2500.0),
-    structure_factor_centres=None,
+    parametrization: str = "lobato",
 ) -> CbedTable:
-    """A table for any crystal (see the module docstring). ``structure_factor_centres``: a
-    callable hkl-tuple -> F (complex, Å) at the centre ADPs."""
+    """A table for any crystal (see the module docstring); ``parametrization`` names the
+    scattering-factor table the free F are centred with."""
     if adp not in ("isotropic", "anisotropic"):
         raise EmverseError(f"adp = {adp!r} is unknown; use 'isotropic' or 'anisotropic'")
     low_u, high_u = (float(v) for v in u_range_pm2)
@@ -184,9 +194,18 @@ def symmetry_table(
         raise EmverseError(f"structure_factor_half_range = {structure_factor_half_range} must be > 0 Å")
     reflections = tuple(tuple(int(v) for v in h) for h in free_reflections)
     first_f = len(params)
+    # each free F is centred on its independent-atom value at the box-centre ADPs
+    centres = []
+    if reflections:
+        low, high = ParameterSpace(params).bounds(torch.float64)
+        centre_u = _u_cif((0.5 * (low + high))[None], site_maps, site_slices)[0]
+        base = StructureParameters.from_crystal(crystal)
+        centres = structure_factors(crystal, np.asarray(reflections, dtype=np.int64),
+                                    StructureParameters(base.positions, centre_u, base.occupancy),
+                                    parametrization).tolist()
     phases = []
-    for h in reflections:
-        f = complex(structure_factor_centres(h)) if structure_factor_centres is not None else 0.0
+    for h, f in zip(reflections, centres, strict=True):
+        f = complex(f)
         # the free value is F along its independent-atom phase: real F keep their sign (phase 1);
         # a phase fixed by symmetry (a centrosymmetric crystal with the origin off the centre,
         # e.g. Si in origin choice 1) is exact, a free phase (non-centrosymmetric) is held at

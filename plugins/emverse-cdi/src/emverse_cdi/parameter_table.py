@@ -18,24 +18,8 @@ import math
 
 from emverse.errors import EmverseError
 from emverse.parameter_space import Parameter, ParameterSpace
-
-#: (name, unit, mean, half range) in the order of the paper's table 2; names and the
-#: reading of the DW components (U11, U33, U12) follow bloch.cbed
-MGB2_TABLE: tuple[tuple[str, str, float, float], ...] = (
-    ("Mg_U11", "pm^2", 48.0, 25.0),
-    ("Mg_U33", "pm^2", 56.0, 25.0),
-    ("Mg_U12", "pm^2", 20.0, 10.0),
-    ("B_U11", "pm^2", 47.0, 25.0),
-    ("B_U33", "pm^2", 51.0, 25.0),
-    ("B_U12", "pm^2", 20.0, 10.0),
-    ("F_001", "Å", -0.91, 1.0),
-    ("F_100", "Å", 0.63, 0.6),
-    ("F_101", "Å", 2.69, 0.4),
-    ("F_002", "Å", 2.94, 0.3),
-    ("tilt_x", "deg", -0.03, 0.2),
-    ("tilt_y", "deg", 0.15, 0.2),
-    ("thickness", "Å", 2800.0, 1000.0),
-)
+from emverse.statistics import NRMSE_MEAN_PREDICTOR, NRMSE_RANDOM_PREDICTOR  # noqa: F401 (re-exported)
+from emverse_bloch.cbed_table import paper_space
 
 #: groups used in tables and figures (paper table 1 columns)
 GROUPS = {
@@ -48,14 +32,13 @@ GROUPS = {
 DEBYE_WALLER = (0, 1, 2, 3, 4, 5)
 GEOMETRY = (10, 11, 12)
 
-NRMSE_MEAN_PREDICTOR = 1.0 / math.sqrt(12.0)
-NRMSE_UNIFORM_SAMPLER = 1.0 / math.sqrt(6.0)
+#: NRMSE of an independent uniform draw (the paper's "uniform sampler"; emverse.statistics' name)
+NRMSE_UNIFORM_SAMPLER = NRMSE_RANDOM_PREDICTOR
 
 
 def mgb2_parameter_space() -> ParameterSpace:
-    return ParameterSpace(
-        tuple(Parameter.centred(name, unit, mean, half) for name, unit, mean, half in MGB2_TABLE)
-    )
+    """The paper's table 2, as bloch.cbed's "paper" parameter table defines it (one definition)."""
+    return paper_space()
 
 
 def space_to_metadata(space: ParameterSpace) -> dict:
