@@ -9,8 +9,10 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from emverse.progress import LogProgress, make_progress
 from emverse.run import run_recipe
 
@@ -76,3 +78,33 @@ def test_progress_off_a_terminal_is_one_line_per_ten_percent():
         manual.update(1)
     manual.close()
     assert logged[-1].startswith("fit: 4/4 (100 %)")
+
+
+def test_a_sampler_reports_its_steps_through_the_run_and_only_when_slow():
+    """Inner loops of components (here a diffusion sampler) report through the run's progress;
+    outside a run, or while quicker than ``min_seconds``, they print nothing."""
+    pytest.importorskip("emverse_diffusion")
+    import torch
+    from emverse.progress import reporting
+    from emverse_diffusion.components import MLPDiffusionPrior
+    from emverse_diffusion.samplers.ddim import DDIMSampler
+    from emverse_diffusion.schedules import CosineSchedule
+
+    prior = MLPDiffusionPrior(dim=2, hidden=8, depth=1, time_features=4, schedule=CosineSchedule())
+    sampler = DDIMSampler(steps=12)
+    calls, stream = [], io.StringIO()
+
+    def progress(iterable=None, desc="", total=None, **kw):
+        calls.append((desc, kw.get("min_seconds")))
+        return make_progress(iterable, desc=desc, total=total, stream=stream, **kw)
+
+    sampler.sample(prior, (3, 2), generator=torch.Generator().manual_seed(0))
+    assert calls == []  # outside a run: untouched
+    with reporting(progress):
+        sampler.sample(prior, (3, 2), generator=torch.Generator().manual_seed(0))
+    assert calls == [("sampling (DDIMSampler)", 5.0)]
+    assert stream.getvalue() == ""  # 12 quick steps: quieter than min_seconds
+    slow = make_progress(range(3), desc="slow", stream=stream, min_seconds=0.05)
+    for _ in slow:
+        time.sleep(0.03)
+    assert stream.getvalue().splitlines()[-1].startswith("slow: 3/3 (100 %)")

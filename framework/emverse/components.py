@@ -17,6 +17,7 @@ KINDS = (
     "likelihood",
     "parametrization",
     "correction",
+    "objective",
     "method",
     "task",
     "dataset",

@@ -427,6 +427,58 @@ class Metric(Configurable, abc.ABC):
         return None
 
 
+class Objective(Configurable, abc.ABC):
+    """The loss one training step minimises; :func:`emverse.training.fit` owns the rest of the loop.
+
+    ``loss(network, batch)`` returns a scalar tensor, or an object with a
+    ``loss`` attribute (and whatever ``after_step`` wants to learn from). Random
+    draws come from ``batch`` (:class:`emverse.training.Batch`), never from the
+    global torch generator, so a resumed run draws what the uninterrupted run drew.
+    Objectives with state (an adaptive time sampler) expose it through
+    ``state_dict``/``load_state_dict``: the loop checkpoints it.
+
+    As a recipe component (``[objective]`` of the core ``train`` task) it is first
+    bound to the ``[prior]`` it trains and the training data (``bind``: e.g. the
+    intensity scale a network normalises its input by), trains ``network(prior)``,
+    may score a validation split (``validation_loss``) and add metrics after
+    training (``report``).
+    """
+
+    #: the objective expects ``prior`` to be trained with the EMA of its weights
+    uses_ema: bool = True
+
+    @abc.abstractmethod
+    def loss(self, network: nn.Module, batch: Any) -> Any:
+        """Loss of this process's part of the batch (mean over samples)."""
+
+    def after_step(self, result: Any, reduce) -> None:
+        """Learn from the step's ``result`` (``reduce`` averages a tensor over processes)."""
+        return None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, but a checkpoint holds {sorted(state)}")
+
+    def bind(self, prior: Prior, data: Any) -> None:
+        """Prepare to train ``prior`` on ``data`` (checks that they fit; data-derived settings)."""
+        return None
+
+    def network(self, prior: Prior) -> nn.Module:
+        """The module whose parameters are trained."""
+        return prior.network
+
+    def validation_loss(self, prior: Prior, data: Any, weights: dict[str, torch.Tensor], seed: int) -> float | None:
+        """Loss on a validation split with ``weights`` (None: not defined for this objective)."""
+        return None
+
+    def report(self, prior: Prior, data: Any, generator: torch.Generator) -> dict[str, float]:
+        """Metrics of the trained ``prior`` (its final weights loaded)."""
+        return {}
+
+
 class Task(Configurable, abc.ABC):
     """What a recipe runs (``task = "..."``): simulate, infer, train, refine, evaluate..."""
 

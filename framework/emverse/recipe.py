@@ -34,6 +34,7 @@ COMPONENT_TABLES = {
     "likelihood": "likelihood",
     "parametrization": "parametrization",
     "correction": "correction",
+    "objective": "objective",
 }
 LIST_TABLES = {"metrics": "metric", "compare": "method"}
 TOP_LEVEL = {

@@ -35,6 +35,7 @@ from emverse import paths
 from emverse.errors import EmverseError, RunInterrupted
 from emverse.io import write_json, write_text
 from emverse.params import ComponentSpec
+from emverse.progress import reporting
 from emverse.recipe import (
     COMPONENT_TABLES,
     LIST_TABLES,
@@ -323,7 +324,8 @@ def execute(recipe: Recipe, out_dir: Path | None = None, registry: Registry | No
             torch.manual_seed(recipe.seed)  # module initialisation draws from the global generator
             ctx = RunContext(recipe, out_dir, registry=registry, log=log, progress=progress, resume=resume)
             task = ctx.build_spec(recipe.task, "task")
-            result = task.run(ctx)
+            with reporting(ctx.progress):  # components' inner loops report through the run
+                result = task.run(ctx)
             if not isinstance(result, RunResult):
                 raise TypeError(f"task {recipe.task.type!r} returned {type(result).__name__}, not RunResult")
             metrics = {k: _as_float(v) for k, v in result.metrics.items()}

@@ -50,6 +50,7 @@ import torch
 
 from emverse.errors import EmverseError
 from emverse.interfaces import CorrectedPosterior, Correction, PosteriorMode
+from emverse.progress import steps
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class LaplaceMixture(Correction):
         nll, grad, curv = self._linearise(forward_model, likelihood, observation, space, u)
         evaluations = k * (p + 1)
         eye = torch.eye(p, dtype=u.dtype)
-        for _ in range(self.max_iterations):
+        for _ in steps(range(self.max_iterations), desc="correction (Levenberg-Marquardt)"):
             frozen |= (iterations >= MIN_ITERATIONS) & (nll > nll.min() + DROP_MARGIN) & ~converged
             active = ~converged & ~frozen
             if not bool(active.any()):

@@ -11,6 +11,8 @@ def emverse_components():
     yield Component("task", "simulate", "emverse.builtin.tasks:SimulateTask",
                     "emverse.builtin.params:SimulateParams",
                     "Draw unknowns, simulate noisy observations, save them with figures")
+    yield Component("task", "train", "emverse.builtin.tasks:TrainTask", P + "TrainParams",
+                    "Train the [prior]'s network on the [dataset] with the [objective] (resumable)")
     yield Component("task", "infer", "emverse.builtin.tasks:InferTask",
                     "emverse.builtin.params:InferParams",
                     "Posterior samples for simulated observations; metrics against the truth")

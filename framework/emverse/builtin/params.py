@@ -49,6 +49,39 @@ class InferParams:
 
 
 @attrs.frozen
+class TrainParams:
+    """Options of the ``train`` task: the core training loop (:mod:`emverse.training`).
+
+    Steps are optimiser steps of ``batch_size`` samples; the learning rate warms up
+    linearly over ``warmup_steps``, then stays or decays by a cosine (``lr_decay``);
+    ``grad_clip`` 0 disables clipping. The EMA decay is ``ema_decay`` from step
+    ``ema_start`` (0 before), or with ``ema_warmup`` min(ema_decay, (1 + k)/(10 + k)).
+    ``use_ema``: the saved weights are the EMA (default: what the ``[objective]``
+    expects). ``checkpoint_every`` steps between resume checkpoints
+    ``<run>/<checkpoint_name>-resume.safetensors``; the trained ``[prior]`` is written to
+    ``<run>/<checkpoint_name>.safetensors``, which its ``checkpoint`` field reads back.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("prior", "dataset", "objective")
+    steps: int = attrs.field(default=1000, validator=positive)
+    batch_size: int = attrs.field(default=64, validator=positive)
+    learning_rate: float = attrs.field(default=1e-3, validator=in_range(1e-12, 10.0))
+    weight_decay: float = attrs.field(default=0.0, validator=in_range(0.0, 10.0))
+    warmup_steps: int = attrs.field(default=0, validator=in_range(0, 10**9))
+    lr_decay: str = attrs.field(default="none", validator=one_of("none", "cosine"))
+    ema_decay: float = attrs.field(default=0.999, validator=in_range(0.0, 0.999999999))
+    ema_start: int = attrs.field(default=0, validator=in_range(0, 10**9))
+    ema_warmup: bool = False
+    use_ema: str = attrs.field(default="auto", validator=one_of("auto", "yes", "no"))
+    grad_clip: float = attrs.field(default=1.0, validator=in_range(0.0, 1e9))
+    amp: bool = False
+    validate_every: int = attrs.field(default=0, validator=in_range(0, 10**9))
+    checkpoint_every: int = attrs.field(default=500, validator=in_range(0, 10**9))
+    log_every: int = attrs.field(default=0, validator=in_range(0, 10**9))
+    checkpoint_name: str = "prior"
+
+
+@attrs.frozen
 class RefineParams:
     requires: ClassVar[tuple[str, ...]] = ("forward_model", "refiner")
     #: start = truth + start_offset × half-range × N(0, 1) (normalised units)

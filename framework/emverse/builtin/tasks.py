@@ -1,4 +1,4 @@
-"""The generic tasks the core offers: ``simulate``, ``infer``, ``refine``."""
+"""The generic tasks the core offers: ``simulate``, ``train``, ``infer``, ``refine``, ``evaluate``."""
 
 from __future__ import annotations
 
@@ -332,6 +332,80 @@ def _single_observation_report(ctx, names, units, truth, draws, approximate, cor
                          + [f"{float(mode.location[p]):.5g} ± {float(sd[p]):.2g}" for p in range(len(names))])
     ctx.add_table("modes of the corrected posterior (location ± Laplace std)",
                   ["mode", "weight", "NLL (nats)", "converged", *names], mode_rows)
+
+
+class TrainTask(Task):
+    """Train the ``[prior]``'s network on the ``[dataset]`` with the ``[objective]``.
+
+    The loop is :func:`emverse.training.fit` (data order, AdamW, EMA, clipping, resume
+    checkpoints, DDP); the dataset gives ``splits(generator, dtype) -> (train, validation)``,
+    the objective binds to the prior and the data, and the prior writes its trained weights
+    with ``save(path, recipe=...)``. ``emverse run --resume`` continues an interrupted run
+    from its last checkpoint, bit-identically.
+    """
+
+    def __init__(self, options=None):
+        self.options = options
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(params)
+
+    def run(self, ctx):
+        from emverse.run import stable_seed
+        from emverse.training import TrainConfig, fit
+
+        o = self.options
+        prior = ctx.build("prior")
+        objective = ctx.build("objective")
+        dataset = ctx.build("dataset")
+        if not callable(getattr(prior, "save", None)):
+            raise EmverseError(f"[prior] {ctx.spec('prior').type!r} cannot save trained weights (no save()); "
+                               "train a prior that can")
+        train_data, validation = dataset.splits(ctx.generator("data"), dtype=ctx.dtype)
+        objective.bind(prior, train_data)
+        network = objective.network(prior).to(ctx.device)
+        seed = stable_seed(ctx.seed, "train") % (2**62)
+        config = TrainConfig(
+            steps=o.steps, batch_size=o.batch_size, learning_rate=o.learning_rate, weight_decay=o.weight_decay,
+            warmup_steps=o.warmup_steps, lr_decay=o.lr_decay, ema_decay=o.ema_decay, ema_start=o.ema_start,
+            ema_warmup=o.ema_warmup, grad_clip=o.grad_clip or None, amp=o.amp, validate_every=o.validate_every,
+            checkpoint_every=o.checkpoint_every, log_every=o.log_every, seed=seed,
+        )
+        validate = None
+        if validation is not None and o.validate_every:
+            def validate(weights):
+                return objective.validation_loss(prior, validation, weights, seed)
+
+        result = fit(network, objective, train_data, config, out_dir=ctx.out_dir, name=o.checkpoint_name,
+                     recipe=ctx.recipe.to_dict(), validate=validate, progress=ctx.progress, log=ctx.log.info,
+                     on_interrupt=ctx.on_interrupt)
+        use_ema = objective.uses_ema if o.use_ema == "auto" else o.use_ema == "yes"
+        if use_ema:
+            network.load_state_dict(result.ema)
+        prior.eval()
+        path = prior.save(ctx.out_dir / f"{o.checkpoint_name}.safetensors", recipe=ctx.recipe.to_dict())
+        ctx.add_text("checkpoint", f"{path.name} ({'EMA' if use_ema else 'trained'} weights, "
+                                   f"{result.step} steps of {o.batch_size})")
+        losses = result.history["loss"]
+        tail = losses[-min(len(losses), 50):]
+        metrics = {"train_loss": float(sum(tail) / len(tail)), "steps": float(result.step)}
+        if result.history["val_loss"]:
+            metrics["validation_loss"] = float(result.history["val_loss"][-1])
+        metrics.update(objective.report(prior, train_data, ctx.generator("report")))
+        from emverse.figures import new_figure
+
+        fig, axes = new_figure(1, 1, size=4)
+        axes[0, 0].plot(result.history["step"], losses, lw=0.8, label="training")
+        if result.history["val_loss"]:
+            axes[0, 0].plot(result.history["val_step"], result.history["val_loss"], "o-", label="validation")
+            axes[0, 0].legend()
+        axes[0, 0].set_xlabel("optimiser step")
+        axes[0, 0].set_ylabel(f"loss ({ctx.spec('objective').type})")
+        if min(losses) > 0:
+            axes[0, 0].set_yscale("log")
+        ctx.save_figure("training_loss", fig)
+        return RunResult(metrics)
 
 
 class RefineTask(Task):

@@ -131,9 +131,10 @@ def test_separate_tasks_dataset_train_evaluate(tmp_path):
                   + '[options]\nn_patterns = 48\nchunk_size = 16\nstore = "train.zarr"\n' + toy)
     run_recipe(data, tmp_path / "d")
     assert PatternDataset(tmp_path / "train.zarr").parameters.shape == (48, 13)
-    train = _write(tmp_path / "train.toml", head.format(name="t", task="cdi.train")
-                   + '[options]\ndataset = "train.zarr"\nepochs = 1\nbatch_size = 16\n'
-                   + 'checkpoint_name = "cdi"\nnoise_draws = 2\n' + _TOY_PRIOR.format(checkpoint=""))
+    train = _write(tmp_path / "train.toml", head.format(name="t", task="train")
+                   + '[options]\nsteps = 3\nbatch_size = 16\nema_warmup = true\ngrad_clip = 0\n'
+                   + 'checkpoint_name = "cdi"\n[dataset]\ntype = "cdi.patterns"\npath = "train.zarr"\n'
+                   + '[objective]\ntype = "cdi.augmented"\nnoise_draws = 2\n' + _TOY_PRIOR.format(checkpoint=""))
     run = run_recipe(train, tmp_path / "t")
     assert (run / "cdi.safetensors").exists()
     evaluate = _write(tmp_path / "eval.toml", head.format(name="e", task="cdi.evaluate")

@@ -92,7 +92,7 @@ def test_bad_training_input():
         TrainConfig(ema_decay=1.5)
     with pytest.raises(EmverseError, match="steps = 0"):
         TrainConfig(steps=0)
-    with pytest.raises(EmverseError, match="x0 has 3 samples but condition has 2"):
+    with pytest.raises(EmverseError, match="x has 3 samples but condition has 2"):
         TensorData(torch.zeros(3, 1), torch.zeros(2, 1))
 
 

@@ -88,6 +88,7 @@ _refln_zone_axis_id
    2  -1  -8     1374.61      409.41     1
    2   0  -8      151.36      164.95     2
    2   1  -7     2278.28      296.96     2
+   1   1  -7      512.40      120.31     3
 """
 
     def write(replace=None, name="small.cif_pets"):

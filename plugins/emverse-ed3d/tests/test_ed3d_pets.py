@@ -80,16 +80,33 @@ def test_missing_column_header_is_refused(small_pets):
 
 
 def test_frames_without_reflections_are_dropped_and_counted(small_pets):
-    d = read_pets(small_pets())
+    # frame 2 has no reflections, frame 3 does: a gap in the data, not a cut file
+    path = small_pets({"   1   1  -7      512.40      120.31     3\n": "",
+                       "2   0  -8      151.36      164.95     2": "2   0  -8      151.36      164.95     3",
+                       "2   1  -7     2278.28      296.96     2": "2   1  -7     2278.28      296.96     3"})
+    d = read_pets(path)
     assert d.n_frames == 2 and d.skipped == {"frames_without_reflections": 1}
+    assert d.frames.frame_id.tolist() == [1, 3]
     with pytest.raises(EmverseError, match="no reflections"):
-        read_pets(small_pets(), strict=True)
+        read_pets(path, strict=True)
+
+
+def test_a_file_cut_at_a_row_boundary_is_refused(small_pets):
+    # the last frame (3) has no reflections and the rows run frame by frame: a truncated file
+    cut = {"   1   1  -7      512.40      120.31     3\n": ""}
+    with pytest.raises(EmverseError, match=r"last 1 frame\(s\) \(ids \[3\]\).*looks truncated"):
+        read_pets(small_pets(cut))
+    # the same rows out of frame order are not the signature of a cut: read, frame 3 dropped
+    swapped = small_pets({**cut,
+                          "2  -3  -8      146.10      114.69     1": "2  -3  -8      146.10      114.69     2",
+                          "2   0  -8      151.36      164.95     2": "2   0  -8      151.36      164.95     1"})
+    assert read_pets(swapped).skipped == {"frames_without_reflections": 1}
 
 
 def test_bad_sigma_and_nan_are_skipped_with_counts(small_pets):
     path = small_pets({"146.10      114.69": "146.10      0.0", "1374.61      409.41": "nan      409.41"})
     d = read_pets(path)
-    assert d.n_reflections == 3
+    assert d.n_reflections == 4  # 6 rows, 2 skipped
     assert d.skipped["sigma_not_positive"] == 1 and d.skipped["nonfinite_intensity_or_sigma"] == 1
 
 

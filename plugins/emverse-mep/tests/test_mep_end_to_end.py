@@ -23,7 +23,7 @@ def tiny_pipeline(tmp_path_factory):
     ])
     prior_overrides = ["prior.event_shape=[4, 16, 16]", "prior.channels=[4, 8, 8, 8]", "prior.groups=4"]
     train_dir = run_recipe(RECIPES / "mep-cpu-train.toml", root / "train", overrides=[
-        f"options.data={data / 'train.zarr'}", "options.steps=3", "options.batch_size=2", "options.log_every=1",
+        f"dataset.path={data / 'train.zarr'}", "options.steps=3", "options.batch_size=2", "options.log_every=1",
         *prior_overrides,
     ])
     return root, data, train_dir, prior_overrides

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from emverse.checkpoint import save_checkpoint
 from emverse.errors import EmverseError
 from emverse_mep.unet3d import UNet3D, UNet3DPrior, count_parameters, lateral_stages
 
@@ -60,7 +59,7 @@ def test_checkpoint_round_trip_and_shape_mismatch(tmp_path):
     for p in prior.network.parameters():
         torch.nn.init.normal_(p, std=0.01)
     path = tmp_path / "prior.safetensors"
-    save_checkpoint(path, prior.network.state_dict(), metadata=prior.checkpoint_metadata())
+    prior.save(path)
     again = UNet3DPrior((4, 16, 16), **TINY)
     again.load(path)
     assert again.phase_scale == 12.5

@@ -87,7 +87,7 @@ class PdfVAE(nn.Module):
 
     def loss(self, pdf, generator=None, kl_weight=1e-3):
         mu, logvar = self.encode(pdf)
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        eps = _normal_like(mu, generator)
         rec = self.decode(mu + (0.5 * logvar).exp() * eps)
         # the paper's L1(100·) + 0.1·MSE(100·) + β·KL
         recon = (100 * (rec - pdf)).abs().mean(1) + 0.1 * ((100 * (rec - pdf)) ** 2).mean(1)
@@ -268,12 +268,19 @@ class MatrixVAE(nn.Module):
 
     def loss(self, blocks, pdf, generator=None, kl_weight=1e-3):
         mu, logvar, mu_p, logvar_p = self.encode(blocks, pdf)
-        eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        eps = _normal_like(mu, generator)
         rec = self.decode(mu + (0.5 * logvar).exp() * eps)
         # mean squared error of W in units of 1e-3 (the paper scales W by 1000)
         mse = ((1000.0 * (rec - blocks)) ** 2).flatten(1).mean(1) * 1e-3
         kl = gaussian_kl(mu, logvar, mu_p, logvar_p)
         return (mse + kl_weight * kl).mean(), float(((rec.detach() - blocks) ** 2).mean())
+
+
+def _normal_like(mu: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal draws shaped like ``mu``, drawn on the generator's device (a CPU generator
+    gives the same numbers whatever device the model is on), then moved to ``mu``'s."""
+    device = generator.device if generator is not None else mu.device
+    return torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=device).to(mu.device)
 
 
 def timestep_embedding(t, dim: int):

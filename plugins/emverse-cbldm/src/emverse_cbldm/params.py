@@ -151,7 +151,9 @@ class TrainParams:
     bounds the distance-geometry solve of each candidate; ``eval_polish_steps`` > 0 then polishes
     every candidate of every method against the input PDF (Adam, step ``eval_polish_lr`` Å).
     ``eval_workers`` processes share the candidates (the numbers do not depend on it).
-    ``checkpoint_name``: file name of the weights in the run directory.
+    ``checkpoint_name``: file name of the weights in the run directory. ``checkpoint_every``:
+    optimiser steps between resume checkpoints of each stage (``cbldm-<stage>-resume.safetensors``;
+    ``emverse run --resume`` continues from them).
     """
 
     pdf_channels: int = attrs.field(default=16, validator=positive)
@@ -178,6 +180,7 @@ class TrainParams:
     eval_polish_lr: float = attrs.field(default=0.01, validator=positive)
     eval_workers: int = attrs.field(default=1, validator=positive)
     checkpoint_name: str = "cbldm"
+    checkpoint_every: int = attrs.field(default=500, validator=non_negative)
     init_checkpoint: str = path_field("checkpoint", default="")
     threads: int = attrs.field(default=0, validator=non_negative)
 

@@ -4,8 +4,10 @@ Stage 1: PDF-VAE, L1(100·) + 0.1·MSE(100·) + β·KL. Stage 2: matrix-VAE,
 MSE of W (×1000) + β·KL(q(z | W, PDF) ‖ p(z | PDF)). Stage 3 (encoders frozen): the
 latent UNet on standardised posterior samples, ε-prediction with an L1 loss, t ~ U(t_min, 1)
 on emverse-diffusion's cosine schedule. Baselines: MSE regression PDF → W. β warms up
-linearly over the first half of each stage's epochs to ``kl_weight``. Adam everywhere.
-Every random draw comes from one torch.Generator seeded from the recipe seed.
+linearly over the first half of each stage's epochs to ``kl_weight``. Each stage is one call
+of the core training loop (:func:`emverse.training.fit`: Adam, cosine learning-rate decay over
+the stage's steps, gradient norm clipped at 1, checkpoints and exact resume); every random
+draw comes from the stage's generator, seeded from the recipe seed and the stage's name.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ import math
 import numpy as np
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import OptionsTask
-from emverse.run import RunResult
+from emverse.interfaces import Objective, OptionsTask
+from emverse.run import RunResult, stable_seed
+from emverse.training import TensorData, TrainConfig, fit
 
 from .clusters import WEIGHT_T_ANGSTROM2 as WEIGHT_T
 from .prior import CbLDMPrior
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+class _StageObjective(Objective):
+    """One stage's loss: ``step_loss(network, batch, epoch, epochs)`` (β warm-up needs the epoch)."""
+
+    def __init__(self, step_loss, steps_per_epoch: int, epochs: int):
+        self.step_loss, self.steps_per_epoch, self.epochs = step_loss, steps_per_epoch, epochs
+
+    def loss(self, network, batch):
+        return self.step_loss(network, batch, batch.step // self.steps_per_epoch, self.epochs)
 
 
 def _warmup(epoch: int, epochs: int, weight: float) -> float:
@@ -34,59 +41,55 @@ def _warmup(epoch: int, epochs: int, weight: float) -> float:
 
 
 def train_model(
-    model: CbLDMPrior, pdf, blocks, opts, generator, log=None, progress=None, order_generator=None
+    model: CbLDMPrior, pdf, blocks, opts, seed: int, *, out_dir=None, recipe=None, checkpoint_every: int = 0,
+    log=None, progress=False, on_interrupt=None, stop_after: dict[str, int] | None = None,
 ) -> dict:
-    """Train every stage in place; returns the final training losses by stage.
+    """Train every stage in place on the core loop; returns the final training losses by stage.
 
-    ``pdf`` and ``blocks`` live on the model's device; ``generator`` (same device) draws the
-    noise, ``order_generator`` (CPU; default: a copy seeded from ``generator``) the batch order.
+    ``pdf`` and ``blocks`` live on the model's device. Stage ``name`` draws from the seed
+    ``stable_seed(seed, name)``; with ``out_dir`` its state is checkpointed to
+    ``<out_dir>/cbldm-<name>-resume.safetensors`` and a re-run continues from there (a
+    finished stage is restored, not retrained). ``stop_after`` {stage: steps} ends a stage
+    abruptly, as a crash would (for tests); the stages after it are then not run.
     """
     losses: dict[str, float] = {}
     n = pdf.shape[0]
-    if order_generator is None:
-        order_generator = torch.Generator().manual_seed(int(generator.initial_seed()) % (2**63))
-    bs = opts.batch_size
-    wrap = progress or (lambda it, **kw: it)
+    bs = min(opts.batch_size, n)
+    per_epoch = max(1, n // bs)
+    data = TensorData(pdf, blocks)
+    stopped = False
 
-    def run_stage(name, params, epochs, step):
-        if epochs <= 0:
+    def run_stage(name, module, epochs, step_loss):
+        nonlocal stopped
+        if epochs <= 0 or stopped:
             return
-        opt = torch.optim.Adam(params, lr=opts.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-        for epoch in wrap(range(epochs), desc=name):
-            total, count = 0.0, 0
-            for idx in _batches(n, bs, order_generator):
-                idx = idx.to(pdf.device)
-                loss = step(idx, epoch, epochs)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            sched.step()
-            losses[name] = total / count
-            if log and (epoch == epochs - 1 or epoch % max(1, epochs // 5) == 0):
-                log.info("%s epoch %d/%d loss %.5g", name, epoch + 1, epochs, losses[name])
+        config = TrainConfig(
+            steps=epochs * per_epoch, batch_size=bs, learning_rate=opts.lr, lr_decay="cosine",
+            ema_decay=0.0, grad_clip=1.0, amp=False, checkpoint_every=checkpoint_every,
+            log_every=max(1, epochs * per_epoch // 5), seed=stable_seed(seed, name) % (2**62),
+        )
+        result = fit(
+            module, _StageObjective(step_loss, per_epoch, epochs), data, config, out_dir=out_dir,
+            name=f"cbldm-{name}", recipe=recipe, progress=progress, log=log, on_interrupt=on_interrupt,
+            stop_after=(stop_after or {}).get(name),
+        )
+        stopped = result.interrupted
+        losses[name] = float(np.mean(result.history["loss"][-per_epoch:]))
 
     model.train()
-    pdf_params = list(model.pdf_vae.parameters())
-    run_stage(
-        "pdf_vae",
-        pdf_params,
-        opts.epochs_pdf_vae,
-        lambda idx, e, E: model.pdf_vae.loss(pdf[idx], generator, _warmup(e, E, opts.kl_weight)),
-    )
-    mat_params = list(model.matrix_vae.parameters())
-    run_stage(
-        "matrix_vae",
-        mat_params,
-        opts.epochs_matrix_vae,
-        lambda idx, e, E: model.matrix_vae.loss(
-            blocks[idx], pdf[idx], generator, _warmup(e, E, opts.kl_weight)
-        )[0],
-    )
-    # latent statistics for standardisation
+
+    def pdf_vae_loss(net, batch, epoch, epochs):
+        return net.loss(batch.x, batch.generator, _warmup(epoch, epochs, opts.kl_weight))
+
+    def matrix_vae_loss(net, batch, epoch, epochs):
+        return net.loss(batch.condition, batch.x, batch.generator, _warmup(epoch, epochs, opts.kl_weight))[0]
+
+    run_stage("pdf_vae", model.pdf_vae, opts.epochs_pdf_vae, pdf_vae_loss)
+    run_stage("matrix_vae", model.matrix_vae, opts.epochs_matrix_vae, matrix_vae_loss)
+    if stopped:
+        return losses
+    # latent statistics for standardisation (deterministic given the trained encoders)
+    model.eval()
     with torch.no_grad():
         mus = torch.cat(
             [
@@ -100,30 +103,26 @@ def train_model(
 
     t_min = 1e-3
 
-    def ldm_step(idx, e, E):
+    def ldm_loss(unet, batch, epoch, epochs):
         with torch.no_grad():
-            mu, logvar, _, _ = model.matrix_vae.encode(blocks[idx], pdf[idx])
-            z = mu + (0.5 * logvar).exp() * torch.randn(
-                mu.shape, generator=generator, device=mu.device
-            )
+            mu, logvar, _, _ = model.matrix_vae.encode(batch.condition, batch.x)
+            z = mu + (0.5 * logvar).exp() * batch.randn(*mu.shape[1:], dtype=mu.dtype)
             x0 = model.to_standard(z)
-        t = t_min + (1 - t_min) * torch.rand(len(idx), generator=generator, device=x0.device)
+        t = t_min + (1 - t_min) * batch.rand(dtype=x0.dtype)
         alpha, sigma = model.schedule.alpha_sigma(t)
         alpha, sigma = alpha.to(x0.dtype), sigma.to(x0.dtype)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        eps = batch.randn(*x0.shape[1:], dtype=x0.dtype)
         x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
-        eps_hat = model.unet(x_t, t, embeddings[idx])
+        eps_hat = unet(x_t, t, embeddings[torch.as_tensor(batch.indices, device=x0.device)])
         return (eps_hat - eps).abs().mean()
 
-    run_stage("ldm", list(model.unet.parameters()), opts.epochs_ldm, ldm_step)
+    run_stage("ldm", model.unet, opts.epochs_ldm, ldm_loss)
     for name, net in model.baselines.items():
         run_stage(
             f"baseline_{name}",
-            list(net.parameters()),
+            net,
             opts.epochs_baselines,
-            lambda idx, e, E, net=net: (
-                ((1000.0 * (net(pdf[idx]) - blocks[idx])) ** 2).mean() * 1e-3
-            ),
+            lambda module, batch, e, E: ((1000.0 * (module(batch.x) - batch.condition)) ** 2).mean() * 1e-3,
         )
     model.eval()
     return losses
@@ -184,10 +183,13 @@ class TrainTask(OptionsTask):
             pdf.to(ctx.device),
             blocks.to(ctx.device),
             opts,
-            ctx.generator("train", device=ctx.device),
-            ctx.log,
-            ctx.progress,
-            order_generator=ctx.generator("batch-order"),
+            stable_seed(ctx.seed, "train"),
+            out_dir=ctx.out_dir,
+            recipe=ctx.recipe.to_dict(),
+            checkpoint_every=opts.checkpoint_every,
+            log=ctx.log.info,
+            progress=ctx.progress,
+            on_interrupt=ctx.on_interrupt,
         )
         model = model.cpu()
         ctx.save_checkpoint(

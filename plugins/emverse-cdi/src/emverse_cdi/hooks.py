@@ -19,8 +19,11 @@ def emverse_components():
                     "Toy Gaussian-spot pattern from the 13 parameters (DW factors invisible by design)")
     yield Component("task", "cdi.dataset", "emverse_cdi.tasks:DatasetTask", _P + "DatasetOptions",
                     "Simulate a Zarr dataset of (pattern, parameters) with uniform parameter draws")
-    yield Component("task", "cdi.train", "emverse_cdi.tasks:TrainTask", _P + "TrainOptions",
-                    "Train a cdi.transformer or cdi.regression model on a Zarr dataset")
+    yield Component("dataset", "cdi.patterns", "emverse_cdi.training:Patterns", _P + "PatternsParams",
+                    "(pattern, parameters) pairs of a cdi.dataset Zarr store, for the core train task")
+    yield Component("objective", "cdi.augmented", "emverse_cdi.training:AugmentedObjective",
+                    _P + "AugmentedParams",
+                    "Loss of cdi.transformer (eps-MSE) or cdi.regression (MSE) on augmented patterns")
     yield Component("task", "cdi.evaluate", "emverse_cdi.tasks:EvaluateTask", _P + "EvaluateOptions",
                     "NRMSE, calibration, coverage-sharpness, histograms and posterior predictive check")
     yield Component("task", "cdi.infer", "emverse_cdi.tasks:InferTask", _P + "InferOptions",

@@ -92,29 +92,28 @@ class DatasetOptions:
 
 
 @attrs.frozen
-class TrainOptions:
-    """``cdi.train``: fit the recipe's ``[prior]`` (``cdi.transformer``: ε-MSE with
-    EMA; ``cdi.regression``: MSE on normalised parameters) on a Zarr dataset.
+class PatternsParams:
+    """``[dataset] type = "cdi.patterns"``: a ``cdi.dataset`` Zarr store as training data
+    (``path`` relative to the recipe; the first ``max_items`` pairs, 0 = all)."""
 
-    Augmentation (appendix B.1): rotation by U(±``rotation_degrees``) with
-    bilinear interpolation, centre crop, random resized crop with area
-    fraction U(``resized_crop_scale``). ``noise_draws``: diffusion (step, noise)
-    pairs per pattern and step (the pattern is encoded once). The trained weights are written to
-    ``<run>/<checkpoint_name>.safetensors``.
+    path: str = path_field("zarr", default="dataset.zarr")
+    max_items: int = attrs.field(default=0, validator=non_negative)
+
+
+@attrs.frozen
+class AugmentedParams:
+    """``[objective] type = "cdi.augmented"``: the loss of the ``[prior]`` (``cdi.transformer``:
+    ε-MSE, EMA weights kept; ``cdi.regression``: MSE on normalised parameters) on augmented
+    patterns (appendix B.1): rotation by U(±``rotation_degrees``) with bilinear
+    interpolation, centre crop, random resized crop with area fraction U(``resized_crop_scale``).
+    ``noise_draws``: diffusion (step, noise) pairs per pattern and step (the pattern is encoded
+    once).
     """
 
-    dataset: str = "dataset.zarr"
-    epochs: int = attrs.field(default=1000, validator=positive)
-    batch_size: int = attrs.field(default=64, validator=positive)
-    steps_per_epoch: int | None = attrs.field(default=None, validator=_optional_positive)
-    learning_rate: float = attrs.field(default=1e-4, validator=positive)
-    weight_decay: float = attrs.field(default=0.0, validator=non_negative)
-    cosine_schedule: bool = False
     rotation_degrees: float = attrs.field(default=2.0, validator=non_negative)
     resized_crop_scale: tuple[float, float] = attrs.field(
         default=(0.9, 1.0), converter=tuple, validator=_scale_pair
     )
-    checkpoint_name: str = "model"
     noise_draws: int = attrs.field(default=1, validator=positive)
 
 
@@ -178,6 +177,8 @@ class PipelineOptions:
         default=(0.9, 1.0), converter=tuple, validator=_scale_pair
     )
     noise_draws: int = attrs.field(default=1, validator=positive)
+    #: optimiser steps between resume checkpoints (<run>/cdi-resume.safetensors, regression-resume...)
+    checkpoint_every: int = attrs.field(default=500, validator=non_negative)
     baseline: ComponentSpec = nested("prior", "cdi.regression")
     n_samples: int = attrs.field(default=100, validator=positive)
     eval_batch_size: int = attrs.field(default=32, validator=positive)

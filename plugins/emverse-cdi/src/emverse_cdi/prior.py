@@ -16,7 +16,6 @@ Parameters are normalised to [-1, 1] with the table means and half ranges.
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 from pathlib import Path
 
@@ -331,24 +330,6 @@ class CdiTransformerPrior(PatternConditioned, DiffusionPrior):
         x_t = alpha.float().to(z.device)[:, None] * z + sigma.float().to(z.device)[:, None] * eps
         pred = self.network.denoise_tokens(x_t, self.integer_step(t).to(z.device), tokens)
         return F.mse_loss(pred, eps)
-
-    def make_ema(self) -> nn.Module:
-        ema = copy.deepcopy(self.network)
-        ema.requires_grad_(False)
-        return ema
-
-    def update_ema(self, ema: nn.Module, step: int) -> None:
-        # Warm-up of the decay (1 + n)/(10 + n) so short CPU runs are not dominated by the
-        # random initialisation; it reaches the paper's 0.9999 only after ~10⁵ steps.
-        decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), self.network.parameters(), strict=True):
-                p_ema.lerp_(p, 1.0 - decay)
-            for b_ema, b in zip(ema.buffers(), self.network.buffers(), strict=True):
-                b_ema.copy_(b)
-
-    def use_weights(self, network: nn.Module) -> None:
-        self.network.load_state_dict(network.state_dict())
 
 
 class RegressionPrior(PatternConditioned, Prior):

@@ -72,14 +72,17 @@ def _loss_figure(histories: dict):
     return fig
 
 
-def _train(ctx, model, dataset, opts, *, epochs, learning_rate, stream, noise_draws=1):
+def _train(ctx, model, dataset, opts, *, epochs, learning_rate, stream, name, noise_draws=1):
+    """Train on the core loop, checkpointing to ``<run>/<name>-resume.safetensors`` (resumable)."""
     return train_model(
         model, dataset, epochs=epochs, batch_size=opts.batch_size,
-        learning_rate=learning_rate, generator=ctx.generator(stream),
+        learning_rate=learning_rate, seed=stable_seed(ctx.seed, stream) % (2**62),
         steps_per_epoch=opts.steps_per_epoch, weight_decay=opts.weight_decay,
         cosine_schedule=opts.cosine_schedule, rotation_degrees=opts.rotation_degrees,
         resized_crop_scale=tuple(opts.resized_crop_scale), noise_draws=noise_draws,
-        progress=(lambda it, desc: ctx.progress(it, desc=desc)), log=ctx.log,
+        out_dir=ctx.out_dir, name=name, checkpoint_every=opts.checkpoint_every,
+        recipe=ctx.recipe.to_dict(), progress=ctx.progress, log=ctx.log.info,
+        on_interrupt=ctx.on_interrupt,
     )
 
 
@@ -194,29 +197,6 @@ class DatasetTask(OptionsTask):
                           "seconds_per_pattern": seconds / len(dataset)})
 
 
-class TrainTask(OptionsTask):
-    """``cdi.train``: train the recipe's ``[prior]`` (CDI or regression) on a Zarr dataset."""
-
-    def run(self, ctx) -> RunResult:
-        opts = ctx.options
-        model = ctx.build("prior")
-        if not hasattr(model, "training_loss"):
-            raise EmverseError(
-                f"cdi.train trains cdi.transformer or cdi.regression, not {ctx.spec('prior').type!r}; "
-                "change [prior] type"
-            )
-        dataset = PatternDataset(ctx.resolve_path(opts.dataset), space=model.parameter_space)
-        history = _train(ctx, model, dataset, opts, epochs=opts.epochs,
-                         learning_rate=opts.learning_rate, stream="cdi.train",
-                         noise_draws=opts.noise_draws)
-        path = model.save(ctx.out_dir / f"{opts.checkpoint_name}.safetensors",
-                          recipe=ctx.recipe.to_dict())
-        ctx.save_figure("training_loss", _loss_figure({model.component_name: history}))
-        ctx.add_text("checkpoint", str(path))
-        return RunResult({"final_loss": history.epoch_loss[-1], "seconds": history.seconds,
-                          "steps": history.steps})
-
-
 class EvaluateTask(OptionsTask):
     """``cdi.evaluate``: posteriors of a trained ``[prior]`` on a held-out Zarr test set."""
 
@@ -329,11 +309,11 @@ class PipelineTask(OptionsTask):
         histories = {}
         histories["CDI"] = _train(ctx, prior, train, opts, epochs=opts.epochs,
                                   learning_rate=opts.learning_rate, stream="cdi.train",
-                                  noise_draws=opts.noise_draws)
+                                  name="cdi", noise_draws=opts.noise_draws)
         prior.save(ctx.out_dir / "cdi.safetensors", recipe=ctx.recipe.to_dict())
         histories["regression"] = _train(ctx, baseline, train, opts, epochs=opts.baseline_epochs,
                                          learning_rate=opts.baseline_learning_rate,
-                                         stream="cdi.train_regression")
+                                         stream="cdi.train_regression", name="regression")
         baseline.save(ctx.out_dir / "regression.safetensors", recipe=ctx.recipe.to_dict())
         ctx.save_figure("training_loss", _loss_figure(histories))
         sampler = ctx.build("sampler")

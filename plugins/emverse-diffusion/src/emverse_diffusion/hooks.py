@@ -45,6 +45,9 @@ def emverse_components():
                     _P + "SimulatedDataParams", "Training pairs: x from a prior, y simulated by the forward model")
     yield Component("dataset", "diffusion.zarr", "emverse_diffusion.components:ZarrDataset",
                     _P + "ZarrDataParams", "Training pairs read from a Zarr group")
+    yield Component("objective", "diffusion.denoising", "emverse_diffusion.training:DiffusionTraining",
+                    _P + "DenoisingParams",
+                    "Diffusion loss of a network prior: eps/x0/v target, logSNR weighting, uniform or adaptive t")
     yield Component("task", "diffusion.train", "emverse_diffusion.tasks:TrainTask",
                     _P + "TrainTaskParams", "Train a diffusion prior (EMA, checkpoints, resume, DDP); optional posterior check")
     yield Component("task", "diffusion.posterior", "emverse_diffusion.tasks:PosteriorTask",

@@ -212,13 +212,33 @@ class ZarrDataParams:
     validation_fraction: float = attrs.field(default=0.05, validator=in_range(0.0, 0.5))
 
 
+# ----------------------------------------------------------------------------- objective
+@attrs.frozen
+class DenoisingParams:
+    """``[objective] type = "diffusion.denoising"``: the diffusion loss of a network prior.
+
+    ``weighting`` uniform | sigmoid (``weighting_bias``) | gaussian (``weighting_center``,
+    ``weighting_width``) in logSNR; ``time_sampler`` uniform | adaptive (``adaptive_bins``
+    bins, Kingma & Gao 2023); ``norm`` l2 | l1. The prior's ``prediction`` (ε, x₀ or v) is the
+    target.
+    """
+
+    weighting: str = attrs.field(default="uniform", validator=one_of("uniform", "sigmoid", "gaussian"))
+    weighting_bias: float = 0.0
+    weighting_center: float = 0.0
+    weighting_width: float = attrs.field(default=2.4, validator=positive)
+    time_sampler: str = attrs.field(default="uniform", validator=one_of("uniform", "adaptive"))
+    adaptive_bins: int = attrs.field(default=100, validator=_positive_int)
+    norm: str = attrs.field(default="l2", validator=one_of("l2", "l1"))
+
+
 # ----------------------------------------------------------------------------- tasks
 @attrs.frozen
 class TrainTaskParams:
     """Train the recipe's [prior] on its [dataset]; optionally sample posteriors afterwards.
 
-    Loss: ``weighting`` uniform | sigmoid (bias) | gaussian (center, width) in
-    logSNR; ``time_sampler`` uniform | adaptive (Kingma & Gao bins); ``norm`` l2 | l1.
+    The loss is the recipe's ``[objective]`` (``diffusion.denoising``; its defaults when the
+    table is absent).
     """
 
     steps: int = attrs.field(default=2000, validator=_positive_int)
@@ -233,13 +253,6 @@ class TrainTaskParams:
     amp: bool = True
     validate_every: int = attrs.field(default=500, validator=non_negative)
     checkpoint_every: int = attrs.field(default=500, validator=non_negative)
-    weighting: str = attrs.field(default="uniform", validator=one_of("uniform", "sigmoid", "gaussian"))
-    weighting_bias: float = 0.0
-    weighting_center: float = 0.0
-    weighting_width: float = attrs.field(default=2.4, validator=positive)
-    time_sampler: str = attrs.field(default="uniform", validator=one_of("uniform", "adaptive"))
-    adaptive_bins: int = attrs.field(default=100, validator=_positive_int)
-    norm: str = attrs.field(default="l2", validator=one_of("l2", "l1"))
     #: continue an interrupted run: path to its model-resume.safetensors
     resume_from: str = path_field("checkpoint", default="")
     #: after training: posterior draws for this many held-out observations (0: none)

@@ -198,6 +198,15 @@ class NetworkDiffusionPrior(DiffusionPrior):
         """Scalar training loss of a batch of clean samples (draws t and ε from ``generator``)."""
         return self.loss_terms(x0, condition, generator).loss
 
+    def save(self, path, recipe: dict | None = None):
+        """Write the network's current weights (as both ``model.`` and ``ema.``: what the core
+        ``train`` task keeps) with ``recipe``, whose ``[prior]`` table ``load`` checks."""
+        from emverse.checkpoint import save_checkpoint
+
+        state = self.network.state_dict()
+        tensors = {f"model.{k}": v for k, v in state.items()} | {f"ema.{k}": v.clone() for k, v in state.items()}
+        return save_checkpoint(path, tensors, recipe=recipe)
+
 
 # ------------------------------------------------------------------ checkpoint checks
 def check_recipe_match(

@@ -297,6 +297,15 @@ def read_pets(path: str | Path, *, strict: bool = False) -> PetsData:
     )
     counts = np.bincount(frame_index, minlength=len(frames))
     empty = np.flatnonzero(counts == 0)
+    trailing = empty.size and np.array_equal(empty, np.arange(len(frames) - empty.size, len(frames)))
+    if trailing and np.all(np.diff(frame_index) >= 0):
+        # reflections listed frame by frame and the last frames have none: the signature of a
+        # file cut at a row boundary (PETS2 does not count its rows), not of a real data set
+        raise EmverseError(
+            f"{source}: the last {empty.size} frame(s) (ids {frame_id[empty][:10].tolist()}) have no "
+            "reflections while the reflections are listed frame by frame, so the file looks truncated; "
+            "copy the complete file from PETS2"
+        )
     if empty.size:
         message = (
             f"{source}: {empty.size} frame(s) have no reflections (ids {frame_id[empty][:10].tolist()})"

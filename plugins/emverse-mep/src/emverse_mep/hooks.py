@@ -17,9 +17,14 @@ def emverse_components():
         summary="3D UNet diffusion prior over phase volumes (anisotropic resampling, v-prediction in logSNR)",
     )
     yield Component(
-        kind="task", name="mep.train", impl="emverse_mep.train:TrainTask",
-        params="emverse_mep.params:TrainParams",
-        summary="Train the mep.unet3d prior: v-loss, Gaussian logSNR weighting, adaptive noise schedule, EMA",
+        kind="objective", name="mep.v_prediction", impl="emverse_mep.train:VObjective",
+        params="emverse_mep.params:VPredictionParams",
+        summary="v-prediction loss in logSNR for mep.unet3d: Gaussian weighting, adaptive λ sampler, flips",
+    )
+    yield Component(
+        kind="dataset", name="mep.volumes", impl="emverse_mep.train:Volumes",
+        params="emverse_mep.params:VolumesParams",
+        summary="Phase volumes of a mep.dataset store as training data (with their phase_scale)",
     )
     yield Component(
         kind="task", name="mep.reconstruct", impl="emverse_mep.reconstruct:ReconstructTask",

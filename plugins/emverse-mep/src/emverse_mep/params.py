@@ -143,13 +143,9 @@ class UNet3DParams:
 
 
 @attrs.frozen
-class TrainParams:
-    """Options of the ``mep.train`` task (v-prediction in continuous logSNR).
+class VPredictionParams:
+    """``[objective] type = "mep.v_prediction"`` (v-prediction in continuous logSNR).
 
-    * ``data``: the Zarr store of training volumes (``mep.dataset`` output,
-      relative to the recipe, e.g. ``"runs/data/train.zarr"``);
-    * ``steps`` optimiser steps, ``batch_size``, AdamW ``learning_rate`` and
-      ``weight_decay``, ``ema_decay`` of the weight average used to sample;
     * loss weighting: Gaussian in λ, ``weight_mean`` / ``weight_std``
       (the paper concentrates it at high noise, λ < 0);
     * ``adaptive_bins`` bins of the adaptive λ sampler over
@@ -157,18 +153,20 @@ class TrainParams:
     * ``flip_augment`` random flips/90° rotations in-plane.
     """
 
-    data: str = path_field("zarr", default="mep-data/train.zarr")
-    steps: int = attrs.field(default=2000, validator=positive)
-    batch_size: int = attrs.field(default=16, validator=positive)
-    learning_rate: float = attrs.field(default=1e-4, validator=positive)
-    weight_decay: float = attrs.field(default=0.01, validator=non_negative)
-    ema_decay: float = attrs.field(default=0.999, validator=in_range(0.0, 1.0))
-    grad_clip: float = attrs.field(default=1.0, validator=positive)
     weight_mean: float = -2.0
     weight_std: float = attrs.field(default=3.0, validator=positive)
     adaptive_bins: int = attrs.field(default=100, validator=non_negative)
     flip_augment: bool = True
-    log_every: int = attrs.field(default=50, validator=positive)
+
+
+@attrs.frozen
+class VolumesParams:
+    """``[dataset] type = "mep.volumes"``: the training volumes of a ``mep.dataset`` store
+    (``path`` relative to the recipe, e.g. ``"../runs/mep-cpu-data/train.zarr"``; the first
+    ``count`` volumes, 0 = all)."""
+
+    path: str = path_field("zarr", default="mep-data/train.zarr")
+    count: int = attrs.field(default=0, validator=non_negative)
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""``mep.train``: fit the ``mep.unet3d`` prior to rescaled phase volumes.
+"""Training the ``mep.unet3d`` prior on rescaled phase volumes (the core ``train`` task with
+``[objective] type = "mep.v_prediction"`` and ``[dataset] type = "mep.volumes"``).
 
 Objective (Kingma & Gao 2023, VDM++; MEP-Diffusion §3): v-prediction in
 continuous logSNR λ with a Gaussian weighting w(λ) = exp(−(λ−μ)²/(2s²))
@@ -12,24 +13,25 @@ sampling but its variance is lower.
 
 from __future__ import annotations
 
-import copy
 import math
 
+import attrs
 import torch
 from emverse.errors import EmverseError
-from emverse.interfaces import OptionsTask
+from emverse.interfaces import Configurable, Objective
+from emverse.training import TensorData, TrainConfig, fit
 from emverse_diffusion.objectives import AdaptiveLogSNRSampler, LossWeighting
 
 from emverse_mep.dataset import load_volumes
 
 
-def v_loss_terms(prior, x0: torch.Tensor, logsnr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared v error, shape (batch,)."""
+def v_loss_terms(predict_v, x0: torch.Tensor, logsnr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared v error, shape (batch,); ``predict_v(x_t, logsnr)`` is the network."""
     alpha = torch.sigmoid(logsnr).sqrt().view(-1, 1, 1, 1)
     sigma = torch.sigmoid(-logsnr).sqrt().view(-1, 1, 1, 1)
     x_t = alpha * x0 + sigma * noise
     v = alpha * noise - sigma * x0
-    v_hat = prior.predict_v(x_t, logsnr)
+    v_hat = predict_v(x_t, logsnr)
     return ((v_hat - v) ** 2).flatten(1).mean(1)
 
 
@@ -45,76 +47,130 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.stack(out)
 
 
-class TrainTask(OptionsTask):
-    def run(self, ctx):
-        from emverse.run import RunResult
+@attrs.define
+class _VLoss:
+    loss: torch.Tensor
+    logsnr: torch.Tensor  # float64, this process's samples
+    weighted: torch.Tensor  # w(λ)·mse, detached
 
-        opts = ctx.options
-        prior = ctx.build("prior")
-        volumes, attrs = load_volumes(ctx.resolve_path(opts.data))
-        if tuple(volumes.shape[1:]) != tuple(prior.event_shape):
+
+class VObjective(Objective):
+    """``mep.v_prediction``: weighted v-prediction MSE in logSNR, λ from the adaptive sampler (or uniform).
+
+    Gaussian weighting w(λ) centred at ``weight_mean`` with width ``weight_std``;
+    ``adaptive_bins`` bins of the adaptive λ sampler (0: uniform λ); ``flip_augment``
+    random in-plane flips and 90° rotations. Binds to a ``mep.unet3d`` prior and
+    ``mep.volumes`` data (whose ``phase_scale`` the prior keeps).
+    """
+
+    def __init__(self, weight_mean: float = -2.0, weight_std: float = 3.0, adaptive_bins: int = 100,
+                 flip_augment: bool = True):
+        self.flip_augment = bool(flip_augment)
+        self.weighting = LossWeighting("gaussian", center=weight_mean, width=weight_std)
+        self.adaptive_bins = int(adaptive_bins)
+        self.prior = self.sampler = None
+        self.dtype = torch.float32
+
+    def bind(self, prior, data) -> None:
+        if not hasattr(prior, "predict_v"):
+            raise EmverseError(f"[objective] mep.v_prediction trains a mep.unet3d prior, not a "
+                               f"{type(prior).__name__}; change [prior] type")
+        shape = tuple(data.x0.shape[1:])
+        if shape != tuple(prior.event_shape):
             raise EmverseError(
-                f"training volumes have shape {tuple(volumes.shape[1:])} but [prior] event_shape is "
-                f"{tuple(prior.event_shape)}; make them equal (dataset train_shape or prior event_shape)"
-            )
-        prior.phase_scale = float(attrs.get("phase_scale", 1.0))
-        result = train_prior(prior, torch.as_tensor(volumes), opts, ctx)
-        path = ctx.save_checkpoint("prior", result["state"], metadata=prior.checkpoint_metadata())
-        ctx.log.info("prior checkpoint %s", path)
-        history = result["history"]
-        _loss_figure(ctx, history)
-        return RunResult(metrics={k: v for k, v in result.items() if isinstance(v, float)})
+                f"training volumes have shape {shape} but [prior] event_shape is {tuple(prior.event_shape)}; "
+                "make them equal (dataset train_shape or prior event_shape)")
+        if hasattr(data, "attrs"):  # a mep.dataset store: its rescaling travels with the prior
+            prior.phase_scale = float(data.attrs.get("phase_scale", 1.0))
+        self.prior = prior
+        self.dtype = next(prior.network.parameters()).dtype
+        self.range = (prior.schedule.logsnr_min, prior.schedule.logsnr_max)
+        self.sampler = AdaptiveLogSNRSampler(self.adaptive_bins, *self.range) if self.adaptive_bins else None
 
+    def report(self, prior, data, generator) -> dict[str, float]:
+        x0 = data.x0[: min(len(data), 32)].to(device=next(prior.network.parameters()).device, dtype=self.dtype)
+        return denoising_errors(prior, x0, generator)
 
-def train_prior(prior, volumes: torch.Tensor, opts, ctx) -> dict:
-    """Train ``prior.network`` in place; returns EMA weights, history and metrics."""
-    device, dtype = ctx.device, ctx.dtype
-    gen = ctx.generator("mep.train")
-    network = prior.network.to(device=device, dtype=dtype)
-    ema = copy.deepcopy(network).requires_grad_(False)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
-    lmin, lmax = prior.schedule.logsnr_min, prior.schedule.logsnr_max
-    weighting = LossWeighting("gaussian", center=opts.weight_mean, width=opts.weight_std)
-    sampler = AdaptiveLogSNRSampler(opts.adaptive_bins, lmin, lmax) if opts.adaptive_bins else None
-    n = volumes.shape[0]
-    history = {"step": [], "loss": []}
-    running = None
-    for step in ctx.progress(range(opts.steps), desc="train", total=opts.steps):
-        idx = torch.randint(n, (opts.batch_size,), generator=gen)
-        x0 = volumes[idx]
-        if opts.flip_augment:
-            x0 = _augment(x0, gen)
-        x0 = x0.to(device=device, dtype=dtype)
-        if sampler is not None:
-            t64, importance = sampler.sample(opts.batch_size, prior.schedule, gen, dtype=torch.float64)
-            lam64 = prior.schedule.logsnr(t64)
+    def loss(self, network, batch):
+        x0 = batch.x
+        if self.flip_augment:
+            x0 = _augment(x0, batch.generator)
+        x0 = x0.to(device=batch.device, dtype=self.dtype)
+        if self.sampler is not None:
+            t64, importance = self.sampler.sample(batch.size, self.prior.schedule, batch.generator,
+                                                  dtype=torch.float64)
+            lam64 = self.prior.schedule.logsnr(t64)[batch.part]
+            importance = importance[batch.part]
         else:
-            lam64 = lmin + (lmax - lmin) * torch.rand(opts.batch_size, generator=gen, dtype=torch.float64)
+            lmin, lmax = self.range
+            lam64 = lmin + (lmax - lmin) * batch.rand(dtype=torch.float64).cpu()
             importance = torch.ones_like(lam64)
-        logsnr = lam64.to(device=device, dtype=dtype)
-        noise = torch.randn(x0.shape, generator=gen, dtype=dtype).to(device)
-        mse = v_loss_terms(prior, x0, logsnr, noise)
-        weight = weighting(logsnr)
-        loss = (weight * importance.to(device=device, dtype=dtype) * mse).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), opts.grad_clip)
-        optimiser.step()
-        with torch.no_grad():
-            decay = min(opts.ema_decay, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), network.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
-        if sampler is not None:
-            sampler.update(lam64, weight * mse)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise EmverseError(f"training loss became {value} at step {step}; lower learning_rate")
-        running = value if running is None else 0.98 * running + 0.02 * value
-        if step % opts.log_every == 0 or step == opts.steps - 1:
-            history["step"].append(step)
-            history["loss"].append(running)
-            ctx.log.info("step %d loss %.4f", step, running)
-    network.load_state_dict(ema.state_dict())
+        logsnr = lam64.to(device=batch.device, dtype=self.dtype)
+        noise = batch.randn(*x0.shape[1:], dtype=self.dtype)
+        mse = v_loss_terms(network, x0, logsnr, noise)
+        weighted = self.weighting(logsnr) * mse
+        loss = (weighted * importance.to(device=batch.device, dtype=self.dtype)).mean()
+        return _VLoss(loss, lam64, weighted.detach())
+
+    def after_step(self, result, reduce) -> None:
+        if self.sampler is not None:
+            sums, counts = self.sampler.bin_statistics(result.logsnr, result.weighted)
+            self.sampler.apply(reduce(sums), reduce(counts))
+
+    def state_dict(self):
+        return self.sampler.state_dict() if self.sampler is not None else {}
+
+    def load_state_dict(self, state):
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state)
+        else:
+            super().load_state_dict(state)
+
+
+class Volumes(Configurable):
+    """``mep.volumes``: the phase volumes of a ``mep.dataset`` store (``path``; the first ``count``,
+    0 = all) as training data; the store's ``phase_scale`` travels with them."""
+
+    def __init__(self, path: str, count: int = 0):
+        self.path, self.count = path, int(count)
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        return cls(str(ctx.resolve_path(params.path)) if ctx is not None else params.path, params.count)
+
+    def splits(self, generator=None, dtype=torch.float32):
+        volumes, stored = load_volumes(self.path, count=self.count or None)
+        data = TensorData(torch.as_tensor(volumes, dtype=dtype))
+        data.attrs = stored
+        return data, None
+
+
+def train_prior(prior, volumes: torch.Tensor, opts, ctx, *, stop_after: int | None = None) -> dict:
+    """Train ``prior.network`` on the core loop with :class:`VObjective` (for scripts and tests; recipes
+    use the core ``train`` task); returns the EMA weights, the loss history (EMA-smoothed at every
+    ``log_every`` steps) and metrics."""
+    device, dtype = ctx.device, ctx.dtype
+    network = prior.network.to(device=device, dtype=dtype)
+    n = volumes.shape[0]
+    config = TrainConfig(
+        steps=opts.steps, batch_size=min(opts.batch_size, n), learning_rate=opts.learning_rate,
+        weight_decay=opts.weight_decay, ema_decay=opts.ema_decay, ema_warmup=True, grad_clip=opts.grad_clip,
+        amp=False, checkpoint_every=getattr(opts, "checkpoint_every", 0), log_every=opts.log_every,
+        seed=int(ctx.generator("mep.train").initial_seed()),
+    )
+    out_dir = getattr(ctx, "out_dir", None)
+    objective = VObjective(opts.weight_mean, opts.weight_std, opts.adaptive_bins, opts.flip_augment)
+    data = TensorData(volumes)
+    objective.bind(prior, data)
+    result = fit(
+        network, objective, data, config, out_dir=out_dir, name="prior",
+        recipe=ctx.recipe.to_dict() if hasattr(ctx, "recipe") else None, stop_after=stop_after,
+        progress=ctx.progress, log=ctx.log.info, on_interrupt=getattr(ctx, "on_interrupt", None),
+    )
+    history = _smoothed(result.history["loss"], opts.log_every)
+    if result.interrupted:
+        return {"history": history, "interrupted": True}
+    network.load_state_dict(result.ema)
     val = denoising_errors(prior, volumes[: min(n, 32)].to(device=device, dtype=dtype), ctx.generator("mep.val"))
     out = {
         "state": {k: v.detach().cpu().float() for k, v in network.state_dict().items()},
@@ -123,6 +179,18 @@ def train_prior(prior, volumes: torch.Tensor, opts, ctx) -> dict:
     }
     out.update(val)
     return out
+
+
+def _smoothed(losses: list[float], every: int) -> dict[str, list]:
+    """The loss's running average (weight 0.02 per step) at step 0, every ``every`` steps and the last."""
+    history = {"step": [], "loss": []}
+    running = None
+    for step, value in enumerate(losses):
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if step % every == 0 or step == len(losses) - 1:
+            history["step"].append(step)
+            history["loss"].append(running)
+    return history
 
 
 @torch.no_grad()
@@ -141,17 +209,4 @@ def denoising_errors(prior, x0: torch.Tensor, generator, logsnrs=(-6.0, -2.0, 2.
     return out
 
 
-def _loss_figure(ctx, history):
-    from emverse import figures as agg  # explicit Agg canvas, no backend switch
-
-    fig, ax = agg.subplots(figsize=(4, 3))
-    ax.plot(history["step"], history["loss"])
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted v-loss (EMA)")
-    ax.set_yscale("log")
-    fig.tight_layout()
-    ctx.save_figure("training_loss", fig)
-    agg.close(fig)
-
-
-__all__ = ["TrainTask", "train_prior"]
+__all__ = ["VObjective", "Volumes", "train_prior"]

@@ -279,7 +279,7 @@ class UNet3DPrior(DiffusionPrior):
 
     # -- weights -------------------------------------------------------------------
     def load(self, path) -> None:
-        """Load weights written by ``mep.train``; the checkpoint's volume shape
+        """Load weights written by the ``train`` task (``mep-cpu-train.toml``); the checkpoint's volume shape
         and architecture must match this prior's."""
         import json
         from pathlib import Path
@@ -289,7 +289,7 @@ class UNet3DPrior(DiffusionPrior):
         path = Path(path)
         if not path.is_file():
             raise EmverseError(
-                f"prior checkpoint {str(path)!r} does not exist; train one with the mep.train recipe "
+                f"prior checkpoint {str(path)!r} does not exist; train one with recipes/mep-cpu-train.toml "
                 "or leave [prior] checkpoint empty"
             )
         ckpt = load_checkpoint(path)
@@ -298,7 +298,7 @@ class UNet3DPrior(DiffusionPrior):
         if isinstance(config, str):
             config = json.loads(config)
         if not config:
-            raise EmverseError(f"prior checkpoint {str(path)!r} has no mep_config metadata; it was not written by mep.train")
+            raise EmverseError(f"prior checkpoint {str(path)!r} has no mep_config metadata; it was not written by training a mep.unet3d prior")
         if list(config["event_shape"]) != list(self.event_shape):
             raise EmverseError(
                 f"prior checkpoint {str(path)!r} was trained on volumes of shape {tuple(config['event_shape'])}, "
@@ -318,6 +318,13 @@ class UNet3DPrior(DiffusionPrior):
         import json
 
         return {"mep_config": json.dumps(self.config), "phase_scale": float(self.phase_scale)}
+
+    def save(self, path, recipe: dict | None = None):
+        """Write the network's weights with the metadata :meth:`load` checks."""
+        from emverse.checkpoint import save_checkpoint
+
+        state = {k: v.detach().cpu().float() for k, v in self.network.state_dict().items()}
+        return save_checkpoint(path, state, recipe=recipe, metadata=self.checkpoint_metadata())
 
 
 def count_parameters(module: nn.Module) -> int:

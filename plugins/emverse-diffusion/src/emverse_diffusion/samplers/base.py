@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import DiffusionPrior, Guidance, Sampler
+from emverse.progress import steps
 
 from ..schedules import SPACINGS, check_steps, sampling_times
 
@@ -41,6 +42,10 @@ class DiffusionSampler(Sampler):
             prior.schedule, self.steps, self.spacing,
             rho=self.rho, sigma_min=self.sigma_min, sigma_max=self.sigma_max,
         )
+
+    def intervals(self, grid: list[float]):
+        """The (s, t) pairs of ``grid``, reported as the run's progress when sampling takes a while."""
+        return steps(list(zip(grid[:-1], grid[1:], strict=True)), desc=f"sampling ({type(self).__name__})")
 
 
 def device_dtype(prior, condition):

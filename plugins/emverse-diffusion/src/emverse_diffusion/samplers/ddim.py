@@ -38,7 +38,7 @@ class DDIMSampler(DiffusionSampler):
         device, dtype = device_dtype(prior, condition)
         x = start_noise(shape, generator, device, dtype)
         grid = self.times(prior).tolist()
-        for s, t in zip(grid[:-1], grid[1:], strict=True):
+        for s, t in self.intervals(grid):
             x0 = clean_estimate(prior, x, s, condition, guidance)
             if t == 0.0:
                 return x0

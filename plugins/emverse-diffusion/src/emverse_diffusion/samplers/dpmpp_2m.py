@@ -44,7 +44,7 @@ class DPMSolverPP2MSampler(DiffusionSampler):
         x = start_noise(shape, generator, device, dtype)
         grid = self.times(prior).tolist()
         x0_prev, h_prev = None, None
-        for s, t in zip(grid[:-1], grid[1:], strict=True):
+        for s, t in self.intervals(grid):
             x0 = clean_estimate(prior, x, s, condition, guidance)
             if t == 0.0:
                 return x0
@@ -73,7 +73,7 @@ class DPMSolverPP2MSDESampler(DiffusionSampler):
         x = start_noise(shape, generator, device, dtype)
         grid = self.times(prior).tolist()
         x0_prev, h_prev = None, None
-        for s, t in zip(grid[:-1], grid[1:], strict=True):
+        for s, t in self.intervals(grid):
             x0 = clean_estimate(prior, x, s, condition, guidance)
             if t == 0.0:
                 return x0

@@ -47,7 +47,7 @@ class EulerSampler(DiffusionSampler):
         sigma_top = float(schedule.sigma_ve(torch.tensor(1.0, dtype=torch.float64)))
         alpha_start = float(schedule.alpha(torch.tensor(grid[0], dtype=torch.float64)))
         y = x / alpha_start
-        for s, t in zip(grid[:-1], grid[1:], strict=True):
+        for s, t in self.intervals(grid):
             sig = float(schedule.sigma_ve(torch.tensor(s, dtype=torch.float64)))
             gamma = 0.0
             if self.churn > 0 and self.churn_min <= sig <= self.churn_max:
