@@ -126,3 +126,37 @@ def test_pets2_reader_on_damaged_files(tmp_path):
             assert np.array_equal(got.hkl, full.hkl[:n]) and np.array_equal(got.intensity, full.intensity[:n])
 
     _fuzz(DATA / "ed3d_pets/quartz/quartz_exp.cif_pets", pets.read_pets, agrees, tmp_path)
+
+
+XYZ = DATA / "pdf_nanoparticles/debyecalculator_reference/structure_AntiFluorite_Co2O_radius10.0.xyz"
+DM3 = DATA / "lacbed/diamond_felixpython/DM3_100x100/C_+0+0+0.dm3"
+
+
+def test_xyz_reader_on_damaged_files(tmp_path):
+    """The project's one xyz reader (emverse-pdf's read_structure, through ase): a parse has as many
+    atoms as its header says, finite positions, and agrees with the undamaged file where it is a
+    prefix of it; otherwise one error line."""
+    structures = pytest.importorskip("emverse_pdf.structures")
+
+    def agrees(got, full, truncated):
+        assert np.isfinite(got.positions).all()
+        if truncated:  # a cut file either fails or is the whole structure (the count is in the header)
+            assert got.symbols == full.symbols and np.array_equal(got.positions, full.positions)
+
+    _fuzz(XYZ, structures.read_structure, agrees, tmp_path)
+
+
+def test_dm3_pattern_reader_on_damaged_files(tmp_path):
+    """A measured LACBED disc (DM3, through rosettasciio): a truncated file must not read as a
+    smaller or zero-filled image; a byte flip may change a pixel (DM3 carries no checksum) but
+    never gives a non-finite or negative pattern or another exception than one error line."""
+    pytest.importorskip("rsciio")
+    from emverse.readers import read_pattern
+
+    def agrees(got, full, truncated):
+        assert got.data.shape == full.data.shape
+        assert np.isfinite(got.data).all() and (got.data >= 0).all()
+        if truncated:
+            assert np.array_equal(got.data, full.data), "a truncated DM3 read as another image"
+
+    _fuzz(DM3, read_pattern, agrees, tmp_path)

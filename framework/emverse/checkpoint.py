@@ -78,3 +78,104 @@ def load_state_dict_strict(module: torch.nn.Module, tensors: dict[str, torch.Ten
             "use the recipe it was trained with or retrain"
         )
     module.load_state_dict(tensors)
+
+
+# ------------------------------------------------------------------ resumable iterative state
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An optimiser's per-parameter state as flat tensors ``optim.<index>.<key>`` plus the kind of
+    each entry ("tensor", "int", "float" or "list:<length>:<indices of None>": a list of
+    equal-shape tensors, stacked, with its empty slots), so
+    Adam's moments and L-BFGS's direction history both round-trip exactly."""
+    tensors, kinds = {}, {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            name = f"optim.{index}.{key}"
+            if isinstance(value, list):  # L-BFGS: directions, steps, ρ, α (α starts as [None, ...])
+                missing = [i for i, v in enumerate(value) if v is None]
+                kinds[name] = f"list:{len(value)}:" + ",".join(map(str, missing))
+                present = [v for v in value if v is not None]
+                value = torch.stack(present) if present else torch.zeros(0)
+            elif isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+                raise EmverseError(f"optimiser state {key!r} of type {type(value).__name__} cannot be saved")
+            elif isinstance(value, int):
+                kinds[name] = "int"
+            elif isinstance(value, float):
+                kinds[name] = "float"
+            else:
+                kinds[name] = "tensor"
+            tensors[name] = torch.as_tensor(value).detach().clone()
+    return tensors, kinds
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           kinds: dict[str, str], device=None) -> None:
+    """Restore what :func:`optimizer_tensors` wrote (tensors go to ``device``; Adam's ``step`` stays
+    where torch keeps it)."""
+    template = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, index, key = name.split(".", 2)
+        kind = kinds.get(name, "tensor")
+        if kind.startswith("list"):
+            _, length, missing_text = kind.split(":")
+            missing = {int(i) for i in missing_text.split(",") if i}
+            present = iter(value.unbind(0)) if value.numel() else iter(())
+            restored = [None if i in missing else next(present) for i in range(int(length))]
+            if device is not None:
+                restored = [v if v is None else v.to(device) for v in restored]
+        elif kind == "int":
+            restored = int(value)
+        elif kind == "float":
+            restored = float(value)
+        else:
+            restored = value if key == "step" or device is None else value.to(device)
+        state.setdefault(int(index), {})[key] = restored
+    template["state"] = state
+    optimizer.load_state_dict(template)
+
+
+@attrs.define
+class ResumeFile:
+    """The state of an iterative job (a refinement's parameters, optimiser, step and history),
+    written atomically every ``every`` steps to ``path`` so an interrupted run continues exactly.
+
+    ``load(module, optimizer)`` returns ``(step, history, extra)`` — ``(0, None, {})`` when no
+    file exists — after restoring both in place; ``save(module, optimizer, step, history, extra)``
+    writes the file (``extra``: JSON-able facts such as "finished early"). ``settings`` are stored
+    and must match on load (a changed setting is refused).
+    """
+
+    path: Path
+    every: int = 0
+    settings: dict = attrs.field(factory=dict)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+             history: dict[str, list[float]], extra: dict | None = None) -> Path:
+        tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
+        optim, kinds = optimizer_tensors(optimizer)
+        tensors.update(optim)
+        metadata = {"step": int(step), "history": history, "optimizer_kinds": kinds, "settings": self.settings,
+                    "extra": extra or {}}
+        return save_checkpoint(self.path, tensors, metadata=metadata)
+
+    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        path = Path(self.path)
+        if not path.exists():
+            return 0, None, {}
+        ckpt = load_checkpoint(path)
+        saved = ckpt.metadata.get("settings", {})
+        diffs = [f"{k}: file {saved.get(k)!r}, now {v!r}" for k, v in self.settings.items()
+                 if k in saved and saved[k] != v]
+        if diffs:
+            raise EmverseError(f"cannot resume from {path}: the settings changed ({'; '.join(diffs)}); "
+                               "restore them or start in a fresh run directory")
+        load_state_dict_strict(module, {k[len("module."):]: v for k, v in ckpt.tensors.items()
+                                        if k.startswith("module.")}, str(path))
+        load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}))
+        history = {k: list(v) for k, v in ckpt.metadata.get("history", {}).items()}
+        return int(ckpt.metadata["step"]), history, dict(ckpt.metadata.get("extra", {}))

@@ -46,7 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from emverse.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
+from emverse.checkpoint import (
+    load_checkpoint,
+    load_optimizer_tensors,
+    load_state_dict_strict,
+    optimizer_tensors,
+    save_checkpoint,
+)
 from emverse.errors import EmverseError
 from emverse.interfaces import Objective
 
@@ -291,25 +297,6 @@ def _distributed() -> tuple[int, int, bool]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), created
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"optim.{index}.{key}"] = torch.as_tensor(value)
-    return out
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], device):
-    template = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value if key == "step" else value.to(device)
-    template["state"] = state
-    optimizer.load_state_dict(template)
-
-
 class _EpochOrder:
     """The data order: a fresh permutation per epoch from (seed, epoch) — independent of ranks and resumes."""
 
@@ -419,7 +406,7 @@ def fit(
             str(resume_path),
         )
         ema.shadow = {k[len("ema."):]: v.to(device) for k, v in ckpt.tensors.items() if k.startswith("ema.")}
-        _load_optimizer(optimizer, ckpt.tensors, device)
+        load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}), device)
         generator.set_state(ckpt.tensors["rng.noise"].to(torch.uint8).cpu())
         objective.load_state_dict(
             {k[len("objective."):]: v for k, v in ckpt.tensors.items() if k.startswith("objective.")}
@@ -436,10 +423,12 @@ def fit(
     def save(step: int):
         if rank != 0 or out is None:
             return
-        meta = {"step": step, "history": history, "train_config": config.as_dict(), "world_size": world}
+        optim, kinds = optimizer_tensors(optimizer)
+        meta = {"step": step, "history": history, "train_config": config.as_dict(), "world_size": world,
+                "optimizer_kinds": kinds}
         tensors = {f"model.{k}": v for k, v in network.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
-        tensors.update(_optimizer_tensors(optimizer))
+        tensors.update(optim)
         tensors["rng.noise"] = generator.get_state()
         tensors.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
         save_checkpoint(resume_path, tensors, recipe=recipe, metadata=meta)

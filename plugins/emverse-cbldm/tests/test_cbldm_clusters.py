@@ -13,10 +13,10 @@ from emverse_cbldm.clusters import (
     catalogue,
     from_blocks,
     nn_distance,
-    read_xyz,
     to_blocks,
     weight_matrix,
 )
+from emverse_pdf.structures import read_structure
 
 SIZES = {
     "SC": (2, 2, 3),
@@ -66,7 +66,7 @@ def test_rebuilds_deepstruc_clusters(name):
     path = shared_data_dir() / "pdf_nanoparticles/deepstruc/structures_xyz" / name
     if not path.exists():
         pytest.skip(f"shared data {path} missing")
-    _, ref = read_xyz(path)
+    ref = read_structure(path).positions  # the project's xyz reader (ase)
     parts = name.split("_atom_")[0].split("_")
     kind = {"Icosahedron": "Ico", "Decahedron": "Dec", "Octahedron": "Oct"}[parts[0]]
     size = tuple(int(p) for p in parts[1:] if p.isdigit())

@@ -105,7 +105,7 @@ def test_missing_gr_file(tmp_path):
 
 def test_xyz_and_cif_readers(pdf_data, tmp_path):
     base = pdf_data / "debyecalculator_reference"
-    cell = read_structure(base / "AntiFluorite_Co2O.cif")  # diffpy.structure
+    cell = read_structure(base / "AntiFluorite_Co2O.cif")  # emverse.crystal (ase symmetry)
     assert sorted(set(cell.symbols)) == ["Co", "O"] and cell.symbols.count("Co") == 8 and len(cell) == 12
     particle = read_structure(base / "AntiFluorite_Co2O.cif", radius=10.0)
     assert np.linalg.norm(particle.positions, axis=1).max() <= 10.0 + 1e-9

@@ -216,9 +216,3 @@ def from_blocks(blocks):
     return torch.cat([torch.cat([tl, tr], dim=-1), torch.cat([bl, br], dim=-1)], dim=-2)
 
 
-def read_xyz(path) -> tuple[list[str], np.ndarray]:
-    """Elements and positions (Å) of a plain xyz file."""
-    lines = open(path).read().splitlines()
-    n = int(lines[0].split()[0])
-    rows = [ln.split() for ln in lines[2 : 2 + n]]
-    return [r[0] for r in rows], np.array([[float(v) for v in r[1:4]] for r in rows])

@@ -88,6 +88,8 @@ class RefineParams:
     # a z-score of the per-reflection weighted residual differences and its bootstrap (over frames) spread
     absolute_structure: bool = False
     metrics_every: int = attrs.field(default=1, validator=positive)
+    # epochs between resume checkpoints (<run>/refine<stage>-resume.safetensors; 0: only at the end)
+    checkpoint_every: int = attrs.field(default=10, validator=non_negative)
     # where the parameters' gradients flow: positions, ADPs, thickness model
     refine_positions: bool = True
     refine_adp: bool = True

@@ -46,6 +46,15 @@ def _run_callback(history, callback, epoch, model, loss):
     return stop
 
 
+def _resume(resume, model, optimizer) -> tuple[int, dict[str, list[float]], bool, bool]:
+    """(last finished epoch, history, converged, finished) from ``resume``'s file (restoring the
+    model and optimiser in place); a fresh start without one."""
+    if resume is None:
+        return 0, {}, False, False
+    step, history, extra = resume.load(model, optimizer)
+    return step, history or {}, bool(extra.get("converged", False)), bool(extra.get("finished", False))
+
+
 class Ed3dAdam(Refiner):
     """Adam over all parameters jointly (paper: lr 1e-3, 200 epochs, full batch)."""
 
@@ -57,7 +66,9 @@ class Ed3dAdam(Refiner):
         self.lr_orientation = float(lr_orientation)
         self.target_wr = float(target_wr)
 
-    def refine(self, model, observation=None, *, generator=None, callback=None) -> RefinementResult:
+    def refine(self, model, observation=None, *, generator=None, callback=None, resume=None) -> RefinementResult:
+        """Refine ``model`` in place; ``resume`` (an :class:`emverse.checkpoint.ResumeFile`) continues
+        an interrupted refinement exactly and is written every ``resume.every`` epochs."""
         thickness_params = set(id(p) for p in model.thickness_model.parameters())
         angles = getattr(model, "orientation_angles", None)
         special = thickness_params | ({id(angles)} if angles is not None else set())
@@ -69,11 +80,10 @@ class Ed3dAdam(Refiner):
         if angles is not None and angles.requires_grad:  # per-frame orientation angles (rad)
             groups.append({"params": [angles], "lr": self.lr_orientation})
         opt = torch.optim.Adam(groups)
-        history: dict[str, list[float]] = {}
+        first, history, converged, finished = _resume(resume, model, opt)
         start = time.perf_counter()
-        converged = False
-        epoch = 0
-        for epoch in range(1, self.epochs + 1):
+        epoch = first
+        for epoch in range(first + 1, (first if finished else self.epochs) + 1):
             opt.zero_grad(set_to_none=True)
             loss = model.loss()
             loss.backward()
@@ -86,11 +96,13 @@ class Ed3dAdam(Refiner):
             _record(history, "loss", loss.item())
             _record(history, "time_s", time.perf_counter() - start)
             stop = _run_callback(history, callback, epoch, model, loss.item())
-            if self.target_wr > 0 and loss.item() <= self.target_wr:
-                converged = True
+            converged = self.target_wr > 0 and loss.item() <= self.target_wr
+            if converged or stop:
                 break
-            if stop:
-                break
+            if resume is not None and resume.due(epoch):
+                resume.save(model, opt, epoch, history)
+        if resume is not None:  # a finished refinement is restored, not rerun
+            resume.save(model, opt, epoch, history, {"finished": True, "converged": converged})
         with torch.no_grad():
             final = model.loss().item()
         _record(history, "final_loss", final)
@@ -109,12 +121,13 @@ class Ed3dLBFGS(Refiner):
         self.history_size = int(history_size)
         self.target_wr = float(target_wr)
 
-    def refine(self, model, observation=None, *, generator=None, callback=None) -> RefinementResult:
+    def refine(self, model, observation=None, *, generator=None, callback=None, resume=None) -> RefinementResult:
+        """As :meth:`Ed3dAdam.refine` (L-BFGS's direction history is part of the resume state)."""
         opt = torch.optim.LBFGS(_trainable(model), lr=self.lr, max_iter=self.max_iter,
                                 history_size=self.history_size, line_search_fn="strong_wolfe")
-        history: dict[str, list[float]] = {}
+        first, history, converged, finished = _resume(resume, model, opt)
         start = time.perf_counter()
-        evaluations = [0]
+        evaluations = [int(history["evaluations"][-1]) if history.get("evaluations") else 0]
 
         def closure():
             opt.zero_grad(set_to_none=True)
@@ -126,9 +139,8 @@ class Ed3dLBFGS(Refiner):
             evaluations[0] += 1
             return loss
 
-        converged = False
-        epoch = 0
-        for epoch in range(1, self.epochs + 1):
+        epoch = first
+        for epoch in range(first + 1, (first if finished else self.epochs) + 1):
             loss = opt.step(closure)
             with torch.no_grad():
                 current = model.loss().item()
@@ -136,13 +148,13 @@ class Ed3dLBFGS(Refiner):
             _record(history, "time_s", time.perf_counter() - start)
             _record(history, "evaluations", evaluations[0])
             stop = _run_callback(history, callback, epoch, model, current)
-            if not math.isfinite(float(loss.detach())):
+            converged = self.target_wr > 0 and current <= self.target_wr
+            if not math.isfinite(float(loss.detach())) or converged or stop:
                 break
-            if self.target_wr > 0 and current <= self.target_wr:
-                converged = True
-                break
-            if stop:
-                break
+            if resume is not None and resume.due(epoch):
+                resume.save(model, opt, epoch, history)
+        if resume is not None:  # a finished refinement is restored, not rerun
+            resume.save(model, opt, epoch, history, {"finished": True, "converged": converged})
         with torch.no_grad():
             final = model.loss().item()
         _record(history, "final_loss", final)

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import torch
+from emverse.checkpoint import ResumeFile
 from emverse.crystal import Crystal
 from emverse.interfaces import OptionsTask
 
@@ -167,8 +168,11 @@ class Ed3dRefineTask(OptionsTask):
                 ctx.log.info("re-selected reflections with the refined orientations: %d reflections on %d frames",
                              used.n_reflections, used.n_frames)
             refiner.epochs = epochs
+            # resumable: `emverse run --resume` continues this stage from its last checkpoint
+            resume = ResumeFile(ctx.out_dir / f"refine{stage}-resume.safetensors", o.checkpoint_every,
+                                {"refiner": ctx.spec("refiner").type, "epochs": epochs})
             result = refiner.refine(model, None, generator=ctx.generator(f"refiner{stage or ''}"),
-                                    callback=callback)
+                                    callback=callback, resume=resume)
             done[0] += result.iterations
             for key, values in result.history.items():
                 history.setdefault(key, []).extend(values)

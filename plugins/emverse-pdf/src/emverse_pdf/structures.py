@@ -88,7 +88,7 @@ class StructureBatch:
 
 
 def read_structure(path: str | os.PathLike, *, radius: float | None = None) -> Structure:
-    """Read a particle from ``.xyz`` (ase) or ``.cif`` (diffpy.structure).
+    """Read a particle from ``.xyz`` (ase) or ``.cif`` (:meth:`emverse.crystal.Crystal.from_cif`).
 
     A CIF describes a periodic crystal: give ``radius`` (Å) to cut a spherical
     particle centred on the origin of the cell (atoms with |r| <= radius).
@@ -101,6 +101,7 @@ def read_structure(path: str | os.PathLike, *, radius: float | None = None) -> S
     if suffix == ".xyz":
         from ase.io import read
 
+        _check_last_line(path)
         try:
             atoms = read(str(path), format="xyz")
         except Exception as exc:  # ase raises several types for malformed files
@@ -108,21 +109,39 @@ def read_structure(path: str | os.PathLike, *, radius: float | None = None) -> S
         symbols = tuple(normalise_symbol(s) for s in atoms.get_chemical_symbols())
         return Structure(symbols, np.asarray(atoms.positions, dtype=np.float64))
     if suffix == ".cif":
-        from diffpy.structure import loadStructure
+        from emverse.crystal import Crystal
 
-        try:
-            crystal = loadStructure(str(path))
-        except Exception as exc:
-            raise EmverseError(f"cannot read CIF {path}: {exc}") from exc
-        symbols = tuple(normalise_symbol(_strip_charge(a.element)) for a in crystal)
-        cart = np.asarray(crystal.xyz_cartn, dtype=np.float64)
-        uiso = np.asarray([a.Uisoequiv for a in crystal], dtype=np.float64)
-        biso = 8 * np.pi**2 * uiso if np.any(uiso > 0) else None
+        crystal = Crystal.from_cif(path)  # the project's one strict CIF reader (errors name the file)
+        symbols = tuple(normalise_symbol(_strip_charge(e)) for e in crystal.atom_elements)
+        fractional = crystal.atom_positions
+        lattice = np.asarray(crystal.lattice, dtype=np.float64)  # rows = a, b, c in Å
+        u_eq = np.array([np.trace(crystal.u_cartesian(crystal.sites[i].u_cif)) / 3.0 for i in crystal.atom_site])
+        biso = 8 * np.pi**2 * u_eq if np.any(u_eq > 0) else None
         if radius is None:
-            return Structure(symbols, cart, biso)
-        lattice = np.asarray(crystal.lattice.base, dtype=np.float64)  # rows = a, b, c in Å
-        return cut_sphere(symbols, np.asarray(crystal.xyz, dtype=np.float64), lattice, radius, biso)
+            return Structure(symbols, fractional @ lattice, biso)
+        return cut_sphere(symbols, fractional, lattice, radius, biso)
     raise EmverseError(f"structure file {path} has suffix {suffix!r}; use .xyz or .cif")
+
+
+def _decimals(token: str) -> int:
+    mantissa = token.lower().split("e")[0]
+    return len(mantissa.split(".", 1)[1]) if "." in mantissa else -1
+
+
+def _check_last_line(path: Path) -> None:
+    """Refuse an xyz file cut inside its last number. A file that ends without a newline (as
+    DebyeCalculator writes them) is accepted only when its last line's numbers are printed with
+    the decimals of the line before: a cut ``1.21636`` -> ``1.2`` would otherwise read as 1.2."""
+    text = path.read_bytes()
+    if not text or text.endswith(b"\n"):
+        return
+    lines = text.decode("utf-8", errors="replace").splitlines()
+    if len(lines) < 2:
+        return
+    last, previous = lines[-1].split(), lines[-2].split()
+    if len(last) != len(previous) or [_decimals(t) for t in last[1:]] != [_decimals(t) for t in previous[1:]]:
+        raise EmverseError(f"xyz file {path} ends inside its last line ({lines[-1].strip()!r}), so it looks "
+                           "truncated; copy the complete file (a complete last line ends like the others)")
 
 
 def _strip_charge(element: str) -> str:
