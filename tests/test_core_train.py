@@ -130,3 +130,21 @@ def test_resume_file_continues_an_optimiser_exactly(tmp_path, kind):
     assert torch.equal(again.weight, straight.weight) and torch.equal(again.bias, straight.bias)
     with pytest.raises(EmverseError, match="lr: file 0.05, now 0.1"):
         ResumeFile(tmp_path / "state.safetensors", settings={"lr": 0.1}).load(*make())
+
+
+def test_an_objective_that_does_not_fit_the_prior_is_refused_at_validation(tmp_path):
+    """cdi.augmented (CBED-pattern networks) asked to train mep.unet3d (a phase-volume network):
+    refused by `emverse recipe validate` with both table paths, before any run directory."""
+    pytest.importorskip("emverse_cdi")
+    pytest.importorskip("emverse_mep")
+    from emverse.cli import main
+
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('schema_version = 1\nname = "bad"\ntask = "train"\n[options]\nsteps = 5\n'
+                      '[dataset]\ntype = "diffusion.simulated"\n[dataset.prior]\ntype = "example.gaussian"\n'
+                      '[objective]\ntype = "cdi.augmented"\n[prior]\ntype = "mep.unet3d"\n')
+    with pytest.raises(EmverseError, match=r"\$\.objective.*'cdi.augmented' trains cbed_pattern networks, but "
+                                           r"\[prior\] 'mep.unet3d' is a phase_volume network"):
+        load_recipe(recipe)
+    assert main(["recipe", "validate", str(recipe)]) == 2
+    assert not (tmp_path / "runs").exists()

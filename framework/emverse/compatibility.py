@@ -6,7 +6,10 @@ Light: reads only class attributes of the components' parameter classes (no torc
   "amplitude", "pdf", "any") and ``takes`` (what its unknown is: "parameter_vector",
   "structure", "volume" …);
 * a likelihood's params declare ``expects`` ("any" or "intensity");
-* a parametrization's params declare ``takes`` (what it produces for the forward model).
+* a parametrization's params declare ``takes`` (what it produces for the forward model);
+* a prior's params may declare ``network`` (the kind of trainable network: "diffusion",
+  "cbed_pattern", "phase_volume" …) and a training objective's params ``trains`` (the kind it
+  trains).
 
 A pair is refused only when both sides declare something and the two disagree, so a
 third-party component that declares nothing is never refused.
@@ -53,4 +56,12 @@ def problems(components: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(("$.parametrization", (
                 f"{parametrization.type!r} produces a {produces}, but [forward_model] "
                 f"{model.type!r} takes a {takes}; choose a parametrization that produces a {takes}")))
+    objective = components.get("objective")
+    prior = components.get("prior")
+    if objective is not None and prior is not None:
+        trains, network = _declared(objective, "trains"), _declared(prior, "network")
+        if trains and network and trains != network:
+            out.append(("$.objective", (
+                f"{objective.type!r} trains {trains} networks, but [prior] {prior.type!r} is a {network} "
+                f"network; choose an objective for {network} networks or a {trains} prior")))
     return out

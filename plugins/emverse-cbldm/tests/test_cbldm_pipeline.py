@@ -112,7 +112,7 @@ def test_reevaluation_pairs_the_samplers_and_does_not_depend_on_workers(tiny_run
 
 def test_dataset_store_is_consistent(tiny_run):
     import zarr
-    from emverse_pdf.debye import cbldm_gr
+    from emverse_cbldm.pdf import cbldm_gr
 
     group = zarr.open_group(str(tiny_run / "dataset.zarr"), mode="r")
     pdf = np.asarray(group["pdf"][:])

@@ -65,8 +65,8 @@ def test_refiner_interface_and_bad_input():
 
 
 def test_pdf_polish_lowers_rw():
+    from emverse_cbldm.pdf import cbldm_gr
     from emverse_cbldm.recovery import polish_against_pdf, rwp
-    from emverse_pdf.debye import cbldm_gr
 
     x = torch.as_tensor(build_cluster(ClusterSpec("Ico", (2,), "Au", 2.88)))
     g_obs = cbldm_gr(x[None])[0]
@@ -101,8 +101,8 @@ def test_evaluation_candidate_polish_lowers_rw_against_the_input_pdf():
 def test_pdf_polish_hard_core_keeps_atoms_apart():
     """A measured G(r) is flat below its first peak, so the polish alone leaves an extra atom
     0.9 Å from another; with the hard-core term (2 Å) no pair ends closer than 2 Å."""
+    from emverse_cbldm.pdf import cbldm_gr
     from emverse_cbldm.recovery import polish_against_pdf
-    from emverse_pdf.debye import cbldm_gr
 
     x = torch.as_tensor(build_cluster(ClusterSpec("Ico", (3,), "Au", 2.88)))
     g_obs = cbldm_gr(x[None])[0]

@@ -16,7 +16,7 @@ import torch
 from emverse_pdf.debye import compute_gr, debye_scattering
 from emverse_pdf.form_factors import form_factors
 from emverse_pdf.pair_histogram import histogram_nodes, pair_histogram
-from emverse_pdf.params import CBLDM_SETTINGS, DebyeParams
+from emverse_pdf.params import DebyeParams
 from emverse_pdf.structures import fcc_sphere
 
 # DebyeCalculator-like settings: r-independent pair width (the angle-addition node sum)
@@ -52,7 +52,7 @@ def test_node_weights_sum_to_the_pair_counts():
     torch.testing.assert_close(totals[3], torch.tensor(n_cu * (n_cu - 1) / 2, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("settings", [PEER_LIKE, CBLDM_SETTINGS], ids=["constant-width", "delta2"])
+@pytest.mark.parametrize("settings", [PEER_LIKE, DebyeParams(delta2=2.0)], ids=["constant-width", "delta2"])
 def test_grid_matches_the_exact_sum_two_elements(settings):
     x, symbols = two_element_cluster()
     exact = debye_scattering(x, symbols, settings=settings, method="direct")["fq"]
@@ -107,7 +107,7 @@ def test_batch_padding_blocks_and_packing_do_not_change_the_sums():
     torch.testing.assert_close(blocked, alone, rtol=0, atol=1e-10 * scale)
 
 
-@pytest.mark.parametrize("settings", [PEER_LIKE, CBLDM_SETTINGS], ids=["constant-width", "delta2"])
+@pytest.mark.parametrize("settings", [PEER_LIKE, DebyeParams(delta2=2.0)], ids=["constant-width", "delta2"])
 def test_grid_gradient_matches_finite_differences_and_the_direct_gradient(settings):
     x, symbols = two_element_cluster()
     x, symbols = x[None, :60], symbols[:60]  # 1770 pairs: the direct sum's gradient stays cheap

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from emverse_pdf.debye import cbldm_gr, compute_gr
+from emverse_pdf.debye import compute_gr
 from emverse_pdf.gr_io import read_gr
 from emverse_pdf.metrics import rwp
-from emverse_pdf.params import DEEPSTRUC_FILE_SETTINGS
+from emverse_pdf.params import DEEPSTRUC_FILE_SETTINGS, DebyeParams
 from emverse_pdf.structures import read_structure
+
+#: the settings the DeepStruc/CbLDM papers state (Å⁻¹, Å², Å)
+STATED = DebyeParams(qmin=0.7, qmax=25.0, qdamp=0.04, delta2=2.0, biso=0.3, rmin=0.0, rmax=30.0, rstep=0.01)
+
+
+def _gr(positions, mask=None, element="Au"):
+    return compute_gr(positions, element, mask, STATED)[1]
+
 
 NAMES = [
     "BCC_h_2_k_9_l_9", "BCC_h_4_k_7_l_8", "Decahedron_p_1_q_1_r_1", "Decahedron_p_5_q_1_r_0",
@@ -40,7 +48,7 @@ def test_deepstruc_simulated_pdfs_reproduced(pdf_data):
         assert data.r.size == 3000
         g_obs = torch.as_tensor(data.g)
         positions = torch.tensor(structure.positions)[None]
-        stated.append(float(rwp(cbldm_gr(positions, element=structure.symbols[0]), g_obs)[0]))
+        stated.append(float(rwp(_gr(positions, element=structure.symbols[0]), g_obs)[0]))
         _, g = compute_gr(positions, structure.symbols[0], settings=DEEPSTRUC_FILE_SETTINGS)
         fitted.append(float(rwp(g, g_obs)[0]))
         _, g_lab = compute_gr(positions, structure.symbols[0], settings=DEEPSTRUC_FILE_SETTINGS,
@@ -62,23 +70,22 @@ def test_batched_padded_deepstruc_equals_one_by_one(pdf_data):
     structures = [_load(pdf_data, name)[0] for name in ("Icosahedron_shell_2", "SC_h_4_k_4_l_5", "BCC_h_2_k_9_l_9")]
     batch = StructureBatch.from_structures(structures)
     assert batch.positions.shape == (3, 177, 3)
-    together = cbldm_gr(batch.positions, batch.mask)
+    together = _gr(batch.positions, batch.mask)
     for k, s in enumerate(structures):
-        alone = cbldm_gr(torch.tensor(s.positions)[None])[0]
+        alone = _gr(torch.tensor(s.positions)[None])[0]
         torch.testing.assert_close(together[k], alone, rtol=1e-9, atol=1e-9 * float(alone.abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cbldm_gr_precision(pdf_data, dtype):
+def test_stated_settings_precision(pdf_data, dtype):
     structure, _ = _load(pdf_data, "FCC_h_3_k_6_l_7")
     x = torch.tensor(structure.positions)[None]
     exact = compute_gr(x, "Zn", max_chunk_elements=2**22)[1]
     from emverse_pdf.debye import debye_scattering, fq_to_gr, q_grid, r_grid
-    from emverse_pdf.params import CBLDM_SETTINGS
 
-    direct = debye_scattering(x, "Zn", settings=CBLDM_SETTINGS, method="direct")["fq"]
-    g_direct = fq_to_gr(direct, q_grid(CBLDM_SETTINGS), r_grid(CBLDM_SETTINGS), 3.14159265358979 / 30.01, 0.04)
-    g = cbldm_gr(x.to(dtype), element="Zn")
+    direct = debye_scattering(x, "Zn", settings=STATED, method="direct")["fq"]
+    g_direct = fq_to_gr(direct, q_grid(STATED), r_grid(STATED), 3.14159265358979 / 30.01, 0.04)
+    g = _gr(x.to(dtype), element="Zn")
     assert g.dtype == dtype
     tolerance = 1e-4 if dtype == torch.float32 else 1e-8
     assert float(rwp(g.double(), g_direct, fit_scale=False)[0]) < tolerance

@@ -11,8 +11,10 @@ from emverse.testing import check_forward_model
 from emverse_pdf.debye import compute_gr, debye_scattering, q_grid, r_grid
 from emverse_pdf.form_factors import form_factors
 from emverse_pdf.model import DebyePDF
-from emverse_pdf.params import CBLDM_SETTINGS, DebyeParams
+from emverse_pdf.params import DebyeParams
 from emverse_pdf.structures import StructureBatch, icosahedron
+
+SETTINGS = DebyeParams()  # pdf.debye's defaults (r 0-30 Å step 0.01, qmax 25 Å⁻¹)
 
 
 @pytest.mark.parametrize("output", ["gr", "fq", "sq", "iq"])
@@ -43,10 +45,10 @@ def test_grid_and_direct_gradients_agree_with_finite_differences():
     structure = icosahedron("Au", 3, 2.88)
     x = torch.tensor(structure.positions)[None]
     direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
-    weights = torch.randn(1, q_grid(CBLDM_SETTINGS).numel(), generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    weights = torch.randn(1, q_grid(SETTINGS).numel(), generator=torch.Generator().manual_seed(1), dtype=x.dtype)
     for method in ("direct", "grid"):
         def objective(inp, method=method):
-            return (debye_scattering(inp, "Au", settings=CBLDM_SETTINGS, method=method)["fq"] * weights).sum()
+            return (debye_scattering(inp, "Au", settings=SETTINGS, method=method)["fq"] * weights).sum()
 
         xg = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(xg), xg)
@@ -122,9 +124,9 @@ def test_float32_close_to_float64():
 
 
 def test_grids():
-    assert r_grid(CBLDM_SETTINGS).numel() == 3000
-    assert float(r_grid(CBLDM_SETTINGS)[-1]) == pytest.approx(29.99)
-    q = q_grid(CBLDM_SETTINGS)
+    assert r_grid(SETTINGS).numel() == 3000
+    assert float(r_grid(SETTINGS)[-1]) == pytest.approx(29.99)
+    q = q_grid(SETTINGS)
     assert float(q[0]) == pytest.approx(0.7) and float(q[-1]) < 25.0
 
 
@@ -177,8 +179,8 @@ def test_large_particle_blocks_and_methods_agree():
     s = fcc_sphere("Au", 4.08, 14.0)
     assert len(s) > 600
     x = torch.tensor(s.positions)[None]
-    blocked = debye_scattering(x, "Au", settings=CBLDM_SETTINGS, method="grid", max_chunk_elements=100_000)["fq"]
-    whole = debye_scattering(x, "Au", settings=CBLDM_SETTINGS, method="grid", max_chunk_elements=2**26)["fq"]
+    blocked = debye_scattering(x, "Au", settings=SETTINGS, method="grid", max_chunk_elements=100_000)["fq"]
+    whole = debye_scattering(x, "Au", settings=SETTINGS, method="grid", max_chunk_elements=2**26)["fq"]
     torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-12 * float(whole.abs().max()))
     padded = torch.cat([x, torch.zeros(1, 5, 3, dtype=x.dtype)], dim=1).requires_grad_(True)
     mask = torch.ones(1, padded.shape[1], dtype=torch.bool)

@@ -42,7 +42,8 @@ def simulate_pdfs(positions_list: list[np.ndarray], element: str | list[str] = "
     One-element particles: the form factor cancels, so ``element`` does not matter.
     """
     import torch
-    from emverse_pdf.debye import cbldm_gr
+
+    from .pdf import cbldm_gr
 
     n_max = max(p.shape[0] for p in positions_list)
     pos = torch.zeros(len(positions_list), n_max, 3, dtype=torch.float64)

@@ -75,7 +75,7 @@ def matrix_to_candidate(
     except EmverseError:
         return None, FAILED_RW, None
     if polish_steps > 0:
-        from emverse_pdf.debye import cbldm_gr
+        from .pdf import cbldm_gr
 
         polished, _ = polish_against_pdf(
             lambda p: cbldm_gr(p, None, "Au"),  # one element: the form factor cancels

@@ -69,7 +69,7 @@ class _PdfModel(torch.nn.Module):
         self.element = element
 
     def forward(self, x):
-        from emverse_pdf.debye import cbldm_gr
+        from .pdf import cbldm_gr
 
         return cbldm_gr(x, None, self.element)
 

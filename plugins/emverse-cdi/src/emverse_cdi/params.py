@@ -8,6 +8,8 @@ A ``checkpoint`` is a path to a safetensors file (relative to the recipe) or
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 from emverse.params import (
     ComponentSpec,
@@ -45,6 +47,8 @@ class TransformerPriorParams:
     was trained with.
     """
 
+    network: ClassVar[str] = "cbed_pattern"
+
     checkpoint: str = path_field("checkpoint", default="")
     encoder_depth: int = attrs.field(default=34, validator=one_of(*DEPTHS))
     encoder_width: int = attrs.field(default=64, validator=positive)
@@ -65,6 +69,8 @@ class TransformerPriorParams:
 class RegressionParams:
     """``cdi.regression``: a ResNet-{10,18,34,50} that predicts the normalised
     parameters directly (MSE), treated as a point-mass posterior."""
+
+    network: ClassVar[str] = "cbed_pattern"
 
     checkpoint: str = path_field("checkpoint", default="")
     depth: int = attrs.field(default=50, validator=one_of(*DEPTHS))
@@ -109,6 +115,8 @@ class AugmentedParams:
     ``noise_draws``: diffusion (step, noise) pairs per pattern and step (the pattern is encoded
     once).
     """
+
+    trains: ClassVar[str] = "cbed_pattern"
 
     rotation_degrees: float = attrs.field(default=2.0, validator=non_negative)
     resized_crop_scale: tuple[float, float] = attrs.field(

@@ -5,6 +5,8 @@ Time convention everywhere: t ∈ [0, 1], t = 0 clean, t = 1 noise; logSNR λ = 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 from emverse.params import (
     ComponentSpec,
@@ -175,6 +177,9 @@ class MLPPriorParams:
     its recipe must agree on the architecture fields.
     """
 
+    #: what kind of network it is (objectives declare the kinds they train)
+    network: ClassVar[str] = "diffusion"
+
     dim: int = attrs.field(default=4, validator=_positive_int)
     condition_dim: int = attrs.field(default=0, validator=non_negative)
     hidden: int = attrs.field(default=128, validator=_positive_int)
@@ -222,6 +227,9 @@ class DenoisingParams:
     bins, Kingma & Gao 2023); ``norm`` l2 | l1. The prior's ``prediction`` (ε, x₀ or v) is the
     target.
     """
+
+    #: the networks it trains (checked against [prior] `network` at validation)
+    trains: ClassVar[str] = "diffusion"
 
     weighting: str = attrs.field(default="uniform", validator=one_of("uniform", "sigmoid", "gaussian"))
     weighting_bias: float = 0.0

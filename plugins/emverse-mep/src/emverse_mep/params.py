@@ -124,6 +124,8 @@ class UNet3DParams:
     * ``logsnr_min`` / ``logsnr_max`` the range of λ the network is trained on.
     """
 
+    network: ClassVar[str] = "phase_volume"
+
     event_shape: tuple[int, int, int] = attrs.field(
         default=(8, 64, 64), converter=_to_tuple, validator=_int_tuple(3)
     )
@@ -152,6 +154,8 @@ class VPredictionParams:
       [logsnr_min, logsnr_max] (Kingma & Gao 2023); 0 = uniform λ;
     * ``flip_augment`` random flips/90° rotations in-plane.
     """
+
+    trains: ClassVar[str] = "phase_volume"
 
     weight_mean: float = -2.0
     weight_std: float = attrs.field(default=3.0, validator=positive)

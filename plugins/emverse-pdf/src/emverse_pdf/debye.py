@@ -41,7 +41,7 @@ from emverse_pdf.pair_histogram import (
     histogram_nodes,
     pair_histogram,
 )
-from emverse_pdf.params import CBLDM_SETTINGS, DebyeParams
+from emverse_pdf.params import DebyeParams
 
 __all__ = [
     "q_grid",
@@ -50,7 +50,6 @@ __all__ = [
     "debye_scattering",
     "fq_to_gr",
     "compute_gr",
-    "cbldm_gr",
     "to_debyecalculator",
 ]
 
@@ -178,7 +177,7 @@ def debye_scattering(
     positions: torch.Tensor,
     elements: str | Sequence = "Au",
     mask: torch.Tensor | None = None,
-    settings: DebyeParams = CBLDM_SETTINGS,
+    settings: DebyeParams | None = None,
     *,
     biso: float | torch.Tensor | None = None,
     q: torch.Tensor | None = None,
@@ -199,6 +198,7 @@ def debye_scattering(
     of the grid nodes.
     Returns ``{"q", "iq", "sq", "fq", "n_atoms"}`` with iq/sq/fq of shape (B, n_q).
     """
+    settings = settings if settings is not None else DebyeParams()  # pdf.debye's defaults
     if method is None:
         method = settings.pair_sum
     if method not in ("auto", "direct", "grid"):
@@ -494,7 +494,7 @@ def compute_gr(
     positions: torch.Tensor,
     elements: str | Sequence = "Au",
     mask: torch.Tensor | None = None,
-    settings: DebyeParams = CBLDM_SETTINGS,
+    settings: DebyeParams | None = None,
     *,
     r: torch.Tensor | None = None,
     biso: float | torch.Tensor | None = None,
@@ -508,6 +508,7 @@ def compute_gr(
     (Å²) and ``qdamp`` (Å⁻¹) override the settings and may be tensors that require grad.
     ``method``: the pair sum, as in :func:`debye_scattering`.
     """
+    settings = settings if settings is not None else DebyeParams()  # pdf.debye's defaults
     scattering = debye_scattering(
         positions, elements, mask, settings, biso=biso, max_chunk_elements=max_chunk_elements, method=method
     )
@@ -518,23 +519,6 @@ def compute_gr(
         r = torch.as_tensor(r, dtype=fq.dtype, device=fq.device)
     damping = settings.qdamp if qdamp is None else qdamp
     return r, fq_to_gr(fq, scattering["q"], r, effective_qstep(settings), damping)
-
-
-def cbldm_gr(
-    positions: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    element: str = "Au",
-    *,
-    r: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """G(r) (B, 3000) in Å⁻² with the CbLDM settings (qmin 0.7, qmax 25 Å⁻¹, qdamp 0.04 Å⁻¹,
-    delta2 2.0 Å², B 0.3 Å², r = 0, 0.01, ..., 29.99 Å), differentiable in ``positions`` (B, N, 3) Å.
-
-    For a one-element particle the form factor cancels in F(Q) (S - 1 is normalised
-    by <f>^2), so ``element`` does not change G(r); it only has to have form factors.
-    Stable API for emverse-cbldm.
-    """
-    return compute_gr(positions, element, mask, CBLDM_SETTINGS, r=r)[1]
 
 
 def to_debyecalculator(values: dict[str, torch.Tensor] | torch.Tensor, quantity: str | None = None):

@@ -84,11 +84,6 @@ class DebyeParams:
             )
 
 
-#: The PDF settings of the CbLDM / DeepStruc simulated data (qmin 0.7, qmax 25 Å⁻¹,
-#: qdamp 0.04 Å⁻¹, delta2 2.0 Å², B 0.3 Å², r 0-30 Å step 0.01 Å).
-CBLDM_SETTINGS = DebyeParams()
-
-
 #: Settings that reproduce the DeepStruc simulated .gr files (data/PDFs_simulated) best,
 #: found by fitting: the stated CbLDM settings give Rw 0.08-0.17 on them, these give
 #: Rw <= 0.0025 (after a scale fit; values taken at r = 0, 0.01, ..., 29.99 Å although the
