@@ -32,9 +32,9 @@ def test_experimental_recipe_gives_au144_candidates(tmp_path):
             overrides=[
                 f'options.observations=["{gr}"]',
                 "options.candidates=2",
-                "options.sampler.steps=50",
-                "options.refiner.maxiter=30",
-                "options.refiner.polish_steps=200",  # the recipe's
+                "sampler.steps=50",
+                "refiner.maxiter=30",
+                "refiner.polish_steps=200",  # the recipe's
             ],
         )
     )

@@ -143,15 +143,20 @@ name = "cbldm-infer-tiny"
 seed = 1
 task = "cbldm.infer"
 [options]
-checkpoint = "{tiny_run / "cbldm.safetensors"}"
 observations = ["{gr}"]
 candidates = 2
-[options.sampler]
+[prior]
+type = "cbldm.ldm"
+checkpoint = "{tiny_run / "cbldm.safetensors"}"
+[sampler]
 type = "cbldm.accelerated"
 steps = 4
-[options.refiner]
+[refiner]
 type = "cbldm.distance_geometry"
 maxiter = 5
+[forward_model]
+type = "pdf.debye"
+elements = "Au"
 """
     )
     try:

@@ -1,12 +1,16 @@
 """Task ``cbldm.infer``: candidate structures for measured PDFs with a trained CbLDM.
 
-Each ``.gr`` file is read with emverse-pdf's reader, resampled (linear interpolation)
-onto the model's grid r = 0, 0.01, …, 29.99 Å — zero beyond the file's last r, as a
-measured G(r) carries no information there — and divided by its maximum. The
-sampler draws ``candidates`` latents, the matrix-VAE decodes them, the refiner
-(``cbldm.distance_geometry``) recovers positions (and polishes them against the PDF when
-``polish_steps`` > 0) and the report gives Rwp (scale fitted, ``fit_rmin``–``fit_rmax``)
-of each candidate's G(r) against the measured one.
+Built from the recipe's tables: ``[prior]`` (``cbldm.ldm``, a trained model), ``[sampler]``
+(the latent sampler), ``[refiner]`` (``cbldm.distance_geometry``: weight matrix → positions,
+polished against the PDF) and ``[forward_model]`` (``pdf.debye`` with the settings the model
+was trained with, on r = 0, 0.01, …, 29.99 Å). Each ``.gr`` file is read with emverse-pdf's
+reader, resampled (linear interpolation) onto that grid — zero beyond the file's last r, as a
+measured G(r) carries no information there — and divided by its maximum. The sampler draws
+``candidates`` latents, the matrix-VAE decodes them, the refiner recovers positions (and
+polishes them against the PDF through the forward model when ``polish_steps`` > 0) and the
+report gives Rwp (scale fitted, ``fit_rmin``–``fit_rmax``) of each candidate's G(r) against
+the measured one. It stays a plugin task because its unknown changes form on the way (latent
+→ weight matrix → positions), which the core ``infer`` task does not express.
 """
 
 from __future__ import annotations
@@ -17,9 +21,6 @@ from emverse.errors import EmverseError
 from emverse.interfaces import OptionsTask
 from emverse.io import write_text
 from emverse.run import RunResult
-
-from .dataset import simulate_pdfs
-from .prior import CbLDMPrior, shipped_checkpoint
 
 R_GRID = np.arange(3000) * 0.01
 
@@ -61,29 +62,22 @@ def write_xyz(path, positions: np.ndarray, element: str, comment: str = "") -> N
     write_text(path, "\n".join(lines) + "\n")
 
 
-class _PdfModel(torch.nn.Module):
-    """Positions (B, N, 3) Å → G(r) with the CbLDM settings, for the refiner's polish."""
-
-    def __init__(self, element: str):
-        super().__init__()
-        self.element = element
-
-    def forward(self, x):
-        from .pdf import cbldm_gr
-
-        return cbldm_gr(x, None, self.element)
-
-
 class InferTask(OptionsTask):
     def run(self, ctx):
         from emverse_pdf.gr_io import read_gr
         from emverse_pdf.metrics import rwp
 
         opts = self.options
-        path = ctx.resolve_path(opts.checkpoint) if opts.checkpoint else shipped_checkpoint()
-        model = CbLDMPrior.from_checkpoint(path)
-        sampler = ctx.build_spec(opts.sampler, "sampler")
-        refiner = ctx.build_spec(opts.refiner, "refiner")
+        model = ctx.build("prior")
+        sampler = ctx.build("sampler")
+        refiner = ctx.build("refiner")
+        pdf_model = ctx.build("forward_model")
+        grid = getattr(pdf_model, "r", None)
+        if grid is None or grid.numel() != R_GRID.size or not np.allclose(grid.double().numpy(), R_GRID):
+            raise EmverseError(
+                f"[forward_model] {ctx.spec('forward_model').type!r} must give G(r) on the model's grid "
+                "r = 0, 0.01, …, 29.99 Å; use type = \"pdf.debye\" with rmin = 0, rmax = 30, rstep = 0.01")
+        element = pdf_model.elements if isinstance(getattr(pdf_model, "elements", None), str) else opts.element
         generator = ctx.generator("infer")
         r_t = torch.as_tensor(R_GRID)
         metrics = {}
@@ -102,7 +96,7 @@ class InferTask(OptionsTask):
             for k in range(opts.candidates):
                 try:
                     result = refiner.refine(
-                        _PdfModel(opts.element),
+                        pdf_model,
                         {"weight_matrix": blocks[k].double(), "pdf": torch.as_tensor(g_in)},
                         generator=generator,
                     )
@@ -110,7 +104,9 @@ class InferTask(OptionsTask):
                     ctx.log.warning("%s candidate %d: %s", name, k, exc)
                     continue
                 x = result.parameters["positions"].numpy()
-                g = simulate_pdfs([x], opts.element)[0]
+                with torch.no_grad():
+                    g = pdf_model(torch.as_tensor(x)[None])[0].numpy()
+                g = g / g.max()
                 value = float(
                     rwp(
                         torch.as_tensor(g),
@@ -125,7 +121,7 @@ class InferTask(OptionsTask):
                     write_xyz(
                         ctx.out_dir / "candidates" / f"{name}_{k}.xyz",
                         x,
-                        opts.element,
+                        element,
                         f"Rwp={value:.4f}",
                     )
                 rows.append([name, k, x.shape[0], round(value, 4)])

@@ -6,11 +6,11 @@ times in [0, 1] (0 = clean, 1 = noise; the emverse-diffusion convention).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import attrs
 from emverse.params import (
-    ComponentSpec,
     in_range,
-    nested,
     non_negative,
     one_of,
     path_field,
@@ -189,15 +189,16 @@ class TrainParams:
 class InferParams:
     """Task ``cbldm.infer``: candidate structures for measured PDFs with a trained model.
 
-    ``checkpoint``: weights (default: the small model shipped with the plugin).
-    ``observations``: .gr files (``shared:`` paths allowed); each is resampled onto
-    r = 0, 0.01, …, 29.99 Å (zero beyond its last point) and divided by its maximum.
-    ``element``: the metal (its metallic radius is not used; only the form factor,
-    which cancels in G(r) for one element). ``candidates`` per PDF; ``sampler``:
-    the latent sampler; ``fit_rmin``/``fit_rmax`` (Å): r range of the reported Rwp.
+    Tables: ``[prior]`` (``cbldm.ldm``; its ``checkpoint`` "" = the shipped small model),
+    ``[sampler]`` (e.g. ``cbldm.accelerated``), ``[refiner]`` (``cbldm.distance_geometry``) and
+    ``[forward_model]`` (``pdf.debye`` with the model's PDF settings, r = 0…29.99 Å step 0.01).
+    ``observations``: .gr files (``shared:`` paths allowed); each is resampled onto that grid
+    (zero beyond its last point) and divided by its maximum. ``element``: the metal written to
+    the .xyz files when the forward model has several. ``candidates`` per PDF;
+    ``fit_rmin``/``fit_rmax`` (Å): r range of the reported Rwp.
     """
 
-    checkpoint: str = path_field("checkpoint", default="")
+    requires: ClassVar[tuple[str, ...]] = ("prior", "sampler", "refiner", "forward_model")
     observations: tuple[str, ...] = path_field("file", reader="emverse_pdf.gr_io:read_gr", default=(
         "shared:pdf_nanoparticles/deepstruc/experimental/Au144PET_100K-00000.gr",
     ))
@@ -205,8 +206,6 @@ class InferParams:
     candidates: int = attrs.field(default=5, validator=positive)
     fit_rmin: float = attrs.field(default=1.5, validator=non_negative)
     fit_rmax: float = attrs.field(default=29.99, validator=positive)
-    sampler: ComponentSpec = nested("sampler", "cbldm.accelerated")
-    refiner: ComponentSpec = nested("refiner", "cbldm.distance_geometry")
     write_xyz: bool = True
 
 
