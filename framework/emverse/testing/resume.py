@@ -66,7 +66,9 @@ def check_kill_9_resume(
     proc.communicate(timeout=60)
     state = read_status(killed)
     assert state["status"] == "dead", f"the killed run is {state['status']!r}, not dead: kill it earlier"
-    assert not all((killed / name).exists() for name in outputs), "the run finished before it was killed"
+    files = [name for name in outputs if not (killed / name).is_dir()]
+    assert not files or not all((killed / name).exists() for name in files), "the run finished before it was killed"
+    stores_at_kill = {name: _tensors(killed / name) for name in outputs if (killed / name).is_dir()}
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the child: float sums depend on the thread count
@@ -78,9 +80,33 @@ def check_kill_9_resume(
         torch.set_num_threads(threads)
     resumed = {}
     for name in outputs:
-        a, b = load_checkpoint(straight / name).tensors, load_checkpoint(killed / name).tensors
+        a, b = _tensors(straight / name), _tensors(killed / name)
         assert a.keys() == b.keys(), name
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs after kill -9 and resume"
         resumed[name] = b
+        if name in stores_at_kill:  # the resume had work left in the store: it was killed midway
+            at_kill = stores_at_kill[name]
+            assert any(k not in at_kill or not torch.equal(at_kill[k], v) for k, v in b.items()), \
+                f"{name} was already complete when the run was killed: kill it earlier"
     return resumed
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or every array of a Zarr store (by path)."""
+    if not path.is_dir():
+        return load_checkpoint(path).tensors
+    import numpy as np
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    out = {}
+
+    def visit(g, prefix):
+        for key in sorted(g.array_keys()):
+            out[prefix + key] = torch.as_tensor(np.asarray(g[key][...]))
+        for key in sorted(g.group_keys()):
+            visit(g[key], f"{prefix}{key}/")
+
+    visit(group, "")
+    return out
