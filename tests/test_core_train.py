@@ -148,3 +148,49 @@ def test_an_objective_that_does_not_fit_the_prior_is_refused_at_validation(tmp_p
         load_recipe(recipe)
     assert main(["recipe", "validate", str(recipe)]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_inside_a_step_is_held_until_the_step_is_whole(tmp_path):
+    """A SIGTERM that lands inside step 13 (sent by the objective itself) lets the step finish;
+    the run's interrupt hook then writes the resume file at step 14, between the periodic
+    checkpoints (10, 20), and resuming from it gives the uninterrupted weights."""
+    import os
+    import signal
+
+    from emverse.errors import RunInterrupted
+    from emverse.interfaces import Objective
+    from emverse.runstate import interrupt_on_signals
+    from emverse.training import TensorData, TrainConfig, fit
+
+    class Squares(Objective):
+        def __init__(self, stop_at=None):
+            self.stop_at = stop_at
+
+        def loss(self, network, batch):
+            if batch.step == self.stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return ((network(batch.x) - batch.condition) ** 2).mean() + 0.01 * batch.randn(1).mean()
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2).double()
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    data = TensorData(x, x[:, :2] * 2.0)
+    config = TrainConfig(steps=30, batch_size=8, learning_rate=0.05, ema_decay=0.9, checkpoint_every=10, amp=False)
+    straight = net()
+    fit(straight, Squares(), data, config, progress=False)
+
+    hooks = []
+    stopped = net()
+    with interrupt_on_signals(), pytest.raises(RunInterrupted):
+        fit(stopped, Squares(stop_at=13), data, config, out_dir=tmp_path, progress=False, on_interrupt=hooks.append)
+    for hook in hooks:
+        hook()
+    assert load_checkpoint(tmp_path / "model-resume.safetensors").metadata["step"] == 14
+    again = net()
+    result = fit(again, Squares(), data, config, out_dir=tmp_path, progress=False)
+    assert result.resumed_from == 14
+    for a, b in zip(again.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)

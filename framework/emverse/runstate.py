@@ -122,15 +122,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: a stop request held while a loop step runs (see :func:`at_step_boundary`)
+_held = {"active": False, "signal": None}
+
+
 @contextlib.contextmanager
 def interrupt_on_signals():
-    """Within the block SIGTERM and SIGINT raise :class:`RunInterrupted` (main thread only)."""
+    """Within the block SIGTERM and SIGINT raise :class:`RunInterrupted` (main thread only);
+    inside :func:`at_step_boundary` a first signal is held until the step ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise RunInterrupted(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _held["active"] and _held["signal"] is None:  # finish the step first; a second signal is final
+            _held["signal"] = name
+            return
+        raise RunInterrupted(name)
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,3 +152,21 @@ def interrupt_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def at_step_boundary():
+    """Run one step of a loop whole: a SIGTERM/SIGINT that arrives inside it is raised as
+    :class:`RunInterrupted` when the step has finished, so the loop's state is consistent
+    when the run's interrupt hooks save it (a second signal interrupts at once)."""
+    if _held["active"]:  # nested: the outer step decides
+        yield
+        return
+    _held["active"], _held["signal"] = True, None
+    try:
+        yield
+    finally:
+        _held["active"] = False
+    name, _held["signal"] = _held["signal"], None
+    if name is not None:
+        raise RunInterrupted(name)

@@ -23,8 +23,8 @@ EMA, optimiser moments, the generator's state, the objective's state, step and
 loss history — is written atomically to ``<name>-resume.safetensors``; calling
 :func:`fit` again on the same directory continues exactly where that file
 left off, so a run killed with SIGKILL and resumed ends with bit-identical
-weights. SIGTERM/SIGINT: the run context's ``on_interrupt`` hook writes the
-same file before the process ends.
+weights. SIGTERM/SIGINT are held until the current step is whole; then the run
+context's ``on_interrupt`` hook writes the same file at that step.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is
 initialised with ``gloo`` on CPU or ``nccl`` on CUDA and the network is wrapped
@@ -55,6 +55,7 @@ from emverse.checkpoint import (
 )
 from emverse.errors import EmverseError
 from emverse.interfaces import Objective
+from emverse.runstate import at_step_boundary
 
 __all__ = [
     "Batch",
@@ -433,12 +434,12 @@ def fit(
         tensors.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
         save_checkpoint(resume_path, tensors, recipe=recipe, metadata=meta)
 
-    # A stop request can arrive in the middle of a step, when the weights, optimiser and
-    # generator already belong to the next step: then the last periodic checkpoint stands.
-    state = {"consistent": True, "active": True}
+    # a stop request is held until the current step is whole (at_step_boundary); a second,
+    # forced one can still land mid-step, and then the last periodic checkpoint stands
+    state = {"active": True, "in_step": False}
 
     def save_on_interrupt():
-        if state["active"] and state["consistent"]:
+        if state["active"] and not state["in_step"]:
             save(completed)
 
     if on_interrupt is not None and out is not None:
@@ -464,53 +465,56 @@ def fit(
         if stop_after is not None and step >= start + stop_after:
             interrupted = True
             break
-        state["consistent"] = False
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate_at(step)
-        indices = order.indices(step)
-        x, condition = data.get(indices[mine])
-        batch = Batch(
-            x=x.to(device),
-            condition=condition.to(device) if condition is not None else None,
-            indices=indices[mine],
-            step=step,
-            size=config.batch_size,
-            part=mine,
-            generator=generator,
-            device=device,
-        )
-        with autocast():
-            result = objective.loss(module, batch)
-        loss = result if isinstance(result, torch.Tensor) else result.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
-        optimizer.step()
-        ema.update(network, config.ema_decay_at(step))
-        objective.after_step(result, reduce)
-        value = float(reduce(loss.detach().float()))
-        if not math.isfinite(value):
-            raise EmverseError(
-                f"{name}: the training loss became {value} at step {step + 1}; lower learning_rate "
-                "or check the data for NaN/inf"
+        # a stop request (SIGTERM/SIGINT) is held until the step is whole, then the run's
+        # interrupt hook writes the resume file at this step
+        with at_step_boundary():
+            state["in_step"] = True
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate_at(step)
+            indices = order.indices(step)
+            x, condition = data.get(indices[mine])
+            batch = Batch(
+                x=x.to(device),
+                condition=condition.to(device) if condition is not None else None,
+                indices=indices[mine],
+                step=step,
+                size=config.batch_size,
+                part=mine,
+                generator=generator,
+                device=device,
             )
-        history["step"].append(step + 1)
-        history["loss"].append(value)
-        completed = step + 1
-        state["consistent"] = True
-        if bar is not None and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{value:.4g}", refresh=False)
-        if log is not None and rank == 0 and config.log_every and (step + 1) % config.log_every == 0:
-            log(f"{name}: step {step + 1}/{config.steps} loss {value:.5g}")
-        if validate is not None and config.validate_every and (step + 1) % config.validate_every == 0:
-            val = float(validate(ema.shadow))
-            history["val_step"].append(step + 1)
-            history["val_loss"].append(val)
-            if log is not None and rank == 0:
-                log(f"{name}: step {step + 1}: train loss {value:.4g}, validation loss {val:.4g}")
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            save(step + 1)
+            with autocast():
+                result = objective.loss(module, batch)
+            loss = result if isinstance(result, torch.Tensor) else result.loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(network, config.ema_decay_at(step))
+            objective.after_step(result, reduce)
+            value = float(reduce(loss.detach().float()))
+            if not math.isfinite(value):
+                raise EmverseError(
+                    f"{name}: the training loss became {value} at step {step + 1}; lower learning_rate "
+                    "or check the data for NaN/inf"
+                )
+            history["step"].append(step + 1)
+            history["loss"].append(value)
+            completed = step + 1
+            state["in_step"] = False
+            if bar is not None and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+            if log is not None and rank == 0 and config.log_every and (step + 1) % config.log_every == 0:
+                log(f"{name}: step {step + 1}/{config.steps} loss {value:.5g}")
+            if validate is not None and config.validate_every and (step + 1) % config.validate_every == 0:
+                val = float(validate(ema.shadow))
+                history["val_step"].append(step + 1)
+                history["val_loss"].append(val)
+                if log is not None and rank == 0:
+                    log(f"{name}: step {step + 1}: train loss {value:.4g}, validation loss {val:.4g}")
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                save(step + 1)
 
     if bar is not None and hasattr(bar, "close"):
         bar.close()
