@@ -227,3 +227,19 @@ def test_resume_refuses_a_run_that_still_lives(tmp_path):
         "heartbeat": "2999-01-01T00:00:00+00:00"}))
     with pytest.raises(EmverseError, match="still running"):
         resume_run(out)
+
+
+def test_a_stage_is_computed_once_and_read_back_on_resume(tmp_path):
+    from emverse.run import RunContext
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "example-linear-gaussian.toml")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(5, dtype=torch.float64) / 3, "n": torch.tensor(7)}
+
+    first = RunContext(recipe, tmp_path).stage("draws 1", compute)
+    again = RunContext(recipe, tmp_path, resume=True).stage("draws 1", compute)
+    assert len(calls) == 1 and (tmp_path / "stages" / "draws_1.safetensors").is_file()
+    assert torch.equal(first["x"], again["x"]) and int(again["n"]) == 7

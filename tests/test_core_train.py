@@ -194,3 +194,25 @@ def test_sigterm_inside_a_step_is_held_until_the_step_is_whole(tmp_path):
     assert result.resumed_from == 14
     for a, b in zip(again.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_without_an_average_the_ema_is_the_trained_weights(tmp_path):
+    """ema_decay = 0 (CbLDM stages, the CDI regression): the returned and checkpointed 'EMA' are
+    exactly the trained weights, read from the network rather than copied every step."""
+    from emverse.interfaces import Objective
+    from emverse.training import TensorData, TrainConfig, fit
+
+    class Squares(Objective):
+        def loss(self, network, batch):
+            return ((network(batch.x) - batch.condition) ** 2).mean()
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2).double()
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    result = fit(net, Squares(), TensorData(x, x[:, :2]), TrainConfig(steps=7, batch_size=8, ema_decay=0.0,
+                 checkpoint_every=3, amp=False), out_dir=tmp_path, progress=False)
+    for name, value in net.state_dict().items():
+        assert torch.equal(result.ema[name], value)
+    saved = load_checkpoint(tmp_path / "model-resume.safetensors").tensors
+    for name in net.state_dict():
+        assert torch.equal(saved[f"ema.{name}"], saved[f"model.{name}"])

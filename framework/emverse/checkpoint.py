@@ -43,7 +43,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if not path.exists():
         raise EmverseError(f"checkpoint {str(path)!r} does not exist; train one first or fix the path")
     try:
-        tensors = load_file(str(path), device=str(device))
+        # own, freshly allocated copies: a tensor left in the file's buffer sits at an offset set by
+        # the header's length, and a vectorised sum over it can round differently
+        tensors = {name: t.clone() for name, t in load_file(str(path), device=str(device)).items()}
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
@@ -99,8 +101,10 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
                 raise EmverseError(f"optimiser state {key!r} of type {type(value).__name__} cannot be saved")
             elif isinstance(value, int):
                 kinds[name] = "int"
-            elif isinstance(value, float):
+                value = torch.tensor(value, dtype=torch.int64)
+            elif isinstance(value, float):  # L-BFGS's step length t and previous loss: kept exact
                 kinds[name] = "float"
+                value = torch.tensor(value, dtype=torch.float64)
             else:
                 kinds[name] = "tensor"
             tensors[name] = torch.as_tensor(value).detach().clone()
@@ -121,7 +125,7 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         if kind.startswith("list"):
             _, length, missing_text = kind.split(":")
             missing = {int(i) for i in missing_text.split(",") if i}
-            present = iter(value.unbind(0)) if value.numel() else iter(())
+            present = iter([v.clone() for v in value.unbind(0)]) if value.numel() else iter(())
             restored = [None if i in missing else next(present) for i in range(int(length))]
             if device is not None:
                 restored = [v if v is None else v.to(device) for v in restored]
@@ -141,10 +145,13 @@ class ResumeFile:
     """The state of an iterative job (a refinement's parameters, optimiser, step and history),
     written atomically every ``every`` steps to ``path`` so an interrupted run continues exactly.
 
-    ``load(module, optimizer)`` returns ``(step, history, extra)`` — ``(0, None, {})`` when no
-    file exists — after restoring both in place; ``save(module, optimizer, step, history, extra)``
-    writes the file (``extra``: JSON-able facts such as "finished early"). ``settings`` are stored
-    and must match on load (a changed setting is refused).
+    ``state`` is a module, or a dict of named tensors (a refinement's free parameters), restored
+    in place. ``load(state, optimizer)`` returns ``(step, history, extra)`` — ``(0, None, {})`` when
+    no file exists; ``save(state, optimizer, step, history, extra)`` writes the file (``extra``:
+    JSON-able facts such as "finished early"). ``aux`` carries further tensors a loop needs
+    (an L-BFGS's last evaluation, a generator's state): passed to ``save`` and, as an empty dict
+    to fill, to ``load``. ``settings`` are stored and must match on load (a changed setting is
+    refused).
     """
 
     path: Path
@@ -154,16 +161,19 @@ class ResumeFile:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-             history: dict[str, list[float]], extra: dict | None = None) -> Path:
-        tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
+    def save(self, state: torch.nn.Module | dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             step: int, history: dict[str, list[float]], extra: dict | None = None,
+             aux: dict[str, torch.Tensor] | None = None) -> Path:
+        tensors = {f"module.{k}": v for k, v in _state_tensors(state).items()}
+        tensors.update({f"aux.{k}": v for k, v in (aux or {}).items()})
         optim, kinds = optimizer_tensors(optimizer)
         tensors.update(optim)
         metadata = {"step": int(step), "history": history, "optimizer_kinds": kinds, "settings": self.settings,
                     "extra": extra or {}}
         return save_checkpoint(self.path, tensors, metadata=metadata)
 
-    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    def load(self, state: torch.nn.Module | dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             aux: dict[str, torch.Tensor] | None = None):
         path = Path(self.path)
         if not path.exists():
             return 0, None, {}
@@ -174,8 +184,27 @@ class ResumeFile:
         if diffs:
             raise EmverseError(f"cannot resume from {path}: the settings changed ({'; '.join(diffs)}); "
                                "restore them or start in a fresh run directory")
-        load_state_dict_strict(module, {k[len("module."):]: v for k, v in ckpt.tensors.items()
-                                        if k.startswith("module.")}, str(path))
+        values = {k[len("module."):]: v for k, v in ckpt.tensors.items() if k.startswith("module.")}
+        if isinstance(state, torch.nn.Module):
+            load_state_dict_strict(state, values, str(path))
+        else:
+            _load_tensors_in_place(state, values, str(path))
+        if aux is not None:
+            aux.update({k[len("aux."):]: v for k, v in ckpt.tensors.items() if k.startswith("aux.")})
         load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}))
         history = {k: list(v) for k, v in ckpt.metadata.get("history", {}).items()}
         return int(ckpt.metadata["step"]), history, dict(ckpt.metadata.get("extra", {}))
+
+
+def _state_tensors(state) -> dict[str, torch.Tensor]:
+    return state.state_dict() if isinstance(state, torch.nn.Module) else {k: v.detach() for k, v in state.items()}
+
+
+@torch.no_grad()
+def _load_tensors_in_place(state: dict[str, torch.Tensor], values: dict[str, torch.Tensor], source: str) -> None:
+    if set(state) != set(values) or any(state[k].shape != values[k].shape for k in state):
+        raise EmverseError(f"resume file {source!r} holds {sorted(values)} with other shapes or names than "
+                           f"this refinement's {sorted(state)}; use the recipe it was written with or a "
+                           "fresh run directory")
+    for name, tensor in state.items():
+        tensor.copy_(values[name].to(tensor.device))

@@ -14,7 +14,7 @@ Conventions shared by all of them:
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import torch
@@ -330,7 +330,16 @@ class Refiner(Configurable, abc.ABC):
     self-contained model whose ``forward()`` returns the prediction and whose
     ``loss(prediction, observation)`` the scalar to minimise; the core's refiners serve
     both through one loop.
+
+    A refiner that can continue an interrupted refinement sets ``resumable = True`` and takes
+    ``resume``, an :class:`emverse.checkpoint.ResumeFile`, in both forms: it restores the
+    file's state when one exists, writes it every ``resume.every`` iterations and once at the
+    end (a finished refinement is restored, not rerun), and the resumed result equals the
+    uninterrupted one. Tasks pass ``resume`` only to refiners that declare it
+    (:meth:`emverse.run.RunContext.resume_for` builds the file).
     """
+
+    resumable: ClassVar[bool] = False
 
     def run(
         self,
@@ -341,6 +350,7 @@ class Refiner(Configurable, abc.ABC):
         *,
         callback=None,
         generator: torch.Generator | None = None,
+        resume=None,
     ) -> RefinementResult:
         """Fit ``parametrization`` to ``observation``; ``callback(iteration, parametrization,
         loss)`` may return a dict of floats that is appended to the history."""
@@ -355,6 +365,7 @@ class Refiner(Configurable, abc.ABC):
         *,
         generator: torch.Generator | None = None,
         callback=None,
+        resume=None,
     ) -> RefinementResult:
         """Fit ``model``'s trainable parameters to ``observation``.
 

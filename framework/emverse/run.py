@@ -147,6 +147,36 @@ class RunContext:
         return make_progress(iterable, desc=desc, total=total, enabled=self.show_progress,
                              log=self.log.info, **kwargs)
 
+    def stage(self, name: str, compute) -> dict:
+        """A finished piece of the run's work, kept in ``stages/<name>.safetensors``: ``compute()``
+        returns a dict of tensors, written atomically once it is whole; when ``emverse run --resume``
+        reaches the same stage again the file is read back instead. Only for work that is
+        deterministic given the recipe (every draw from a named ``ctx.generator``), so a resumed run
+        equals an uninterrupted one."""
+        from emverse.checkpoint import load_checkpoint, save_checkpoint
+
+        path = self.out_dir / "stages" / f"{_safe(name)}.safetensors"
+        if path.exists():
+            self.log.info("stage %s restored from %s", name, path.relative_to(self.out_dir))
+            return dict(load_checkpoint(path).tensors)
+        tensors = compute()
+        save_checkpoint(path, tensors)
+        return {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in tensors.items()}
+
+    def resume_for(self, refiner, name: str, every: int = 10, settings: dict | None = None) -> dict:
+        """``{"resume": ResumeFile}`` to pass to a refiner that declares ``resumable``: the file
+        ``<name>-resume.safetensors`` in the run directory, written every ``every`` iterations
+        and checked against ``settings`` on ``--resume``; ``{}`` (and a log line saying that
+        ``--resume`` reruns this refinement) for a refiner that cannot resume."""
+        if not getattr(refiner, "resumable", False):
+            self.log.info("refiner %s keeps no resume file: `emverse run --resume` reruns %s",
+                          type(refiner).__name__, name)
+            return {}
+        from emverse.checkpoint import ResumeFile
+
+        return {"resume": ResumeFile(self.out_dir / f"{_safe(name)}-resume.safetensors", int(every),
+                                     dict(settings or {}))}
+
     def on_interrupt(self, callback) -> None:
         """Call ``callback()`` when SIGTERM/SIGINT stops the run (e.g. to write a checkpoint)."""
         self.interrupt_callbacks.append(callback)

@@ -268,21 +268,39 @@ def epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
 
 
 class _EMA:
-    """Exponential moving average of a module's state (parameters and float buffers)."""
+    """Exponential moving average of a module's state (parameters and float buffers).
 
-    def __init__(self, module: nn.Module):
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    With ``tracking`` false (a decay that is 0 at every step) the average *is* the module's
+    current state, so it is read from the module instead of being copied after every step.
+    """
+
+    def __init__(self, module: nn.Module, tracking: bool = True):
+        self.module, self.tracking = module, tracking
+        self._shadow = {k: v.detach().clone() for k, v in module.state_dict().items()} if tracking else None
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        if self.tracking:
+            return self._shadow
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    @shadow.setter
+    def shadow(self, value: dict[str, torch.Tensor]) -> None:
+        if self.tracking:  # otherwise the module's own (restored) weights are the average
+            self._shadow = value
 
     @torch.no_grad()
-    def update(self, module: nn.Module, decay: float):
-        state = module.state_dict()
+    def update(self, decay: float):
+        if not self.tracking:
+            return
+        state = self.module.state_dict()
         floats = [k for k, v in state.items() if v.is_floating_point()]
-        shadow = [self.shadow[k] for k in floats]
+        shadow = [self._shadow[k] for k in floats]
         torch._foreach_mul_(shadow, decay)
         torch._foreach_add_(shadow, [state[k].detach() for k in floats], alpha=1.0 - decay)
         for k, v in state.items():
             if not v.is_floating_point():
-                self.shadow[k].copy_(v)
+                self._shadow[k].copy_(v)
 
 
 def _distributed() -> tuple[int, int, bool]:
@@ -381,7 +399,7 @@ def fit(
         weight_decay=config.weight_decay,
         foreach=True,
     )
-    ema = _EMA(network)
+    ema = _EMA(network, tracking=config.ema_warmup or config.ema_decay > 0)
     generator = torch.Generator().manual_seed(int(config.seed))
     history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
     start = 0
@@ -491,7 +509,7 @@ def fit(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
             optimizer.step()
-            ema.update(network, config.ema_decay_at(step))
+            ema.update(config.ema_decay_at(step))
             objective.after_step(result, reduce)
             value = float(reduce(loss.detach().float()))
             if not math.isfinite(value):

@@ -440,7 +440,8 @@ class RefineTask(Task):
         if isinstance(parametrization, ParameterVector):
             parametrization.start_at(model, start)
         parametrization.to(device=ctx.device)
-        result = refiner.run(parametrization, model, likelihood, y, generator=ctx.generator("refiner"))
+        result = refiner.run(parametrization, model, likelihood, y, generator=ctx.generator("refiner"),
+                             **ctx.resume_for(refiner, "refine", settings={"refiner": ctx.spec("refiner").type}))
         refined = parametrization().detach()
         from emverse.figures import new_figure
 

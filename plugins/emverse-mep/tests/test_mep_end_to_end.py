@@ -71,6 +71,9 @@ def test_evaluate_end_to_end(tiny_pipeline, tmp_path):
         for key in ("psnr", "ssim", "psnr_depth_sum", "ssim_depth_sum", "interslice_correlation"):
             assert f"{method}_{key}" in m
     assert "bootstrap_ssim_vs_adam_p" in m and "spread_error_correlation" in m
+    # each method's result is kept as it finishes, for `emverse run --resume`
+    kept = {p.stem for p in (run / "stages").glob("*.safetensors")}
+    assert kept == {"guided_shifted_sigmoid", "guided_alpha", "guided_constant", "adam", "lbfgs", "sweep_steps2"}
     assert (run / "figures").exists() or any(run.glob("*.png"))
 
 
@@ -120,3 +123,20 @@ def test_sampler_and_guidance_weight_swap_by_set_alone(tiny_pipeline, tmp_path):
     assert recipe["sampler"]["type"] == "diffusion.ddim"
     assert recipe["guidance"]["schedule"] == {"type": "diffusion.constant", "scale": 0.5}
     assert read_metrics(swapped)["sample_ssim"] != read_metrics(default)["sample_ssim"]
+
+
+def test_kill_9_then_resume_continues_the_reconstruction_batch_by_batch(tiny_pipeline, tmp_path):
+    """Killed once its first batch of measurements is kept, resumed: the finished batch is read
+    back, the rest sampled, and every draw equals an uninterrupted run's."""
+    from emverse.testing.resume import check_kill_9_resume
+
+    _, data, train_dir, prior_overrides = tiny_pipeline
+    overrides = [o for o in _eval_overrides(data, train_dir, prior_overrides)
+                 if not o.startswith(("options.steps_sweep", "options.bootstrap", "options.adam", "options.lbfgs",
+                                      "options.count", "sampler.steps"))]
+    out = check_kill_9_resume(RECIPES / "mep-cpu-reconstruct.toml", tmp_path,
+                              overrides=[*overrides, "options.count=6", "options.batch=1", "sampler.steps=20"],
+                              kill_when="stages/reconstruct-0-1.safetensors", outputs=["reconstructions.safetensors"])
+    assert out["reconstructions.safetensors"]["samples"].shape[:2] == (6, 2)
+    log = (tmp_path / "killed" / "run.log").read_text()
+    assert "stage reconstruct-0-1 restored" in log and "stage reconstruct-5-6 restored" not in log

@@ -156,10 +156,14 @@ class LacbedRefineTask(OptionsTask):
         # 3. refine, with the strong beams of each direction fixed at the scan's best geometry
         simulator.fix_strong_beams(fit.incident(fit.physical()))
         refiner = ctx.build("refiner")
+
         def progress(step, model, loss):
             ctx.log.info("evaluation %d: loss %.5f", step, loss)
 
-        result = refiner.refine(fit, observation, generator=ctx.generator("refiner"), callback=progress)
+        # resumable: `emverse run --resume` repeats the (deterministic) checks and scans above and
+        # continues the refinement from its last resume file
+        result = refiner.refine(fit, observation, generator=ctx.generator("refiner"), callback=progress,
+                                **ctx.resume_for(refiner, "refine", settings={"refiner": ctx.spec("refiner").type}))
         with torch.no_grad():
             prediction = fit()
         end_corr = disc_correlation(prediction, observation)

@@ -58,6 +58,8 @@ def _resume(resume, model, optimizer) -> tuple[int, dict[str, list[float]], bool
 class Ed3dAdam(Refiner):
     """Adam over all parameters jointly (paper: lr 1e-3, 200 epochs, full batch)."""
 
+    resumable = True
+
     def __init__(self, epochs: int = 200, lr: float = 1e-3, lr_thickness: float | None = None,
                  target_wr: float = 0.0, lr_orientation: float = 2e-4):
         self.epochs = int(epochs)
@@ -112,6 +114,8 @@ class Ed3dAdam(Refiner):
 
 class Ed3dLBFGS(Refiner):
     """L-BFGS with a strong-Wolfe line search; one epoch = one outer step."""
+
+    resumable = True
 
     def __init__(self, epochs: int = 50, lr: float = 1.0, max_iter: int = 5, history_size: int = 20,
                  target_wr: float = 0.0):

@@ -26,7 +26,7 @@ from emverse.interfaces import OptionsTask
 
 from emverse_mep import metrics as M
 from emverse_mep.figures import bars_figure, curves_figure, slices_figure
-from emverse_mep.reconstruct import guidance_variants, sample_guided, setup
+from emverse_mep.reconstruct import guidance_variants, sample_guided, setup, timed
 
 SCORES = ("psnr", "ssim", "psnr_depth_sum", "ssim_depth_sum")
 
@@ -35,6 +35,28 @@ def _mean_scores(draws: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per-instance scores averaged over the draws (N, S, ...)."""
     per = [M.volume_scores(draws[:, s], truth) for s in range(draws.shape[1])]
     return {k: np.mean([p[k] for p in per], axis=0) for k in SCORES}
+
+
+def _baseline(ctx, name, spec, model, y, scale, t_np) -> dict[str, torch.Tensor]:
+    """One gradient baseline: its volume (rad), wall time (s) and SSIM-vs-time trace."""
+    refiner = ctx.build_spec(spec, "refiner")
+    n = len(t_np)
+    trace_t, trace_s = [], []
+    start = time.perf_counter()
+
+    def callback(iteration, _model, _loss):
+        elapsed = time.perf_counter() - start
+        current = refiner.current_object
+        if current is not None:
+            trace_t.append(elapsed / n)
+            trace_s.append(float(M.volume_scores(current.cpu().numpy() * scale, t_np)["ssim"].mean()))
+        return None
+
+    result = refiner.refine(model, y, generator=ctx.generator(f"mep.{name}"), callback=callback)
+    return {"object": result.parameters["object"].detach(),
+            "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64),
+            "trace_seconds": torch.tensor(trace_t, dtype=torch.float64),
+            "trace_ssim": torch.tensor(trace_s, dtype=torch.float64)}
 
 
 class EvaluateTask(OptionsTask):
@@ -50,11 +72,11 @@ class EvaluateTask(OptionsTask):
         # --- guided sampling, one run per schedule --------------------------------
         variants = guidance_variants(ctx, opts.ablation_schedules)
         for schedule, guidance_spec in variants.items():
-            start = time.perf_counter()
-            draws = sample_guided(ctx, prior, physics, y, samples=opts.samples, guidance_spec=guidance_spec,
-                                  generator=ctx.generator(f"mep.sample.{schedule}"))
-            seconds = (time.perf_counter() - start) / n
-            d_np = draws.cpu().numpy()
+            stage = ctx.stage(f"guided_{schedule}", lambda schedule=schedule, guidance_spec=guidance_spec: timed(
+                lambda: sample_guided(ctx, prior, physics, y, samples=opts.samples, guidance_spec=guidance_spec,
+                                      generator=ctx.generator(f"mep.sample.{schedule}"))))
+            seconds = float(stage["seconds"]) / n
+            d_np = stage["value"].numpy()
             results[f"guided_{schedule}"] = {
                 "volumes": d_np[:, 0], "draws": d_np, "scores": _mean_scores(d_np, t_np), "seconds": seconds,
             }
@@ -66,24 +88,12 @@ class EvaluateTask(OptionsTask):
         curves_time: dict[str, tuple[list[float], list[float]]] = {}
         metrics_extra: dict[str, float] = {}
         for name, spec in (("adam", opts.adam), ("lbfgs", opts.lbfgs)):
-            refiner = ctx.build_spec(spec, "refiner")
-            trace_t, trace_s = [], []
-            start = time.perf_counter()
-
-            def callback(iteration, _model, _loss, refiner=refiner, trace_t=trace_t, trace_s=trace_s, start=start):
-                elapsed = time.perf_counter() - start
-                current = refiner.current_object
-                if current is not None:
-                    s = M.volume_scores(current.cpu().numpy() * scale, t_np)["ssim"].mean()
-                    trace_t.append(elapsed / n)
-                    trace_s.append(float(s))
-                return None
-
-            result = refiner.refine(model, y, generator=ctx.generator(f"mep.{name}"), callback=callback)
-            seconds = (time.perf_counter() - start) / n
-            vol = result.parameters["object"].detach().cpu().numpy() * scale
+            stage = ctx.stage(name, lambda name=name, spec=spec: _baseline(ctx, name, spec, model, y, scale, t_np))
+            seconds = float(stage["seconds"]) / n
+            vol = stage["object"].numpy() * scale
             results[name] = {"volumes": vol, "draws": vol[:, None], "scores": _mean_scores(vol[:, None], t_np),
                              "seconds": seconds}
+            trace_t, trace_s = stage["trace_seconds"].tolist(), stage["trace_ssim"].tolist()
             curves_time[name] = (trace_t, trace_s)
             if trace_s:
                 # oracle early stopping (uses the truth): the best the baseline reached on its path
@@ -136,11 +146,11 @@ class EvaluateTask(OptionsTask):
         # --- quality vs steps / wall time ------------------------------------------------------
         curve_steps, curve_ssim, curve_time = [], [], []
         for steps in sorted(set(opts.steps_sweep)):
-            start = time.perf_counter()
-            draws = sample_guided(ctx, prior, physics, y, samples=1, steps=steps,
-                                  generator=ctx.generator(f"mep.sweep.{steps}"))
-            seconds = (time.perf_counter() - start) / n
-            s = float(M.volume_scores(draws[:, 0].cpu().numpy(), t_np)["ssim"].mean())
+            stage = ctx.stage(f"sweep_steps{steps}", lambda steps=steps: timed(
+                lambda: sample_guided(ctx, prior, physics, y, samples=1, steps=steps,
+                                      generator=ctx.generator(f"mep.sweep.{steps}"))))
+            seconds = float(stage["seconds"]) / n
+            s = float(M.volume_scores(stage["value"][:, 0].numpy(), t_np)["ssim"].mean())
             curve_steps.append(steps)
             curve_ssim.append(s)
             curve_time.append(seconds)

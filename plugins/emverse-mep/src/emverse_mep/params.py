@@ -180,7 +180,11 @@ class ReconstructParams:
     * ``data``: Zarr store of test volumes (``mep.dataset``'s ``test.zarr``);
       ``first`` / ``count`` pick the volumes; their diffraction stacks are
       simulated with the recipe's ``[forward_model]`` (with its Poisson noise);
-    * ``samples`` draws per measurement (≥ 2 gives a per-voxel uncertainty map).
+    * ``samples`` draws per measurement (≥ 2 gives a per-voxel uncertainty map);
+    * ``batch``: measurements sampled together (0 = all at once). Each batch is kept in the run
+      directory as it finishes, so ``emverse run --resume`` continues from the first batch that
+      did not; batches of a smaller ``batch`` draw from their own seeded streams, so a change of
+      ``batch`` changes the draws (not their distribution).
 
     The sampling itself is the recipe's ``[sampler]`` (e.g. emverse-diffusion's
     ``diffusion.dpmpp_2m_sde`` on a polyexponential σ-ladder) guided by its
@@ -194,6 +198,7 @@ class ReconstructParams:
     first: int = attrs.field(default=0, validator=non_negative)
     count: int = attrs.field(default=4, validator=positive)
     samples: int = attrs.field(default=4, validator=positive)
+    batch: int = attrs.field(default=0, validator=non_negative)
 
 
 @attrs.frozen
@@ -213,6 +218,9 @@ class EvaluateParams:
     * ``steps_sweep``: extra sampler step counts for the quality-vs-steps /
       wall-time curve (empty = none);
     * ``bootstrap`` paired-bootstrap resamples.
+
+    Each method's result (and each sweep point) is kept in the run directory as it finishes;
+    ``emverse run --resume`` reads those back and computes only the rest.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("prior", "forward_model", "sampler", "guidance")

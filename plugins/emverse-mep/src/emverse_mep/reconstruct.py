@@ -143,15 +143,32 @@ def sample_guided(ctx, prior, physics, y, *, samples: int, guidance_spec: Compon
     return draws.detach().reshape(y.shape[0], samples, *prior.event_shape)
 
 
+def timed(compute) -> dict[str, torch.Tensor]:
+    """``{"value": compute(), "seconds": its wall time}``: a stage's result with its cost."""
+    start = time.perf_counter()
+    value = compute()
+    return {"value": value, "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64)}
+
+
 class ReconstructTask(OptionsTask):
     def run(self, ctx):
         from emverse.run import RunResult
 
         opts = ctx.options
         truth, prior, physics, y, scale = setup(ctx, opts)
-        start = time.perf_counter()
-        draws = sample_guided(ctx, prior, physics, y, samples=opts.samples, generator=ctx.generator("mep.sample"))
-        seconds = time.perf_counter() - start
+        size = opts.batch or len(y)
+        parts = []
+        for k, first in enumerate(range(0, len(y), size)):
+            # one stream per batch; all at once keeps the stream it always had
+            stream = "mep.sample" if size >= len(y) else f"mep.sample.batch{k}"
+
+            def draw(first=first, stream=stream):
+                return timed(lambda: sample_guided(ctx, prior, physics, y[first:first + size], samples=opts.samples,
+                                                   generator=ctx.generator(stream)))
+
+            parts.append(ctx.stage(f"reconstruct-{first}-{first + size}", draw))
+        draws = torch.cat([part["value"] for part in parts]).to(y.device)
+        seconds = float(sum(part["seconds"] for part in parts))
         mean = draws.mean(dim=1)
         std = draws.std(dim=1) if opts.samples > 1 else torch.zeros_like(mean)
         ctx.save_checkpoint("reconstructions", {

@@ -20,6 +20,11 @@ Usage::
 
 ``callback(iteration, model, loss)`` runs once per epoch / iteration; the
 current volume is ``refiner.current_object`` at that moment.
+
+Both are resumable: given ``resume`` (an :class:`emverse.checkpoint.ResumeFile`) they write the
+volume, any refined probe or positions, the optimiser, the learning-rate schedule, the
+mini-batch generator and the history every ``resume.every`` epochs / iterations, and an
+interrupted reconstruction continues from the last file to the uninterrupted result.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class _GradientReconstruction(Refiner):
     batch_size: int | None
 
     current_object: torch.Tensor | None = None
+    resumable = True
 
     def _initial(self, model, y: torch.Tensor, initial) -> torch.Tensor:
         real = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
@@ -204,7 +210,7 @@ class AdamReconstruction(_GradientReconstruction):
             names.append(name)
         return groups, names
 
-    def refine(self, model, observation, *, generator=None, callback=None, initial=None):
+    def refine(self, model, observation, *, generator=None, callback=None, initial=None, resume=None):
         """Reconstruct; ``initial`` (B, depth, H, W) or (depth, H, W) starts from a given volume
         (default zeros). Returns parameters {"object", + refined model tensors}."""
         y = _as_stack(model, observation).detach()
@@ -216,10 +222,30 @@ class AdamReconstruction(_GradientReconstruction):
             if self.schedule == "cosine"
             else None
         )
-        history: dict[str, list[float]] = {"loss": []}
+        state = {"object": x, **{name: getattr(model, name) for name in extra}}
+        aux: dict[str, torch.Tensor] = {}
+        first, saved, facts = resume.load(state, optimiser, aux) if resume is not None else (0, None, {})
+        if "generator" in aux and generator is not None:
+            generator.set_state(aux["generator"])
+        if scheduler is not None and "scheduler" in facts:
+            scheduler.load_state_dict(facts["scheduler"])
+            for group, lr in zip(optimiser.param_groups, scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
+        history: dict[str, list[float]] = saved or {"loss": []}
         n_scan = model.n_scan
-        converged, calm, message = False, 0, "reached the epoch limit"
-        for epoch in range(self.epochs):
+        converged, calm = bool(facts.get("converged", False)), int(facts.get("calm", 0))
+        message = facts.get("message", "reached the epoch limit")
+        if saved is not None:
+            self.current_object = self._volume(model, x.detach())
+
+        def save(epoch, finished=False):
+            rng = {"generator": generator.get_state()} if generator is not None else {}
+            schedule = {"scheduler": scheduler.state_dict()} if scheduler is not None else {}
+            resume.save(state, optimiser, epoch, history,
+                        {"calm": calm, "converged": converged, "message": message, "finished": finished,
+                         **schedule}, rng)
+
+        for epoch in range(first, first if facts.get("finished") else self.epochs):
             total = 0.0
             for indices in self._chunks(n_scan, generator, shuffle=True):
                 optimiser.zero_grad(set_to_none=True)
@@ -247,6 +273,10 @@ class AdamReconstruction(_GradientReconstruction):
                 if calm >= self.patience:
                     converged, message = True, f"relative loss change < {self.tolerance} for {self.patience} epochs"
                     break
+            if resume is not None and resume.due(epoch + 1):
+                save(epoch + 1)
+        if resume is not None:  # a finished reconstruction is restored, not rerun
+            save(len(history["loss"]), finished=True)
         return self._result(model, x, history, converged, len(history["loss"]), message, extra)
 
 
@@ -290,7 +320,7 @@ class LbfgsReconstruction(_GradientReconstruction):
         self.object_bandlimit = bool(object_bandlimit)
         self.tolerance = float(tolerance)
 
-    def refine(self, model, observation, *, generator=None, callback=None, initial=None):
+    def refine(self, model, observation, *, generator=None, callback=None, initial=None, resume=None):
         """Reconstruct; see :class:`AdamReconstruction.refine`."""
         y = _as_stack(model, observation).detach()
         x = self._initial(model, y, initial).requires_grad_(True)
@@ -317,9 +347,14 @@ class LbfgsReconstruction(_GradientReconstruction):
                 total = total + loss.detach()
             return total
 
-        history: dict[str, list[float]] = {"loss": []}
-        converged, message = False, "reached the iteration limit"
-        for iteration in range(self.iterations):
+        state = {"object": x}
+        first, saved, facts = resume.load(state, optimiser) if resume is not None else (0, None, {})
+        history: dict[str, list[float]] = saved or {"loss": []}
+        converged = bool(facts.get("converged", False))
+        message = facts.get("message", "reached the iteration limit")
+        if saved is not None:
+            self.current_object = self._volume(model, x.detach())
+        for iteration in range(first, first if facts.get("finished") else self.iterations):
             optimiser.step(closure)
             self._project(model, x)
             with torch.no_grad():
@@ -342,4 +377,9 @@ class LbfgsReconstruction(_GradientReconstruction):
             if previous is not None and abs(previous - value) <= self.tolerance * max(abs(previous), 1e-30):
                 converged, message = True, "loss stopped changing"
                 break
+            if resume is not None and resume.due(iteration + 1):
+                resume.save(state, optimiser, iteration + 1, history)
+        if resume is not None:  # a finished reconstruction is restored, not rerun
+            resume.save(state, optimiser, len(history["loss"]), history,
+                        {"converged": converged, "message": message, "finished": True})
         return self._result(model, x, history, converged, len(history["loss"]), message, [])

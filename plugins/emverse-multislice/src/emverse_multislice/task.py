@@ -82,7 +82,10 @@ class Reconstruct(Task):
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3g}")
 
-        result = refiner.refine(model, observation, generator=ctx.generator("refiner"), callback=callback)
+        # resumable: `emverse run --resume` renders and simulates again (deterministic) and the
+        # reconstruction continues from its last resume file
+        result = refiner.refine(model, observation, generator=ctx.generator("refiner"), callback=callback,
+                                **ctx.resume_for(refiner, "reconstruct", settings={"refiner": ctx.spec("refiner").type}))
         bar.close()
         reconstruction = result.parameters["object"]
 

@@ -85,7 +85,13 @@ class PDFFit(Refiner):
 
     ``observation``: a :class:`~emverse_pdf.gr_io.GrData` (its r must equal the
     model's grid) or a tensor G (n_r,) on the model's grid, in Å⁻².
+
+    Resumable: with ``resume`` (an :class:`emverse.checkpoint.ResumeFile`) the positions,
+    Qdamp, Biso, optimiser state and history are written every ``resume.every`` steps, and an
+    interrupted fit continues from the last file to the uninterrupted result.
     """
+
+    resumable = True
 
     def __init__(
         self,
@@ -131,7 +137,7 @@ class PDFFit(Refiner):
             )
         return g_obs
 
-    def refine(self, model, observation, *, generator=None, callback=None) -> RefinementResult:
+    def refine(self, model, observation, *, generator=None, callback=None, resume=None) -> RefinementResult:
         if not isinstance(model, StructureFitModel):
             raise EmverseError(
                 f"pdf.fit refines a StructureFitModel, got {type(model).__name__}; wrap the forward model and start structure"
@@ -156,26 +162,20 @@ class PDFFit(Refiner):
             g_calc = model()[0][keep]
             return rwp(g_calc, g_obs_fit, fit_scale=self.refine_scale) ** 2
 
-        history: dict[str, list[float]] = {"loss": [], "rwp": []}
-        converged = False
-        iterations = 0
         if self.optimizer == "adam":
             opt = torch.optim.Adam(groups)
-            for step in range(self.steps):
+            window = 20
+
+            def step_once():
                 opt.zero_grad()
                 loss = objective()
                 loss.backward()
                 opt.step()
-                iterations = step + 1
-                self._record(history, loss, step, model, callback)
-                if step >= 20 and _relative_change(history["loss"], 20) < self.tolerance:
-                    converged = True
-                    break
+                return loss
         else:
-            params = [p for g in groups for p in g["params"]]
-            opt = torch.optim.LBFGS(
-                params, lr=1.0, max_iter=20, history_size=20, line_search_fn="strong_wolfe"
-            )
+            opt = torch.optim.LBFGS([p for g in groups for p in g["params"]], lr=1.0, max_iter=20,
+                                    history_size=20, line_search_fn="strong_wolfe")
+            window = 2
 
             def closure():
                 opt.zero_grad()
@@ -183,13 +183,25 @@ class PDFFit(Refiner):
                 loss.backward()
                 return loss
 
-            for step in range(self.steps):
-                loss = opt.step(closure)
-                iterations = step + 1
-                self._record(history, loss, step, model, callback)
-                if step >= 2 and _relative_change(history["loss"], 2) < self.tolerance:
-                    converged = True
-                    break
+            def step_once():
+                return opt.step(closure)
+
+        state = {"positions": model.positions, "log_qdamp": model.log_qdamp, "log_biso": model.log_biso}
+        first, saved, extra = resume.load(state, opt) if resume is not None else (0, None, {})
+        history: dict[str, list[float]] = saved or {"loss": [], "rwp": []}
+        converged = bool(extra.get("converged", False))
+        iterations = first
+        for step in range(first, first if extra.get("finished") else self.steps):
+            loss = step_once()
+            iterations = step + 1
+            self._record(history, loss, step, model, callback)
+            if step >= window and _relative_change(history["loss"], window) < self.tolerance:
+                converged = True
+                break
+            if resume is not None and resume.due(iterations):
+                resume.save(state, opt, iterations, history)
+        if resume is not None:  # a finished fit is restored, not rerun
+            resume.save(state, opt, iterations, history, {"finished": True, "converged": converged})
 
         with torch.no_grad():
             g_calc = model()[0]

@@ -80,7 +80,8 @@ class FitStructureTask(Task):
             bar.update(1)
             bar.set_postfix(rw=f"{math.sqrt(max(loss, 0.0)):.4f}")
 
-        result = refiner.refine(fit_model, g_obs, generator=ctx.generator("refine"), callback=callback)
+        result = refiner.refine(fit_model, g_obs, generator=ctx.generator("refine"), callback=callback,
+                                **ctx.resume_for(refiner, "fit", settings={"refiner": ctx.spec("refiner").type}))
         bar.close()
         ctx.log.info(result.message)
         g_fit = result.parameters["g_calc"]
@@ -214,7 +215,8 @@ class FitCrystalTask(Task):
                 bar.set_postfix(rw=f"{math.sqrt(max(loss, 0.0)):.4f}")
 
             result = refiner.refine(model, g_obs, generator=ctx.generator(f"refine:{loaded.name}"),
-                                    callback=callback)
+                                    callback=callback, **ctx.resume_for(
+                                        refiner, f"fit-{loaded.name}", settings={"refiner": ctx.spec("refiner").type}))
             bar.close()
             with torch.no_grad():
                 g_fit = model()
