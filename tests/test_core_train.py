@@ -216,3 +216,55 @@ def test_without_an_average_the_ema_is_the_trained_weights(tmp_path):
     saved = load_checkpoint(tmp_path / "model-resume.safetensors").tensors
     for name in net.state_dict():
         assert torch.equal(saved[f"ema.{name}"], saved[f"model.{name}"])
+
+
+_METHOD_OBJECTIVE_SCRIPT = '''
+import os, sys, torch
+from emverse.interfaces import Objective
+from emverse.training import TensorData, TrainConfig, fit
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 8)
+        self.head = torch.nn.Linear(8, 2)
+
+    def energy(self, x, noise):  # not forward: what CDI's training_loss and CbLDM's VAE loss look like
+        return self.head(torch.tanh(self.layer(x + 0.1 * noise)))
+
+class ByMethod(Objective):
+    def loss(self, network, batch):
+        return ((network.energy(batch.x, batch.randn(3)) - batch.condition) ** 2).mean()
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(256, 3, generator=g)
+torch.manual_seed(100 + int(os.environ.get("RANK", "0")))  # other weights per process: rank 0's must win
+net = Net()
+fit(net, ByMethod(), TensorData(x, torch.sin(x[:, :2])), TrainConfig(steps=15, batch_size=32, seed=3, amp=False),
+    out_dir=sys.argv[1], progress=False)
+'''
+
+
+@pytest.mark.slow
+def test_torchrun_averages_gradients_for_an_objective_that_calls_a_model_method(tmp_path):
+    """Two processes equal one even when the objective calls a method other than forward (a
+    DistributedDataParallel wrapper would not see those gradients) and the processes start
+    from different weights."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(_METHOD_OBJECTIVE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "ddp")],
+                   check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, env=env, timeout=600)
+    ddp = load_checkpoint(tmp_path / "ddp" / "model-resume.safetensors").tensors
+    single = load_checkpoint(tmp_path / "single" / "model-resume.safetensors").tensors
+    weights = [k for k in single if k.startswith("model.")]
+    assert weights
+    for name in weights:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6, msg=name)

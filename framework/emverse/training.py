@@ -27,8 +27,13 @@ weights. SIGTERM/SIGINT are held until the current step is whole; then the run
 context's ``on_interrupt`` hook writes the same file at that step.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is
-initialised with ``gloo`` on CPU or ``nccl`` on CUDA and the network is wrapped
-in DistributedDataParallel. Mixed precision (bfloat16 autocast) is used only
+initialised with ``gloo`` on CPU or ``nccl`` on CUDA; every process starts from
+rank 0's weights and buffers, and after each backward pass the gradients are
+averaged over the processes (one all-reduce over the flattened gradients) and
+the buffers (e.g. BatchNorm statistics) taken from rank 0 — what
+DistributedDataParallel does, but independent of how the objective calls the
+network: an objective may call any method of it (``training_loss``, a VAE's
+``loss``), not only ``forward``. Mixed precision (bfloat16 autocast) is used only
 on CUDA when ``amp`` is set.
 """
 
@@ -332,6 +337,31 @@ class _EpochOrder:
         return self._order[position * self.batch : (position + 1) * self.batch]
 
 
+def _broadcast_state(network: nn.Module) -> None:
+    """Rank 0's parameters and buffers to every process."""
+    with torch.no_grad():
+        for tensor in [*network.parameters(), *network.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+
+
+def _average_gradients(network: nn.Module, world: int) -> None:
+    """The mean gradient over the processes, in place (each process computed its slice of the
+    global batch); then every buffer is rank 0's. Parameters that got no gradient must be the
+    same on every process (the same code path runs everywhere)."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+    with torch.no_grad():
+        for buffer in network.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
+
+
 def _all_reduce_mean(world: int, device):
     def reduce(value: torch.Tensor) -> torch.Tensor:
         if world == 1:
@@ -388,10 +418,8 @@ def fit(
         )
     local = config.batch_size // world
     device = next(network.parameters()).device
-    module = network
     if world > 1:
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        module = nn.parallel.DistributedDataParallel(network, **ddp_kwargs)
+        _broadcast_state(network)
     optimizer = torch.optim.AdamW(
         [p for p in network.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -502,10 +530,12 @@ def fit(
                 device=device,
             )
             with autocast():
-                result = objective.loss(module, batch)
+                result = objective.loss(network, batch)
             loss = result if isinstance(result, torch.Tensor) else result.loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                _average_gradients(network, world)
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(network.parameters(), config.grad_clip)
             optimizer.step()
