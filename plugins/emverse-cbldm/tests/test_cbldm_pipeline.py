@@ -229,3 +229,40 @@ matrix_size = 64
     )
     with pytest.raises(EmverseError, match="exceeds the"):
         run_recipe(recipe, tmp_path / "run")
+
+
+def test_an_interrupted_evaluation_continues_from_its_kept_blocks(tiny_run, tmp_path, monkeypatch):
+    """The run kept its sampled matrices and recovered candidates under stages/. Resumed with
+    the matrices and the first block kept and the candidate recovery forbidden, the evaluation
+    reads both back and reproduces the run's Rw table exactly; with the block gone it recovers
+    only that block again (the kept matrices are not resampled)."""
+    import json
+    import shutil
+
+    from emverse.recipe import load_recipe
+    from emverse.run import RunContext
+    from emverse_cbldm import evaluate as E
+    from emverse_cbldm.prior import CbLDMPrior
+
+    kept = sorted(p.name for p in (tiny_run / "stages").iterdir())
+    assert kept == ["evaluate-candidates-0.safetensors", "evaluate-matrices.safetensors"]
+    shutil.copytree(tiny_run / "stages", tmp_path / "stages")
+    ctx = RunContext(load_recipe(tiny_run / "recipe.toml"), tmp_path, resume=True)
+    model = CbLDMPrior.from_checkpoint(tiny_run / "cbldm.safetensors")
+    opts = ctx.recipe.task.params
+    val = RunContext(load_recipe(tiny_run / "recipe.toml"), tiny_run).build("dataset").load("val")
+    recorded = json.loads((tiny_run / "evaluation.json").read_text())["rw"]
+
+    def forbidden(*_):
+        raise AssertionError("a kept candidate was recovered again")
+
+    monkeypatch.setattr(E, "matrix_to_candidate", forbidden)
+    monkeypatch.setattr(E, "generate_matrices", forbidden)
+    results = E.evaluate_model(model, val, opts, ctx.generator("evaluate"), keep=ctx.stage)
+    for method, values in recorded.items():
+        np.testing.assert_array_equal(results["rw"][method], np.asarray(values))
+    monkeypatch.undo()
+    (tmp_path / "stages" / "evaluate-candidates-0.safetensors").unlink()
+    again = E.evaluate_model(model, val, opts, ctx.generator("evaluate"), keep=ctx.stage)
+    for method, values in recorded.items():
+        np.testing.assert_array_equal(again["rw"][method], np.asarray(values))

@@ -96,28 +96,73 @@ def generate_matrices(model, pdf: torch.Tensor, n: int, sampler: AcceleratedSamp
     return out.view(pdf.shape[0], n, *out.shape[1:])
 
 
-def _map_candidates(jobs: list, workers: int, wrap):
+_BLOCK = 64  # candidates per kept block of an evaluation (fixed: independent of the worker count)
+
+
+def _map_candidates(jobs: list, workers: int, wrap, keep=None):
     """``matrix_to_candidate(*job)`` for each of ``jobs``, in order, in ``workers`` processes
-    (1 = here). Each worker runs torch on one thread; the result does not depend on ``workers``."""
-    if workers <= 1 or len(jobs) < 2:
-        return [matrix_to_candidate(*job) for job in wrap(jobs, desc="evaluate")]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    (1 = here). Each worker runs torch on one thread; the result does not depend on ``workers``.
 
-    # spawn, not fork: a forked child of a process that already ran OpenMP can hang
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
-        initargs=(1,),
-    ) as pool:
-        results = pool.map(matrix_to_candidate, *zip(*jobs, strict=True), chunksize=4)
-        return list(wrap(results, desc="evaluate", total=len(jobs)))
+    ``keep(name, compute)`` (a run's ``ctx.stage``) keeps each block of ``_BLOCK`` results as it
+    finishes, so an interrupted evaluation continues from the first block it had not finished."""
+    keep = keep or (lambda name, compute: compute())
+    blocks = [jobs[i : i + _BLOCK] for i in range(0, len(jobs), _BLOCK)]
+    bar = wrap(range(len(jobs)), desc="evaluate", total=len(jobs))
+    ticks = iter(bar)
+    results: list = []
+    pool = None
+    try:
+        for index, block in enumerate(blocks):
+            def compute(block=block):
+                nonlocal pool
+                if workers <= 1 or len(jobs) < 2:
+                    return _encode([matrix_to_candidate(*job) for job in block])
+                if pool is None:
+                    import multiprocessing as mp
+                    from concurrent.futures import ProcessPoolExecutor
+
+                    # spawn, not fork: a forked child of a process that already ran OpenMP can hang
+                    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                               initializer=torch.set_num_threads, initargs=(1,))
+                return _encode(list(pool.map(matrix_to_candidate, *zip(*block, strict=True), chunksize=4)))
+
+            results += _decode(keep(f"evaluate-candidates-{index * _BLOCK}", compute), len(block))
+            for _ in block:
+                next(ticks, None)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if hasattr(bar, "close"):
+            bar.close()
+    return results
 
 
-def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -> dict:
+def _encode(outcomes: list) -> dict[str, torch.Tensor]:
+    """A block of (positions or None, Rw, G or None) as named tensors."""
+    out = {}
+    for j, (x, r, g) in enumerate(outcomes):
+        out[f"{j}.rw"] = torch.tensor(r, dtype=torch.float64)
+        if x is not None:
+            out[f"{j}.x"] = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        if g is not None:
+            out[f"{j}.g"] = torch.as_tensor(np.asarray(g, dtype=np.float64))
+    return out
+
+
+def _decode(tensors: dict[str, torch.Tensor], n: int) -> list:
+    def array(key):
+        return tensors[key].numpy() if key in tensors else None
+
+    return [(array(f"{j}.x"), float(tensors[f"{j}.rw"]), array(f"{j}.g")) for j in range(n)]
+
+
+def evaluate_model(model, val: dict, opts, generator, log=None, progress=None, keep=None) -> dict:
     """Rw of every method and candidate for the first ``opts.eval_structures`` validation PDFs.
 
     The plain and the accelerated sampler start from the same noise (one seed drawn from
-    ``generator`` seeds both), so their Rw can be compared PDF by PDF."""
+    ``generator`` seeds both), so their Rw can be compared PDF by PDF. ``keep`` (the run's
+    ``ctx.stage``) keeps the sampled matrices and each block of recovered candidates, so
+    ``emverse run --resume`` continues an interrupted evaluation where it stopped."""
     n_eval = min(opts.eval_structures, len(val["pdf"]))
     pdf = torch.as_tensor(val["pdf"][:n_eval], dtype=torch.float32)
     samplers = {
@@ -128,17 +173,22 @@ def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -
     }
     device = generator.device
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
-    matrices = {
-        name: generate_matrices(
-            model, pdf, opts.candidates, s, torch.Generator(device=device).manual_seed(seed)
-        )
-        for name, s in samplers.items()
-    }
-    with torch.no_grad():
-        for name, net in model.baselines.items():
-            matrices[name] = net(pdf)[:, None]
-    methods = list(matrices)
-    matrices = {m: v.detach().cpu() for m, v in matrices.items()}
+
+    def sample():
+        out = {
+            name: generate_matrices(
+                model, pdf, opts.candidates, s, torch.Generator(device=device).manual_seed(seed)
+            )
+            for name, s in samplers.items()
+        }
+        with torch.no_grad():
+            for name, net in model.baselines.items():
+                out[name] = net(pdf)[:, None]
+        return {m: v.detach().cpu() for m, v in out.items()}
+
+    # kept (with ``keep``) so that a resumed evaluation neither samples nor recovers twice
+    matrices = (keep or (lambda name, compute: compute()))("evaluate-matrices", sample)
+    methods = [*samplers, *model.baselines]
     g_ins = val["pdf"][:n_eval].astype(np.float64)
     keys = [(i, m, k) for i in range(n_eval) for m in methods for k in range(matrices[m].shape[1])]
     jobs = [
@@ -147,7 +197,7 @@ def evaluate_model(model, val: dict, opts, generator, log=None, progress=None) -
         for i, m, k in keys
     ]
     wrap = progress or (lambda it, **kw: it)
-    outcomes = dict(zip(keys, _map_candidates(jobs, opts.eval_workers, wrap), strict=True))
+    outcomes = dict(zip(keys, _map_candidates(jobs, opts.eval_workers, wrap, keep), strict=True))
     rws = {m: np.full((n_eval, matrices[m].shape[1]), np.nan) for m in methods}
     atoms = {m: np.zeros((n_eval, matrices[m].shape[1]), dtype=int) for m in methods}
     examples = []

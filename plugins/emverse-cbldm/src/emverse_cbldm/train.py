@@ -203,7 +203,7 @@ class TrainTask(OptionsTask):
             from .evaluate import evaluate_model, report_evaluation
 
             results = evaluate_model(
-                model, val, opts, ctx.generator("evaluate"), ctx.log, ctx.progress
+                model, val, opts, ctx.generator("evaluate"), ctx.log, ctx.progress, keep=ctx.stage
             )
             metrics.update(report_evaluation(ctx, results, val))
         return RunResult(
