@@ -398,6 +398,28 @@ class CorrectedPosterior:
     modes: list[PosteriorMode] = attrs.field(factory=list)
     diagnostics: dict[str, float] = attrs.field(factory=dict)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything as named tensors (for a run's kept stages); :meth:`from_tensors` inverts it."""
+        out = {"samples": self.samples}
+        for k, mode in enumerate(self.modes):
+            out.update({f"mode{k}.location": mode.location, f"mode{k}.covariance": mode.covariance,
+                        f"mode{k}.facts": torch.tensor([mode.negative_log_likelihood, mode.weight,
+                                                        float(mode.converged)], dtype=torch.float64)})
+        out.update({f"diagnostic.{k}": torch.tensor(float(v), dtype=torch.float64)
+                    for k, v in self.diagnostics.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> CorrectedPosterior:
+        modes = []
+        while f"mode{len(modes)}.location" in tensors:
+            k = len(modes)
+            nll, weight, converged = tensors[f"mode{k}.facts"].tolist()
+            modes.append(PosteriorMode(tensors[f"mode{k}.location"], tensors[f"mode{k}.covariance"], nll, weight,
+                                       bool(converged)))
+        diagnostics = {k[len("diagnostic."):]: float(v) for k, v in tensors.items() if k.startswith("diagnostic.")}
+        return cls(tensors["samples"], modes, diagnostics)
+
 
 class Correction(Configurable, abc.ABC):
     """Turns approximate posterior draws (from an amortized network, a prior, anything) into

@@ -147,21 +147,27 @@ class RunContext:
         return make_progress(iterable, desc=desc, total=total, enabled=self.show_progress,
                              log=self.log.info, **kwargs)
 
-    def stage(self, name: str, compute) -> dict:
+    def stage(self, name: str, compute, generators=()) -> dict:
         """A finished piece of the run's work, kept in ``stages/<name>.safetensors``: ``compute()``
         returns a dict of tensors, written atomically once it is whole; when ``emverse run --resume``
         reaches the same stage again the file is read back instead. Only for work that is
         deterministic given the recipe (every draw from a named ``ctx.generator``), so a resumed run
-        equals an uninterrupted one."""
+        equals an uninterrupted one. ``generators`` that the piece draws from (and later pieces go
+        on drawing from) have their state kept with it and restored, so a run split into pieces
+        draws exactly what one uninterrupted loop draws."""
         from emverse.checkpoint import load_checkpoint, save_checkpoint
 
         path = self.out_dir / "stages" / f"{_safe(name)}.safetensors"
         if path.exists():
             self.log.info("stage %s restored from %s", name, path.relative_to(self.out_dir))
-            return dict(load_checkpoint(path).tensors)
-        tensors = compute()
-        save_checkpoint(path, tensors)
-        return {k: v.detach().cpu() if hasattr(v, "detach") else v for k, v in tensors.items()}
+            tensors = dict(load_checkpoint(path).tensors)
+            for k, generator in enumerate(generators):
+                generator.set_state(tensors.pop(f"_generator.{k}"))
+            return tensors
+        tensors = {k: v.detach().cpu() for k, v in compute().items()}
+        states = {f"_generator.{k}": generator.get_state() for k, generator in enumerate(generators)}
+        save_checkpoint(path, {**tensors, **states})
+        return tensors
 
     def resume_for(self, refiner, name: str, every: int = 10, settings: dict | None = None) -> dict:
         """``{"resume": ResumeFile}`` to pass to a refiner that declares ``resumable``: the file

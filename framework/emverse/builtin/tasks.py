@@ -7,7 +7,7 @@ import torch
 from emverse.builtin.parametrizations import ParameterVector
 from emverse.errors import EmverseError
 from emverse.figures import observations_figure, posterior_figure
-from emverse.interfaces import Task
+from emverse.interfaces import CorrectedPosterior, Task
 from emverse.likelihoods import ModelLikelihood
 from emverse.run import RunResult
 
@@ -136,16 +136,19 @@ class InferTask(Task):
             # guidance differentiates the forward model at the prior's own coordinates
             target = _InPriorUnits(model, prior)
             conditional = getattr(prior, "conditional", False)
-            out = []
-            for i in ctx.progress(range(len(y)), desc="observations"):
+
+            def one(i):
                 bound = guidance.bind(target, y[i:i + 1].expand(self.n_samples, *y.shape[1:]), likelihood)
                 draws = prior.sample(self.n_samples, condition=y[i:i + 1] if conditional else None,
                                      sampler=sampler, generator=gen, guidance=bound)
-                out.append(prior.physical(draws.reshape(self.n_samples, -1)))
-            return torch.stack(out)
-        return torch.cat([prior.physical(prior.sample(self.n_samples, condition=y[i:i + 1],
-                                                      sampler=sampler, generator=gen))
-                          for i in ctx.progress(range(len(y)), desc="approximate posterior")])
+                return prior.physical(draws.reshape(self.n_samples, -1))[None]
+        else:
+            def one(i):
+                return prior.physical(prior.sample(self.n_samples, condition=y[i:i + 1], sampler=sampler,
+                                                   generator=gen))
+        # each observation's draws are kept as they finish: `emverse run --resume` goes on from there
+        return torch.cat([ctx.stage(f"approximate-{i}", lambda i=i: {"draws": one(i)}, (gen,))["draws"]
+                            for i in ctx.progress(range(len(y)), desc="approximate posterior")]).to(y.device)
 
     def run(self, ctx):
         import time
@@ -180,10 +183,12 @@ class InferTask(Task):
         if correction is not None:
             started = time.perf_counter()
             cgen = ctx.generator("correction")
-            corrected = [correction.correct(approximate[i], model, likelihood, y[i:i + 1], space,
-                                            n_samples=self.n_samples, generator=cgen)
-                         for i in ctx.progress(range(len(y)), desc="correction")]
-            draws = torch.stack([c.samples.to(ctx.dtype) for c in corrected])
+            corrected = [CorrectedPosterior.from_tensors(ctx.stage(
+                f"correction-{i}", lambda i=i: correction.correct(
+                    approximate[i], model, likelihood, y[i:i + 1], space, n_samples=self.n_samples,
+                    generator=cgen).tensors(), (cgen,)))
+                for i in ctx.progress(range(len(y)), desc="correction")]
+            draws = torch.stack([c.samples.to(ctx.device, ctx.dtype) for c in corrected])
             metrics["correction_seconds_per_observation"] = (time.perf_counter() - started) / len(y)
         saved = {"samples": draws, "observation": y}
         if truth is not None:

@@ -144,4 +144,5 @@ def test_separate_tasks_dataset_train_evaluate(tmp_path):
                       + '\n[sampler]\ntype = "diffusion.ddpm"\nsteps = 4\n')
     m = json.loads((run_recipe(evaluate, tmp_path / "e") / "metrics.json").read_text())
     assert m["n_test_patterns"] == 6 and "nrmse_mean/thickness" in m
+    assert (tmp_path / "e" / "stages" / "posterior-0.safetensors").is_file()  # kept for --resume
     assert "regression_nrmse/thickness" not in m  # no baseline checkpoint given

@@ -86,6 +86,9 @@ def _train(ctx, model, dataset, opts, *, epochs, learning_rate, stream, name, no
     )
 
 
+_KEPT_PATTERNS = 256  # about how many test patterns one kept stage of an evaluation holds
+
+
 def evaluate_posteriors(ctx, prior, sampler, dataset: PatternDataset, *, baseline=None,
                         forward_model=None, n_samples: int, batch_size: int,
                         n_histogram_patterns: int, n_ppc_patterns: int, n_ppc_samples: int,
@@ -96,9 +99,19 @@ def evaluate_posteriors(ctx, prior, sampler, dataset: PatternDataset, *, baselin
     patterns = dataset.patterns_at(torch.arange(n))
     truth = dataset.parameters[:n].double()
     generator = ctx.generator("cdi.evaluate")
-    started = time.perf_counter()
-    samples = prior.sample_physical(patterns, n_samples, sampler, generator, batch_size).cpu()
-    seconds = time.perf_counter() - started
+    # blocks of whole sampling batches, each kept (with the generator's state) as it finishes, so
+    # `emverse run --resume` continues a long evaluation and draws exactly what one pass draws
+    block = batch_size * max(1, _KEPT_PATTERNS // batch_size)
+    parts = []
+    for first in range(0, n, block):
+        def draw(first=first):
+            started = time.perf_counter()
+            draws = prior.sample_physical(patterns[first:first + block], n_samples, sampler, generator, batch_size)
+            return {"samples": draws, "seconds": torch.tensor(time.perf_counter() - started, dtype=torch.float64)}
+
+        parts.append(ctx.stage(f"posterior-{first}", draw, (generator,)))
+    samples = torch.cat([part["samples"] for part in parts])
+    seconds = float(sum(part["seconds"] for part in parts))
     regression = baseline.predict_physical(patterns).cpu() if baseline is not None else None
     header, rows, metrics, calib = ev.summary_table(space, samples, truth, regression)
     metrics["sampling_seconds_per_pattern"] = seconds / n
