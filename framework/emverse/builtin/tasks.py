@@ -520,11 +520,11 @@ class EvaluateTask(Task):
         metrics: dict[str, float] = {}
         for m_index, method in enumerate(methods):
             gen = ctx.generator(f"method{m_index}", device=ctx.device)
-            estimates = []
-            for i in ctx.progress(range(len(truth)), desc=method.label):
-                estimates.append(method.estimate(ctx, model, likelihood, observations[i:i + 1],
-                                                 starts[i:i + 1], gen).point)
-            estimate = torch.cat(estimates)
+            # each method's estimate of each observation is kept as it finishes (for --resume)
+            estimate = torch.cat([ctx.stage(
+                f"{method.label}-{i}", lambda i=i: {"point": method.estimate(
+                    ctx, model, likelihood, observations[i:i + 1], starts[i:i + 1], gen).point}, (gen,))["point"]
+                for i in ctx.progress(range(len(truth)), desc=method.label)]).to(ctx.device)
             error = (space.normalise(estimate) - space.normalise(truth)).pow(2).mean(dim=1)
             scores[method.label] = error
             metrics[f"{method.label}.normalised_mse"] = float(error.mean())

@@ -200,6 +200,19 @@ def test_tiny_lacbed_run_end_to_end(tmp_path):
     assert len(atoms) == 8 and set(atoms.get_chemical_symbols()) == {"C"}
     assert (run / "figures" / "discs.png").exists()
 
+    # what `emverse run --resume` finds after a kill at the end of the refinement: the kept scan
+    # and the finished refinement are read back, and the results are the same
+    import shutil
+
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copytree(run / "stages", again / "stages")
+    shutil.copy(run / "refine-resume.safetensors", again)
+    resumed = json.loads((execute(recipe, again, progress=False, resume=True) / "metrics.json").read_text())
+    assert "stage coarse-scan restored" in (again / "run.log").read_text()
+    for key in ("thickness_angstrom", "mean_corr", "mean_corr_start", "B_C"):
+        assert resumed[key] == metrics[key], key
+
 
 def test_profile_likelihood_matches_an_explicit_least_squares_fit():
     """Σ_d (N/2) log(RSS_d/N) with per-disc scale and background from numpy's lstsq."""

@@ -196,14 +196,17 @@ def test_swaps_by_set_alone(tmp_path, swap, check):
 
 
 def test_kill_9_then_resume_gives_identical_refinement(tmp_path):
-    """ed3d.refine killed with SIGKILL after its first checkpoint and resumed with
-    `emverse run --resume` ends with exactly the structure and thickness of an uninterrupted run."""
+    """ed3d.refine (with its per-frame orientation refinement first) killed with SIGKILL after its
+    first checkpoint and resumed with `emverse run --resume` ends with exactly the structure and
+    thickness of an uninterrupted run; the refined orientations are read back, not refined again."""
     from emverse.testing.resume import check_kill_9_resume
 
     out = check_kill_9_resume(
         REPO / "recipes" / "ed3d-quartz-synthetic.toml", tmp_path,
         overrides=["options.frame_stride=12", "options.g_max=1.2", "options.n_tilts=3", "options.epochs=40",
-                   "options.checkpoint_every=2", "options.metrics_every=10"],
+                   "options.checkpoint_every=2", "options.metrics_every=10", "options.refine_orientation=true",
+                   "options.orientation_max_iter=5"],
         kill_when="refine0-resume.safetensors", outputs=["refined.safetensors", "refine0-resume.safetensors"],
     )
     assert out["refined.safetensors"]
+    assert "stage orientation restored" in (tmp_path / "killed" / "run.log").read_text()

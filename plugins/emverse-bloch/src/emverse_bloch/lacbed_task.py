@@ -138,12 +138,17 @@ class LacbedRefineTask(OptionsTask):
                     r = disc_correlation(gaussian_blur(stack, p["blur"]), observation)
                     scan.append((float(r.mean()), t, scale, b_factor))
 
-        for scale in o.pixel_scale_scan:
-            scan_thickness(scale, 1.0)
-        best_scale = max(scan)[2]
-        for b_factor in o.b_scan_factors:
-            if b_factor != 1.0:
-                scan_thickness(best_scale, b_factor)
+        def scan_all() -> dict[str, torch.Tensor]:
+            for scale in o.pixel_scale_scan:
+                scan_thickness(scale, 1.0)
+            best_scale = max(scan)[2]
+            for b_factor in o.b_scan_factors:
+                if b_factor != 1.0:
+                    scan_thickness(best_scale, b_factor)
+            return {"scan": torch.tensor(scan, dtype=torch.float64)}
+
+        # kept for `emverse run --resume` (the scans are most of a run's simulations)
+        scan = [tuple(row) for row in ctx.stage("coarse-scan", scan_all)["scan"].tolist()]
         corr0, t0, s0, f0 = max(scan)
         fit.set_physical(thickness=t0, pixel_scale=s0, **{f"B_{e}": b * f0 for e, b in b_start.items()})
         ctx.log.info("coarse scan: best mean NCC %.4f at t = %.0f Å, pixel scale %.3f, B × %.2f",
@@ -160,8 +165,8 @@ class LacbedRefineTask(OptionsTask):
         def progress(step, model, loss):
             ctx.log.info("evaluation %d: loss %.5f", step, loss)
 
-        # resumable: `emverse run --resume` repeats the (deterministic) checks and scans above and
-        # continues the refinement from its last resume file
+        # resumable: `emverse run --resume` reads the scans back and continues the refinement from
+        # its last resume file
         result = refiner.refine(fit, observation, generator=ctx.generator("refiner"), callback=progress,
                                 **ctx.resume_for(refiner, "refine", settings={"refiner": ctx.spec("refiner").type}))
         with torch.no_grad():

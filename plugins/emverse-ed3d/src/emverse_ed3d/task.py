@@ -130,7 +130,17 @@ class Ed3dRefineTask(OptionsTask):
             from emverse_ed3d.refiners import refine_orientations
 
             t0 = time.perf_counter()
-            orientation_info = refine_orientations(model, max_iter=o.orientation_max_iter)
+
+            def orient():
+                info = refine_orientations(model, max_iter=o.orientation_max_iter)
+                return {"orientation_delta": model.orientation_delta.detach().clone(),
+                        **{k: torch.as_tensor(v) for k, v in info.items()}}
+
+            # kept for `emverse run --resume`: a restored run sets the refined orientations again
+            kept = ctx.stage("orientation", orient)
+            with torch.no_grad():
+                model.orientation_delta.copy_(kept.pop("orientation_delta"))
+            orientation_info = {k: v.numpy() for k, v in kept.items()}
             ctx.log.info("orientation refinement: mean frame wR %.4f -> %.4f (%.1f s)",
                          orientation_info["wr_before"].mean(), orientation_info["wr_after"].mean(),
                          time.perf_counter() - t0)
