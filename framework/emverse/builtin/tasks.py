@@ -522,7 +522,7 @@ class EvaluateTask(Task):
             gen = ctx.generator(f"method{m_index}", device=ctx.device)
             # each method's estimate of each observation is kept as it finishes (for --resume)
             estimate = torch.cat([ctx.stage(
-                f"{method.label}-{i}", lambda i=i: {"point": method.estimate(
+                f"{method.label}-{i}", lambda i=i, method=method, gen=gen: {"point": method.estimate(
                     ctx, model, likelihood, observations[i:i + 1], starts[i:i + 1], gen).point}, (gen,))["point"]
                 for i in ctx.progress(range(len(truth)), desc=method.label)]).to(ctx.device)
             error = (space.normalise(estimate) - space.normalise(truth)).pow(2).mean(dim=1)
