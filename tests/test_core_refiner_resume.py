@@ -67,9 +67,14 @@ def test_a_refinement_stopped_anywhere_resumes_exactly(tmp_path, refiner, stop_a
         refiner.refine(_Rosenbrock(), 1.0, resume=ResumeFile(path, 4), callback=_stop_after(stop_at))
     assert path.exists()
     model = _Rosenbrock()  # a fresh process: the start values, overwritten from the file
-    resumed = refiner.refine(model, 1.0, resume=ResumeFile(path, 4))
+    told, calls = [], []
+    resumed = refiner.refine(model, 1.0, resume=ResumeFile(path, 4, log=told.append),
+                             callback=lambda *_: calls.append(1))
     assert torch.equal(model.x, straight_model.x)
     assert resumed.history["loss"] == straight.history["loss"]
+    # it went on from the file: only the evaluations after it were made again
+    assert told and told[0].startswith("resumed: r.safetensors at step")
+    assert 0 < len(calls) <= len(straight.history["loss"]) - 4  # the file was written every 4
     # a finished refinement is restored from its file, not run again
     again_model = _Rosenbrock()
     again = refiner.refine(again_model, 1.0, resume=ResumeFile(path, 4), callback=_stop_after(0))

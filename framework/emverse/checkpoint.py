@@ -157,6 +157,8 @@ class ResumeFile:
     path: Path
     every: int = 0
     settings: dict = attrs.field(factory=dict)
+    #: told ``"resumed: <file> at step N"`` when a file is continued (e.g. a run's ``log.info``)
+    log: Any = None
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -193,6 +195,8 @@ class ResumeFile:
             aux.update({k[len("aux."):]: v for k, v in ckpt.tensors.items() if k.startswith("aux.")})
         load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}))
         history = {k: list(v) for k, v in ckpt.metadata.get("history", {}).items()}
+        if self.log is not None:
+            self.log(f"resumed: {path.name} at step {int(ckpt.metadata['step'])}")
         return int(ckpt.metadata["step"]), history, dict(ckpt.metadata.get("extra", {}))
 
 

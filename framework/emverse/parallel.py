@@ -46,6 +46,7 @@ def map_to_zarr(
     n_workers: int | None = None,
     attrs: dict | None = None,
     progress: bool = False,
+    log: Callable[[str], object] | None = None,
 ) -> Path:
     import zarr
 
@@ -75,6 +76,9 @@ def map_to_zarr(
     todo = [k for k in range(len(bounds)) if not finished[k]]
     if not todo:
         return store_path
+    if log is not None and len(todo) < len(bounds):
+        log(f"resumed: {store_path.name} holds {len(bounds) - len(todo)} of {len(bounds)} chunks; "
+            f"computing the other {len(todo)}")
 
     from dask.distributed import Client, LocalCluster, as_completed
 

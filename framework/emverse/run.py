@@ -159,7 +159,7 @@ class RunContext:
 
         path = self.out_dir / "stages" / f"{_safe(name)}.safetensors"
         if path.exists():
-            self.log.info("stage %s restored from %s", name, path.relative_to(self.out_dir))
+            self.log.info("resumed: stage %s restored from %s", name, path.relative_to(self.out_dir))
             tensors = dict(load_checkpoint(path).tensors)
             for k, generator in enumerate(generators):
                 generator.set_state(tensors.pop(f"_generator.{k}"))
@@ -181,7 +181,7 @@ class RunContext:
         from emverse.checkpoint import ResumeFile
 
         return {"resume": ResumeFile(self.out_dir / f"{_safe(name)}-resume.safetensors", int(every),
-                                     dict(settings or {}))}
+                                     dict(settings or {}), log=self.log.info)}
 
     def on_interrupt(self, callback) -> None:
         """Call ``callback()`` when SIGTERM/SIGINT stops the run (e.g. to write a checkpoint)."""

@@ -461,7 +461,7 @@ def fit(
         history = {k: list(v) for k, v in ckpt.metadata.get("history", history).items()}
         start = int(ckpt.metadata["step"])
         if log is not None and rank == 0:
-            log(f"{name}: resuming at step {start} of {config.steps} from {resume_path.name}")
+            log(f"resumed: {name} at step {start} of {config.steps} from {resume_path.name}")
 
     use_amp = bool(config.amp) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext

@@ -3,9 +3,10 @@
 :func:`check_kill_9_resume` starts ``emverse run RECIPE`` in a child process,
 sends it SIGKILL as soon as the run's first resume checkpoint exists (nothing
 in the child gets a chance to clean up), checks the run is reported *dead*
-(not complete), continues it with ``emverse run --resume`` and compares every
-tensor of the named outputs with those of an uninterrupted run of the same
-recipe. A test that kills too late (the child already finished) fails, so a
+(not complete), continues it with ``emverse run --resume`` — which must log a
+``resumed:`` line (a resume file, a kept stage or a partly written store taken
+up) — and compares every tensor of the named outputs with those of an
+uninterrupted run of the same recipe. A test that kills too late (the child already finished) fails, so a
 recipe must have enough steps after its first checkpoint.
 """
 
@@ -75,6 +76,8 @@ def check_kill_9_resume(
     try:
         assert main(["run", "--resume", str(killed), "--no-progress"]) == 0
         assert read_status(killed)["status"] == "complete"
+        # the resumed run continued from what the killed one kept (it did not start again)
+        assert "resumed:" in (killed / "run.log").read_text(), "the resumed run restored nothing"
         assert main(["run", str(recipe), "--out", str(straight), "--no-progress", *sets]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -249,6 +249,20 @@ def test_ag_recipe_runs_end_to_end(tmp_path):
     assert (out / "Ag.fitted.gr").is_file()
 
 
+def test_kill_9_then_resume_gives_the_same_crystal_fit(tmp_path):
+    """pdf.fit_crystal on the measured Si PDF (core L-BFGS in blocks of 10 iterations) killed
+    with SIGKILL after its first block and resumed: the refined parameters, the L-BFGS state and
+    the loss history equal an uninterrupted fit's."""
+    from emverse.testing.resume import check_kill_9_resume
+
+    if not (Path(__import__("emverse.paths").paths.shared_data_dir()) / "pdf_experimental").is_dir():
+        pytest.skip("shared PDF data not found")
+    out = check_kill_9_resume(ROOT / "recipes" / "pdf-si-periodic.toml", tmp_path, overrides=[],
+                              kill_when="fit-Si-resume.safetensors", outputs=["fit.safetensors",
+                                                                             "fit-Si-resume.safetensors"])
+    assert "Si.g_fit" in out["fit.safetensors"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, limit", [
     ("pdf-ag-periodic.toml", 0.10), ("pdf-si-periodic.toml", 0.12), ("pdf-rutile-periodic.toml", 0.20),

@@ -181,6 +181,7 @@ class CbldmDataset(Configurable):
                 "matrix_size": p.matrix_size,
                 "pdf": "G(r) with qmin 0.7, qmax 25 1/A, qdamp 0.04, delta2 2.0, B 0.3 A^2, r 0-29.99 A step 0.01, / max",
             },
+            log=log.info if log is not None else None,
         )
         group = zarr.open_group(str(self.store_path), mode="a")
         n = len(specs)

@@ -61,7 +61,7 @@ class SimulateChunk:
 def simulate_dataset(forward_model, space: ParameterSpace, n_patterns: int, store: Path, *,
                      chunk_size: int, seed: int, scheduler: str = "", n_workers: int | None = None,
                      dtype=torch.float64, forward_model_table: dict | None = None,
-                     progress: bool = False) -> Path:
+                     progress: bool = False, log=None) -> Path:
     """Simulate (or resume) a dataset of ``n_patterns`` into the Zarr ``store``."""
     from emverse.parallel import map_to_zarr
 
@@ -81,6 +81,7 @@ def simulate_dataset(forward_model, space: ParameterSpace, n_patterns: int, stor
         n_workers=n_workers,
         attrs=attrs,
         progress=progress,
+        log=log,
     )
 
 

@@ -37,6 +37,7 @@ def _simulate(ctx, forward_model, n, store, *, chunk_size, seed_name, scheduler,
         forward_model, space, n, store, chunk_size=chunk_size,
         seed=stable_seed(ctx.seed, seed_name), scheduler=scheduler, n_workers=n_workers,
         dtype=ctx.dtype, forward_model_table=_forward_table(ctx), progress=ctx.show_progress,
+        log=ctx.log.info,
     )
     seconds = time.perf_counter() - started
     ctx.log.info("simulated %d patterns into %s in %.1f s", n, store, seconds)

@@ -180,7 +180,7 @@ class Ed3dRefineTask(OptionsTask):
             refiner.epochs = epochs
             # resumable: `emverse run --resume` continues this stage from its last checkpoint
             resume = ResumeFile(ctx.out_dir / f"refine{stage}-resume.safetensors", o.checkpoint_every,
-                                {"refiner": ctx.spec("refiner").type, "epochs": epochs})
+                                {"refiner": ctx.spec("refiner").type, "epochs": epochs}, log=ctx.log.info)
             result = refiner.refine(model, None, generator=ctx.generator(f"refiner{stage or ''}"),
                                     callback=callback, resume=resume)
             done[0] += result.iterations

@@ -160,6 +160,7 @@ class DatasetTask(OptionsTask):
                 scheduler=opts.scheduler or None, n_workers=opts.n_workers,
                 attrs={**shared_attrs, "split": split,
                        "shape": list(opts.train_shape if split == "train" else opts.test_shape)},
+                log=ctx.log.info,
             )
             volumes, _ = load_volumes(store)
             metrics[f"{split}_items"] = float(len(volumes))

@@ -199,6 +199,7 @@ class FitCrystalTask(Task):
         jobs = [("options.calibrant", self.calibrant, True)] if self.calibrant is not None else []
         jobs += [(f"options.samples[{k}]", d, False) for k, d in enumerate(self.samples)]
         sample_rw = []
+        fitted: dict[str, torch.Tensor] = {}
         for field, options, is_calibrant in jobs:
             loaded = load_dataset(options, ctx.resolve_path, field)
             carried = {} if is_calibrant else {k: v for k, v in instrument.items() if k in self.carry}
@@ -239,11 +240,15 @@ class FitCrystalTask(Task):
                 title=f"{loaded.name}: Rw {rw_start:.4f} -> {rw:.4f}"))
             ctx.add_table(f"fit-{loaded.name}", ["quantity", "value"],
                           [["rw", f"{rw:.5f}"]] + [[k, f"{v:.6g}"] for k, v in summary.items()])
+            fitted.update({f"{loaded.name}.{k}": v.detach() for k, v in model.state_dict().items()})
+            fitted.update({f"{loaded.name}.r": model.r.detach(), f"{loaded.name}.g_fit": g_fit.detach()})
             if self.write_gr:
                 write_gr(ctx.out_dir / f"{loaded.name}.fitted.gr", model.r, g_fit,
                          metadata={"rw": f"{rw:.6g}", "qmax": model.qmax, **{
                              k: f"{v:.8g}" for k, v in summary.items()}},
                          comment=f"pdf.fit_crystal fit of {loaded.data.path}")
+        # every dataset's refined model state (raw parameters), r grid (Å) and fitted G(r) (Å⁻²)
+        ctx.save_checkpoint("fit", fitted)
         if len(sample_rw) == 1:
             metrics["rw"] = sample_rw[0]
         elif sample_rw:
