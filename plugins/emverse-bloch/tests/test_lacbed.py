@@ -229,3 +229,24 @@ def test_profile_likelihood_matches_an_explicit_least_squares_fit():
         assert coef[0] == pytest.approx(float(a[d])) and coef[1] == pytest.approx(float(b[d]))
         expected += 18 * math.log(float(rss[0]) / 36)
     assert float(profile_negative_log_likelihood(prediction, observation)) == pytest.approx(expected, rel=1e-10)
+
+
+@needs_data
+def test_kill_9_then_resume_gives_the_same_lacbed_refinement(tmp_path):
+    """The diamond recipe at toy size (20×20-px discs averaged ×20, 3 discs), L-BFGS in blocks of
+    10 iterations: killed with SIGKILL once the first block is kept, resumed (the coarse scan read
+    back, the refinement continued), the simulated discs and refined values equal an uninterrupted
+    run's."""
+    from pathlib import Path
+
+    from emverse.testing.resume import check_kill_9_resume
+
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "lacbed-diamond.toml"
+    out = check_kill_9_resume(recipe, tmp_path, overrides=[
+        "options.downsample=20", "options.g_max=1.0", "options.absorption=proportional",
+        "options.thickness_range_angstrom=[2200.0, 2250.0]", "options.thickness_step_angstrom=50.0",
+        "options.pixel_scale_scan=[1.0]", "options.b_scan_factors=[1.0]",
+        "options.reflections=[[0, 0, 0], [1, 1, 1], [2, 2, 0]]",
+        'options.refine=["thickness", "B", "centre_row", "centre_col"]', "refiner.steps=40"],
+        kill_when="refine-resume.safetensors", outputs=["lacbed.safetensors"])
+    assert "prediction" in out["lacbed.safetensors"]
