@@ -128,7 +128,7 @@ def test_resume_file_continues_an_optimiser_exactly(tmp_path, kind):
     for _ in range(6):
         step(again, opt)
     assert torch.equal(again.weight, straight.weight) and torch.equal(again.bias, straight.bias)
-    with pytest.raises(EmverseError, match="lr: file 0.05, now 0.1"):
+    with pytest.raises(EmverseError, match="lr: checkpoint 0.05, now 0.1"):
         ResumeFile(tmp_path / "state.safetensors", settings={"lr": 0.1}).load(*make())
 
 
@@ -215,7 +215,7 @@ def test_without_an_average_the_ema_is_the_trained_weights(tmp_path):
         assert torch.equal(result.ema[name], value)
     saved = load_checkpoint(tmp_path / "model-resume.safetensors").tensors
     for name in net.state_dict():
-        assert torch.equal(saved[f"ema.{name}"], saved[f"model.{name}"])
+        assert torch.equal(saved[f"aux.ema.{name}"], saved[f"module.{name}"])
 
 
 _METHOD_OBJECTIVE_SCRIPT = '''
@@ -264,7 +264,7 @@ def test_torchrun_averages_gradients_for_an_objective_that_calls_a_model_method(
     subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, env=env, timeout=600)
     ddp = load_checkpoint(tmp_path / "ddp" / "model-resume.safetensors").tensors
     single = load_checkpoint(tmp_path / "single" / "model-resume.safetensors").tensors
-    weights = [k for k in single if k.startswith("model.")]
+    weights = [k for k in single if k.startswith("module.")]
     assert weights
     for name in weights:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6, msg=name)

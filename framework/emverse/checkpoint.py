@@ -165,23 +165,23 @@ class ResumeFile:
 
     def save(self, state: torch.nn.Module | dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
              step: int, history: dict[str, list[float]], extra: dict | None = None,
-             aux: dict[str, torch.Tensor] | None = None) -> Path:
+             aux: dict[str, torch.Tensor] | None = None, recipe: dict | None = None) -> Path:
         tensors = {f"module.{k}": v for k, v in _state_tensors(state).items()}
         tensors.update({f"aux.{k}": v for k, v in (aux or {}).items()})
         optim, kinds = optimizer_tensors(optimizer)
         tensors.update(optim)
         metadata = {"step": int(step), "history": history, "optimizer_kinds": kinds, "settings": self.settings,
                     "extra": extra or {}}
-        return save_checkpoint(self.path, tensors, metadata=metadata)
+        return save_checkpoint(self.path, tensors, recipe=recipe, metadata=metadata)
 
     def load(self, state: torch.nn.Module | dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-             aux: dict[str, torch.Tensor] | None = None):
+             aux: dict[str, torch.Tensor] | None = None, device=None):
         path = Path(self.path)
         if not path.exists():
             return 0, None, {}
         ckpt = load_checkpoint(path)
         saved = ckpt.metadata.get("settings", {})
-        diffs = [f"{k}: file {saved.get(k)!r}, now {v!r}" for k, v in self.settings.items()
+        diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in self.settings.items()
                  if k in saved and saved[k] != v]
         if diffs:
             raise EmverseError(f"cannot resume from {path}: the settings changed ({'; '.join(diffs)}); "
@@ -193,7 +193,7 @@ class ResumeFile:
             _load_tensors_in_place(state, values, str(path))
         if aux is not None:
             aux.update({k[len("aux."):]: v for k, v in ckpt.tensors.items() if k.startswith("aux.")})
-        load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}))
+        load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}), device)
         history = {k: list(v) for k, v in ckpt.metadata.get("history", {}).items()}
         if self.log is not None:
             self.log(f"resumed: {path.name} at step {int(ckpt.metadata['step'])}")

@@ -40,6 +40,7 @@ on CUDA when ``amp`` is set.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Callable
@@ -51,13 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emverse.checkpoint import (
-    load_checkpoint,
-    load_optimizer_tensors,
-    load_state_dict_strict,
-    optimizer_tensors,
-    save_checkpoint,
-)
+from emverse.checkpoint import ResumeFile
 from emverse.errors import EmverseError
 from emverse.interfaces import Objective
 from emverse.runstate import at_step_boundary
@@ -434,34 +429,19 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     resume_path = out / f"{name}-resume.safetensors" if out is not None else None
 
-    if resume and resume_path is not None and resume_path.exists():
-        ckpt = load_checkpoint(resume_path)
-        saved = ckpt.metadata.get("train_config") or {}
-        current = config.as_dict()
-        diffs = [
-            f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
-            for k in _RESUME_INVARIANTS
-            if k in saved and saved[k] != current[k]
-        ]
-        if diffs:
-            raise EmverseError(
-                f"cannot resume from {resume_path}: the training settings changed ({'; '.join(diffs)}); "
-                "restore them or start in a fresh directory"
-            )
-        load_state_dict_strict(
-            network, {k[len("model."):]: v for k, v in ckpt.tensors.items() if k.startswith("model.")},
-            str(resume_path),
-        )
-        ema.shadow = {k[len("ema."):]: v.to(device) for k, v in ckpt.tensors.items() if k.startswith("ema.")}
-        load_optimizer_tensors(optimizer, ckpt.tensors, ckpt.metadata.get("optimizer_kinds", {}), device)
-        generator.set_state(ckpt.tensors["rng.noise"].to(torch.uint8).cpu())
-        objective.load_state_dict(
-            {k[len("objective."):]: v for k, v in ckpt.tensors.items() if k.startswith("objective.")}
-        )
-        history = {k: list(v) for k, v in ckpt.metadata.get("history", history).items()}
-        start = int(ckpt.metadata["step"])
-        if log is not None and rank == 0:
-            log(f"resumed: {name} at step {start} of {config.steps} from {resume_path.name}")
+    # the one resume-file format of the project: the network as the state, the EMA, the data
+    # generator and the objective's state as auxiliary tensors; the invariant settings checked
+    current = config.as_dict()
+    invariants = json.loads(json.dumps({k: current[k] for k in _RESUME_INVARIANTS}))
+    resume_file = ResumeFile(resume_path, config.checkpoint_every, invariants,
+                             log=log if rank == 0 else None) if resume_path is not None else None
+    if resume and resume_file is not None and resume_path.exists():
+        aux: dict[str, torch.Tensor] = {}
+        start, saved, _ = resume_file.load(network, optimizer, aux, device)
+        ema.shadow = {k[len("ema."):]: v.to(device) for k, v in aux.items() if k.startswith("ema.")}
+        generator.set_state(aux["rng.noise"].to(torch.uint8).cpu())
+        objective.load_state_dict({k[len("objective."):]: v for k, v in aux.items() if k.startswith("objective.")})
+        history = saved or history
 
     use_amp = bool(config.amp) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
@@ -470,15 +450,11 @@ def fit(
     def save(step: int):
         if rank != 0 or out is None:
             return
-        optim, kinds = optimizer_tensors(optimizer)
-        meta = {"step": step, "history": history, "train_config": config.as_dict(), "world_size": world,
-                "optimizer_kinds": kinds}
-        tensors = {f"model.{k}": v for k, v in network.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
-        tensors.update(optim)
-        tensors["rng.noise"] = generator.get_state()
-        tensors.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
-        save_checkpoint(resume_path, tensors, recipe=recipe, metadata=meta)
+        aux = {f"ema.{k}": v for k, v in ema.shadow.items()}
+        aux["rng.noise"] = generator.get_state()
+        aux.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
+        resume_file.save(network, optimizer, step, history, {"train_config": current, "world_size": world},
+                         aux, recipe=recipe)
 
     # a stop request is held until the current step is whole (at_step_boundary); a second,
     # forced one can still land mid-step, and then the last periodic checkpoint stands

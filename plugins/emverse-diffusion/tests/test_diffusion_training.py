@@ -62,7 +62,7 @@ def test_interrupted_and_resumed_training_gives_identical_weights(tmp_path, adap
 def test_resume_refuses_changed_settings(tmp_path):
     data = _data()
     train(_prior(), data, _config(steps=10), out_dir=tmp_path, stop_after=None, progress=False)
-    with pytest.raises(EmverseError, match="training settings changed.*batch_size: checkpoint 64, now 32"):
+    with pytest.raises(EmverseError, match="settings changed.*batch_size: checkpoint 64, now 32"):
         train(_prior(), data, _config(steps=20, batch_size=32), out_dir=tmp_path, progress=False)
 
 
