@@ -250,18 +250,9 @@ def test_torchrun_averages_gradients_for_an_objective_that_calls_a_model_method(
     """Two processes equal one even when the objective calls a method other than forward (a
     DistributedDataParallel wrapper would not see those gradients) and the processes start
     from different weights."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from emverse.testing.distributed import two_processes_and_one
 
-    script = tmp_path / "train.py"
-    script.write_text(_METHOD_OBJECTIVE_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "ddp")],
-                   check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, env=env, timeout=600)
+    two_processes_and_one(_METHOD_OBJECTIVE_SCRIPT, tmp_path)
     ddp = load_checkpoint(tmp_path / "ddp" / "model-resume.safetensors").tensors
     single = load_checkpoint(tmp_path / "single" / "model-resume.safetensors").tensors
     weights = [k for k in single if k.startswith("module.")]

@@ -1,10 +1,6 @@
 """Training loop: exact resume, Zarr data, bad input, and DDP (2 CPU processes) vs one process."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,13 +111,9 @@ DDP_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_equal_one_process(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "ddp")],
-                   check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single")], check=True, env=env, timeout=600)
+    from emverse.testing.distributed import two_processes_and_one
+
+    two_processes_and_one(DDP_SCRIPT, tmp_path)
     ddp = load_checkpoint(tmp_path / "ddp" / "model.safetensors")
     single = load_checkpoint(tmp_path / "single" / "model.safetensors")
     assert ddp.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
