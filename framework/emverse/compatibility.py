@@ -34,9 +34,23 @@ def _declared(spec, attribute: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def problems(components: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(path, message)`` for each pair of recipe tables that do not fit."""
+#: training settings the core ``train`` task owns; a prior that also has one (for its plugin's own
+#: pipeline) must not be given another value in a ``train`` recipe, where it would be ignored
+TRAIN_OWNS = ("ema_decay",)
+
+
+def problems(components: dict[str, Any], task=None, given: dict | None = None) -> list[tuple[str, str]]:
+    """``(path, message)`` for each pair of recipe tables that do not fit. ``task`` is the task's
+    spec and ``given`` the recipe as written (to tell a value given from a default)."""
     out: list[tuple[str, str]] = []
+    prior_given = (given or {}).get("prior") if isinstance((given or {}).get("prior"), dict) else {}
+    if task is not None and task.type == "train" and task.params is not None:
+        for name in TRAIN_OWNS:
+            if name in prior_given and hasattr(task.params, name) and prior_given[name] != getattr(task.params, name):
+                out.append((f"$.prior.{name}", (
+                    f"= {prior_given[name]!r} is not used by the train task, which trains with "
+                    f"options.{name} = {getattr(task.params, name)!r}; set options.{name} = "
+                    f"{prior_given[name]!r} and leave it out of [prior]")))
     model = components.get("forward_model")
     likelihood = components.get("likelihood")
     parametrization = components.get("parametrization")

@@ -280,7 +280,7 @@ def validate_recipe(raw: dict, source: Path | None = None, registry: Registry | 
                 v.error(f"$.{required}", f"is missing; task {task_name!r} needs a [{required}] table")
     from emverse.compatibility import problems as incompatibilities
 
-    for path, message in incompatibilities(components):
+    for path, message in incompatibilities(components, task_spec, raw):
         v.error(path, message)
     if v.problems:
         raise RecipeError(v.problems, source=str(source) if source else "recipe")

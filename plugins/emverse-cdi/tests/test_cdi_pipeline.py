@@ -146,3 +146,19 @@ def test_separate_tasks_dataset_train_evaluate(tmp_path):
     assert m["n_test_patterns"] == 6 and "nrmse_mean/thickness" in m
     assert (tmp_path / "e" / "stages" / "posterior-0.safetensors").is_file()  # kept for --resume
     assert "regression_nrmse/thickness" not in m  # no baseline checkpoint given
+
+
+def test_a_prior_ema_decay_the_train_task_would_ignore_is_refused(tmp_path):
+    """cdi.transformer has its own ema_decay (cdi.pipeline's); in a core train recipe the loop's
+    options.ema_decay is what averages, so a different value in [prior] is refused at validation,
+    and the same value (or none) is accepted."""
+    from emverse.errors import RecipeError
+    from emverse.recipe import load_recipe
+
+    text = ('schema_version = 1\nname = "t"\nseed = 1\ntask = "train"\n[options]\nsteps = 3\nbatch_size = 16\n'
+            'ema_decay = 0.999\n[dataset]\ntype = "cdi.patterns"\npath = "train.zarr"\n'
+            '[objective]\ntype = "cdi.augmented"\n' + _TOY_PRIOR.format(checkpoint=""))
+    with pytest.raises(RecipeError, match=r"\$\.prior\.ema_decay.*options\.ema_decay = 0\.999"):
+        load_recipe(_write(tmp_path / "bad.toml", text + "ema_decay = 0.9999\n"), check_files=False)
+    load_recipe(_write(tmp_path / "same.toml", text + "ema_decay = 0.999\n"), check_files=False)
+    load_recipe(_write(tmp_path / "none.toml", text), check_files=False)
