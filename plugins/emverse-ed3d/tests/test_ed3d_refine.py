@@ -124,7 +124,7 @@ def test_refine_recipe_end_to_end(tmp_path):
     from emverse.run import run_recipe
 
     run = run_recipe(REPO / "recipes" / "ed3d-quartz-synthetic.toml", tmp_path / "run",
-                     overrides=["options.frame_stride=12", "options.g_max=1.2", "options.n_tilts=3",
+                     overrides=["options.frame_stride=12", "forward_model.g_max=1.2", "forward_model.n_tilts=3",
                                 "options.epochs=6"])
     metrics = json.loads((Path(run) / "metrics.json").read_text())
     assert metrics["epochs"] == 6
@@ -148,8 +148,8 @@ def test_refined_cif_and_reflection_table_reproduce_the_run(tmp_path, quartz_exp
     from emverse_ed3d.metrics import WRAll
 
     run = Path(run_recipe(REPO / "recipes" / "ed3d-quartz-experimental.toml", tmp_path / "run",
-                          overrides=["options.frame_stride=20", "options.epochs=3", "options.n_tilts=5",
-                                     "options.refine_orientation_gradient=true", "options.bucket_ratio=0",
+                          overrides=["options.frame_stride=20", "options.epochs=3", "forward_model.n_tilts=5",
+                                     "options.refine_orientation_gradient=true", "forward_model.bucket_ratio=0",
                                      "options.reselect_after_epochs=0", "options.absolute_structure=true"]))
     metrics = json.loads((run / "metrics.json").read_text())
     atoms = ase.io.read(run / "refined.cif")
@@ -182,7 +182,7 @@ def test_swaps_by_set_alone(tmp_path, swap, check):
     ThicknessNN -> kinematical) swapped by --set alone."""
     from emverse.run import run_recipe
 
-    base = ["options.frame_stride=12", "options.g_max=1.2", "options.n_tilts=3", "options.epochs=0"]
+    base = ["options.frame_stride=12", "forward_model.g_max=1.2", "forward_model.n_tilts=3", "options.epochs=0"]
     run = Path(run_recipe(REPO / "recipes" / "ed3d-quartz-synthetic.toml", tmp_path / "run",
                           overrides=[*base, *swap]))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -203,10 +203,31 @@ def test_kill_9_then_resume_gives_identical_refinement(tmp_path):
 
     out = check_kill_9_resume(
         REPO / "recipes" / "ed3d-quartz-synthetic.toml", tmp_path,
-        overrides=["options.frame_stride=12", "options.g_max=1.2", "options.n_tilts=3", "options.epochs=40",
+        overrides=["options.frame_stride=12", "forward_model.g_max=1.2", "forward_model.n_tilts=3", "options.epochs=40",
                    "options.checkpoint_every=2", "options.metrics_every=10", "options.refine_orientation=true",
                    "options.orientation_max_iter=5"],
         kill_when="refine0-resume.safetensors", outputs=["refined.safetensors", "refine0-resume.safetensors"],
     )
     assert out["refined.safetensors"]
     assert "stage orientation restored" in (tmp_path / "killed" / "run.log").read_text()
+
+
+def test_the_physics_is_the_recipes_forward_model(tmp_path):
+    """ed3d.refine takes its physics from a [forward_model] (ed3d.dynamical): a recipe without one
+    is refused at validation, and a physics setting left in [options] is an unknown option."""
+    import tomllib
+
+    import tomli_w
+    from emverse.errors import RecipeError
+    from emverse.recipe import load_recipe
+
+    raw = tomllib.loads((REPO / "recipes" / "ed3d-quartz-synthetic.toml").read_text())
+    assert raw["forward_model"]["type"] == "ed3d.dynamical"
+    missing = {k: v for k, v in raw.items() if k != "forward_model"}
+    (tmp_path / "missing.toml").write_text(tomli_w.dumps(missing))
+    with pytest.raises(RecipeError, match=r"\$\.forward_model.*ed3d.refine"):
+        load_recipe(tmp_path / "missing.toml", check_files=False)
+    raw["options"]["g_max"] = 1.2
+    (tmp_path / "old.toml").write_text(tomli_w.dumps(raw))
+    with pytest.raises(RecipeError, match=r"g_max"):
+        load_recipe(tmp_path / "old.toml", check_files=False)

@@ -9,6 +9,9 @@ def emverse_components():
     yield Component(kind="task", name="ed3d.refine", impl="emverse_ed3d.task:Ed3dRefineTask",
                     params="emverse_ed3d.params:RefineParams",
                     summary="Hybrid physics-ML dynamical refinement of 3D-ED data (ThicknessNN + Bloch waves)")
+    yield Component(kind="forward_model", name="ed3d.dynamical", impl="emverse_ed3d.model:Ed3dForwardModel",
+                    params="emverse_ed3d.params:DynamicalParams",
+                    summary="Bloch-wave 3D-ED intensities per frame (selection rules, rocking curve, absorption)")
     yield Component(kind="refiner", name="ed3d.adam", impl="emverse_ed3d.refiners:Ed3dAdam",
                     params="emverse_ed3d.params:AdamParams",
                     summary="Adam over positions, ADPs and thickness model jointly, full batch over frames")

@@ -249,15 +249,40 @@ class Ed3dForwardModel(ForwardModel):
     The structure is held by ``physics.structure`` (refined by :class:`HybridEd3dModel`).
     """
 
-    def __init__(self, physics, *, t_min: float = 10.0, t_max: float = 2000.0):
+    def __init__(self, physics=None, *, t_min: float = 10.0, t_max: float = 2000.0, settings=None):
         super().__init__()
+        #: the recipe's ``[forward_model]`` table (:class:`~emverse_ed3d.params.DynamicalParams`)
+        self.settings = settings
+        self.physics = None
+        if physics is not None:
+            self.bind(physics, t_min=t_min, t_max=t_max)
+
+    @classmethod
+    def from_params(cls, params, ctx=None) -> Ed3dForwardModel:
+        """``ed3d.dynamical``: the settings, bound to data by the task (:meth:`bind`)."""
+        return cls(settings=params)
+
+    def physics_options(self, *, synthetic: bool) -> dict:
+        """The settings as :func:`~emverse_ed3d.problem.build_model` keywords (``n_tilts`` and
+        the rocking thickness are the task's to resolve: they depend on the data)."""
+        p = self.settings
+        return dict(absorption=p.absorption, g_max=p.g_max, sg_max=p.sg_max, rocking_target=p.rocking_target,
+                    rocking_semi_angle_deg=p.rocking_semi_angle_deg or None,
+                    rsg_max=None if synthetic else (p.rsg_max or None), method=p.method,
+                    bucket_ratio=p.bucket_ratio)
+
+    def bind(self, physics, *, t_min: float = 10.0, t_max: float = 2000.0) -> Ed3dForwardModel:
+        """Attach the physics built for the data's frames and the refined structure."""
         self.physics = physics
         self.structure = physics.structure
         self.parameter_space = ParameterSpace(
             [Parameter(f"thickness_{f}", "Å", t_min, t_max) for f in range(physics.n_frames)]
         )
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.physics is None:
+            raise RuntimeError("this ed3d.dynamical forward model is not bound to data yet; call bind(physics)")
         x = torch.as_tensor(x)
         if x.dim() != 2 or x.shape[1] != self.physics.n_frames:
             raise ValueError(

@@ -18,10 +18,11 @@ class RefineParams:
     Start model: ``start_structure`` if given, else ``structure`` perturbed by up to
     ``perturbation_angstrom`` (symmetry-aware); ``enantiomer`` (a name, e.g. "P3121")
     inverts the structure into the other hand (x -> −x, operations (R, t) -> (R, −t)) before refining.
-    Units: Å, Å⁻¹, degrees.
+    Units: Å, Å⁻¹, degrees. The physics (selection rules, rocking curve, absorption, solver) is
+    the recipe's ``[forward_model]`` (``ed3d.dynamical``).
     """
 
-    requires: ClassVar[tuple[str, ...]] = ("refiner",)
+    requires: ClassVar[tuple[str, ...]] = ("refiner", "forward_model")
 
     data: str = path_field("file", default="shared:ed3d_pets/quartz/quartz_exp.cif_pets")
     structure: str = path_field("cif", default="shared:ed3d_pets/quartz/quartz_refined_P3221.cif")
@@ -55,24 +56,6 @@ class RefineParams:
     t_max_angstrom: float = attrs.field(default=2000.0, validator=[positive, greater_than("t_min_angstrom")])
     t_init_angstrom: float = attrs.field(default=500.0, validator=positive)
     quadratic_prior: bool = False
-    # physics
-    # proportional absorption: U' = κ U (the structure matrix carries (1 + iκ) U); 0 = none
-    absorption: float = attrs.field(default=0.0, validator=non_negative)
-    method: str = attrs.field(default="eig", validator=one_of("eig", "expm", "eig_absorptive"))
-    g_max: float = attrs.field(default=1.4, validator=positive)
-    sg_max: float = attrs.field(default=0.01, validator=positive)
-    rsg_max: float = attrs.field(default=0.66, validator=non_negative)
-    # sub-orientations per virtual frame (rocking-curve samples); 0 = automatic: the smallest odd n with
-    # ΔS·t ≤ rocking_target (ΔS the step in excitation error of the largest |g⊥|, t = rocking_thickness_angstrom,
-    # 0 = t_init_angstrom; for synthetic data the profile's maximum). Synthetic data are generated with
-    # 2n − 1 (finer than the fit). A check at the end compares n with 2n − 1 and warns.
-    n_tilts: int = attrs.field(default=0, validator=non_negative)
-    rocking_target: float = attrs.field(default=0.5, validator=positive)
-    rocking_thickness_angstrom: float = attrs.field(default=0.0, validator=non_negative)
-    rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
-    # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
-    # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
-    bucket_ratio: float = attrs.field(default=0.0, validator=non_negative)
     # refinement
     epochs: int = attrs.field(default=0, validator=non_negative)  # 0: the refiner's own default
     refine_orientation: bool = False
@@ -93,6 +76,38 @@ class RefineParams:
     # where the parameters' gradients flow: positions, ADPs, thickness model
     refine_positions: bool = True
     refine_adp: bool = True
+
+
+@attrs.frozen
+class DynamicalParams:
+    """``[forward_model] type = "ed3d.dynamical"``: the Bloch-wave physics of a 3D-ED refinement.
+
+    The beams of each frame are the reflections with |g| ≤ ``g_max`` (Å⁻¹) and excitation error
+    |s_g| ≤ ``sg_max`` (Å⁻¹); the refined reflections are those with Rsg ≤ ``rsg_max`` (0 = no
+    cut; synthetic data keep all); each frame's intensities are integrated over ``n_tilts``
+    sub-orientations of its rocking range (``rocking_semi_angle_deg``, 0 = the data's). The task
+    binds it to the data's frames and the refined structure.
+    """
+
+    output: ClassVar[str] = "intensity"
+
+    # proportional absorption: U' = κ U (the structure matrix carries (1 + iκ) U); 0 = none
+    absorption: float = attrs.field(default=0.0, validator=non_negative)
+    method: str = attrs.field(default="eig", validator=one_of("eig", "expm", "eig_absorptive"))
+    g_max: float = attrs.field(default=1.4, validator=positive)
+    sg_max: float = attrs.field(default=0.01, validator=positive)
+    rsg_max: float = attrs.field(default=0.66, validator=non_negative)
+    # sub-orientations per virtual frame (rocking-curve samples); 0 = automatic: the smallest odd n with
+    # ΔS·t ≤ rocking_target (ΔS the step in excitation error of the largest |g⊥|, t = rocking_thickness_angstrom,
+    # 0 = options.t_init_angstrom; for synthetic data the profile's maximum). Synthetic data are generated with
+    # 2n − 1 (finer than the fit). A check at the end compares n with 2n − 1 and warns.
+    n_tilts: int = attrs.field(default=0, validator=non_negative)
+    rocking_target: float = attrs.field(default=0.5, validator=positive)
+    rocking_thickness_angstrom: float = attrs.field(default=0.0, validator=non_negative)
+    rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
+    # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
+    # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
+    bucket_ratio: float = attrs.field(default=0.0, validator=non_negative)
 
 
 @attrs.frozen

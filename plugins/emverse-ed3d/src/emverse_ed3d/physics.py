@@ -39,7 +39,7 @@ class BlochPhysics:
         if semi.size != 1:
             raise EmverseError(
                 f"the frames have different rocking semi-angles {semi.tolist()} (deg); emverse-bloch takes one "
-                "for all frames: set options.rocking_semi_angle_deg"
+                "for all frames: set forward_model.rocking_semi_angle_deg"
             )
         flip = np.diag([1.0, -1.0, -1.0])
         omega = torch.as_tensor(-np.arctan2(np.asarray(axes)[:, 1], np.asarray(axes)[:, 0]), dtype=torch.float64)

@@ -212,8 +212,8 @@ def rocking_convergence(model, *, limit: float = 0.002) -> dict[str, float]:
     if rho > STEP_THICKNESS_LIMIT or abs(wr_fine - wr) > limit:
         log.warning(
             "rocking curve under-sampled: %d sub-orientations give ΔS·t = %.2f at t = %.0f Å and wR(all) %.4f "
-            "-> %.4f with %d; raise options.n_tilts (or set 0 for the automatic choice) or lower "
-            "options.rocking_target", n, rho, t_max, wr, wr_fine, 2 * n - 1)
+            "-> %.4f with %d; raise forward_model.n_tilts (or set 0 for the automatic choice) or lower "
+            "forward_model.rocking_target", n, rho, t_max, wr, wr_fine, 2 * n - 1)
     return out
 
 

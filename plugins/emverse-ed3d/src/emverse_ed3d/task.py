@@ -33,32 +33,34 @@ class Ed3dRefineTask(OptionsTask):
         from emverse.run import RunResult
 
         o = ctx.options
+        forward_model = ctx.build("forward_model")
+        phys = forward_model.settings
         data = read_pets(ctx.resolve_path(o.data))
         data = _select_frames(data, o.frame_stride, o.max_frames)
         truth = Crystal.from_cif(ctx.resolve_path(o.structure))
         check_cell_matches(truth, data.cell)
         ctx.log.info("data: %s", summary(data))
         t_true = None
-        n_fit = o.n_tilts
-        rocking_thickness = o.rocking_thickness_angstrom or o.t_init_angstrom
+        n_fit = phys.n_tilts
+        rocking_thickness = phys.rocking_thickness_angstrom or o.t_init_angstrom
         if o.synthetic:
             from emverse_ed3d.problem import semi_angle_deg
             from emverse_ed3d.rocking import sub_orientations_for
             from emverse_ed3d.synthetic import make_synthetic
 
-            semi = float(np.max(semi_angle_deg(data, o.rocking_semi_angle_deg or None)))
+            semi = float(np.max(semi_angle_deg(data, phys.rocking_semi_angle_deg or None)))
             t_peak = o.profile_mean_angstrom + o.profile_amplitude_angstrom
-            rocking_thickness = o.rocking_thickness_angstrom or t_peak
+            rocking_thickness = phys.rocking_thickness_angstrom or t_peak
             if n_fit <= 0:  # |g⊥| ≤ g_max bounds the step
-                n_fit = sub_orientations_for(semi, o.g_max, rocking_thickness, o.rocking_target)
+                n_fit = sub_orientations_for(semi, phys.g_max, rocking_thickness, phys.rocking_target)
             # the data are integrated twice as finely as the fit, so a too-coarse fit shows
             n_data = 2 * n_fit - 1
             ctx.log.info("synthetic data integrated over %d sub-orientations, the fit over %d", n_data, n_fit)
             data, t_true = make_synthetic(
                 data, truth, profile=o.thickness_profile, mean_angstrom=o.profile_mean_angstrom,
-                amplitude_angstrom=o.profile_amplitude_angstrom, dynamic_range=o.dynamic_range, g_max=o.g_max,
-                sg_max=o.sg_max, rsg_max=o.rsg_max or 0.66, n_tilts=n_data,
-                rocking_semi_angle_deg=o.rocking_semi_angle_deg or None, method=o.method,
+                amplitude_angstrom=o.profile_amplitude_angstrom, dynamic_range=o.dynamic_range, g_max=phys.g_max,
+                sg_max=phys.sg_max, rsg_max=phys.rsg_max or 0.66, n_tilts=n_data,
+                rocking_semi_angle_deg=phys.rocking_semi_angle_deg or None, method=phys.method,
                 generator=ctx.generator("synthetic"), rng=ctx.numpy_rng("synthetic"),
             )
             ctx.log.info("synthetic data: %s", summary(data))
@@ -75,14 +77,13 @@ class Ed3dRefineTask(OptionsTask):
         build_options = dict(
             thickness_model=o.thickness_model, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom,
             t_init=o.t_init_angstrom, quadratic_prior=o.quadratic_prior, anisotropic=anisotropic,
-            absorption=o.absorption, g_max=o.g_max, sg_max=o.sg_max, n_tilts=n_fit,
-            rocking_target=o.rocking_target, rocking_thickness=rocking_thickness,
-            rocking_semi_angle_deg=o.rocking_semi_angle_deg or None,
-            rsg_max=None if o.synthetic else (o.rsg_max or None), method=o.method,
-            hydrogens=o.hydrogens, riding_adp=o.riding_adp, bucket_ratio=o.bucket_ratio,
+            n_tilts=n_fit, rocking_thickness=rocking_thickness, hydrogens=o.hydrogens, riding_adp=o.riding_adp,
+            **forward_model.physics_options(synthetic=o.synthetic),
         )
         model = build_model(data, start, generator=ctx.generator("thickness_nn"),
                             corrections=previous["corrections"] if previous else None, **build_options)
+        # the [forward_model] bound to these frames and this structure: what predicts the intensities
+        forward_model.bind(model.physics, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom)
         if previous:
             fit_thickness_to(model, previous)
         st = model.structure
