@@ -215,9 +215,8 @@ def test_kill_9_then_resume_gives_identical_refinement(tmp_path):
 def test_the_physics_is_the_recipes_forward_model(tmp_path):
     """ed3d.refine takes its physics from a [forward_model] (ed3d.dynamical): a recipe without one
     is refused at validation, and a physics setting left in [options] is an unknown option."""
-    import tomllib
-
     import tomli_w
+    import tomllib
     from emverse.errors import RecipeError
     from emverse.recipe import load_recipe
 
