@@ -259,3 +259,37 @@ def test_torchrun_averages_gradients_for_an_objective_that_calls_a_model_method(
     assert weights
     for name in weights:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_resume_file_of_the_earlier_layout_still_continues(tmp_path):
+    """A run interrupted before the loop wrote ResumeFile's layout (model./ema./rng.noise at the
+    top level) continues from its file to the weights of an uninterrupted run."""
+    from emverse.checkpoint import load_checkpoint, save_checkpoint
+    from emverse.interfaces import Objective
+    from emverse.training import TensorData, TrainConfig, fit
+
+    class Squares(Objective):
+        def loss(self, network, batch):
+            return ((network(batch.x + 0.1 * batch.randn(3)) - batch.condition) ** 2).mean()
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2).double()
+
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    data, config = TensorData(x, x[:, :2]), TrainConfig(steps=8, batch_size=8, checkpoint_every=4, amp=False)
+    straight = net()
+    fit(straight, Squares(), data, config, out_dir=tmp_path / "a", progress=False)
+    fit(net(), Squares(), data, config, out_dir=tmp_path / "b", progress=False, stop_after=5)
+    path = tmp_path / "b" / "model-resume.safetensors"
+    new = load_checkpoint(path)  # written at step 4; turn it into the earlier layout
+    old = {("model." + k[7:] if k.startswith("module.") else k[4:] if k.startswith("aux.") else k): v
+           for k, v in new.tensors.items()}
+    save_checkpoint(path, old, metadata={"step": new.metadata["step"], "history": new.metadata["history"],
+                                         "optimizer_kinds": new.metadata["optimizer_kinds"],
+                                         "train_config": new.metadata["extra"]["train_config"], "world_size": 1})
+    resumed = net()
+    result = fit(resumed, Squares(), data, config, out_dir=tmp_path / "b", progress=False)
+    assert result.resumed_from == 4
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -332,6 +332,32 @@ class _EpochOrder:
         return self._order[position * self.batch : (position + 1) * self.batch]
 
 
+def _upgrade_resume_file(path: Path) -> None:
+    """Rewrite a resume file of the training loop's earlier layout (``model.``/``ema.``/``rng.noise``
+    at the top level, settings under ``train_config``) in the :class:`ResumeFile` layout, so a run
+    interrupted before that change still continues."""
+    from emverse.checkpoint import load_checkpoint, save_checkpoint
+
+    old = load_checkpoint(path)
+    if "rng.noise" not in old.tensors:
+        return
+    tensors = {}
+    for key, value in old.tensors.items():
+        if key.startswith("model."):
+            tensors["module." + key[len("model."):]] = value
+        elif key.startswith(("ema.", "objective.")) or key == "rng.noise":
+            tensors["aux." + key] = value
+        else:  # optim.*
+            tensors[key] = value
+    meta = old.metadata
+    config = meta.get("train_config", {})
+    metadata = {"step": meta["step"], "history": meta.get("history", {}),
+                "optimizer_kinds": meta.get("optimizer_kinds", {}),
+                "settings": {k: config[k] for k in _RESUME_INVARIANTS if k in config},
+                "extra": {"train_config": config, "world_size": meta.get("world_size", 1)}}
+    save_checkpoint(path, tensors, recipe=old.recipe, metadata=metadata)
+
+
 def _broadcast_state(network: nn.Module) -> None:
     """Rank 0's parameters and buffers to every process."""
     with torch.no_grad():
@@ -436,6 +462,7 @@ def fit(
     resume_file = ResumeFile(resume_path, config.checkpoint_every, invariants,
                              log=log if rank == 0 else None) if resume_path is not None else None
     if resume and resume_file is not None and resume_path.exists():
+        _upgrade_resume_file(resume_path)
         aux: dict[str, torch.Tensor] = {}
         start, saved, _ = resume_file.load(network, optimizer, aux, device)
         ema.shadow = {k[len("ema."):]: v.to(device) for k, v in aux.items() if k.startswith("ema.")}
