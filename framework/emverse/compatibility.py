@@ -39,14 +39,29 @@ def _declared(spec, attribute: str) -> str | None:
 TRAIN_OWNS = ("ema_decay",)
 
 
+def _default(spec, name: str):
+    import attrs
+
+    params = getattr(spec, "params", None)
+    if params is None or not attrs.has(type(params)):
+        return None
+    field = attrs.fields_dict(type(params)).get(name)
+    return None if field is None or field.default is attrs.NOTHING else field.default
+
+
 def problems(components: dict[str, Any], task=None, given: dict | None = None) -> list[tuple[str, str]]:
     """``(path, message)`` for each pair of recipe tables that do not fit. ``task`` is the task's
     spec and ``given`` the recipe as written (to tell a value given from a default)."""
     out: list[tuple[str, str]] = []
     prior_given = (given or {}).get("prior") if isinstance((given or {}).get("prior"), dict) else {}
-    if task is not None and task.type == "train" and task.params is not None:
+    prior_spec = components.get("prior")
+    if task is not None and task.type == "train" and task.params is not None and prior_spec is not None:
         for name in TRAIN_OWNS:
-            if name in prior_given and hasattr(task.params, name) and prior_given[name] != getattr(task.params, name):
+            # a value other than the prior's default (a resolved recipe, as stored in a run
+            # directory, writes every default out)
+            if (name in prior_given and hasattr(task.params, name)
+                    and prior_given[name] != _default(prior_spec, name)
+                    and prior_given[name] != getattr(task.params, name)):
                 out.append((f"$.prior.{name}", (
                     f"= {prior_given[name]!r} is not used by the train task, which trains with "
                     f"options.{name} = {getattr(task.params, name)!r}; set options.{name} = "

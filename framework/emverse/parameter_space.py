@@ -117,3 +117,20 @@ def _to_unit(z: torch.Tensor, target: str) -> torch.Tensor:
     if target == "[0,1]":
         return z
     raise ValueError(f"normalisation target {target!r} is unknown; use '[-1,1]' or '[0,1]'")
+
+
+def space_to_metadata(space: ParameterSpace) -> dict:
+    """A parameter space as JSON-able metadata (names, units, bounds) for a store or checkpoint."""
+    return {
+        "names": list(space.names),
+        "units": list(space.units),
+        "low": [p.low for p in space.parameters],
+        "high": [p.high for p in space.parameters],
+    }
+
+
+def space_from_metadata(meta: dict) -> ParameterSpace:
+    return ParameterSpace(tuple(
+        Parameter(n, u, lo, hi)
+        for n, u, lo, hi in zip(meta["names"], meta["units"], meta["low"], meta["high"], strict=True)
+    ))

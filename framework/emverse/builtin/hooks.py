@@ -10,7 +10,7 @@ P = "emverse.builtin.params:"
 def emverse_components():
     yield Component("task", "simulate", "emverse.builtin.tasks:SimulateTask",
                     "emverse.builtin.params:SimulateParams",
-                    "Draw unknowns, simulate noisy observations, save them with figures")
+                    "Dataset campaign: draws of the unknowns and their observations into a resumable Zarr store")
     yield Component("task", "train", "emverse.builtin.tasks:TrainTask", P + "TrainParams",
                     "Train the [prior]'s network on the [dataset] with the [objective] (resumable)")
     yield Component("task", "infer", "emverse.builtin.tasks:InferTask",

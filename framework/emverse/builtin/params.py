@@ -9,10 +9,23 @@ from emverse.params import ComponentSpec, in_range, nested, one_of, path_field, 
 
 @attrs.frozen
 class SimulateParams:
-    """Options of the ``simulate`` task."""
+    """Options of the ``simulate`` task: a dataset campaign into a Zarr store.
+
+    ``n`` unknowns drawn by the ``[forward_model]``'s ``example_input`` (uniform in its parameter
+    space) and their observations, with the forward model's noise (``noise``) or noise-free;
+    ``store``: the Zarr directory (relative to the recipe; empty = ``dataset.zarr`` in the run
+    directory; a second run with the same store resumes it); ``chunk_size`` items per chunk
+    (0 = one chunk), each with its own seeded stream; ``scheduler``: a Dask scheduler address
+    (empty = an embedded local cluster of ``n_workers``).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("forward_model",)
     n: int = attrs.field(default=4, validator=positive)
+    noise: bool = True
+    store: str = ""
+    chunk_size: int = attrs.field(default=64, validator=in_range(0, 10**9))
+    scheduler: str = ""
+    n_workers: int = attrs.field(default=1, validator=positive)
 
 
 def _single_truth(instance, attribute, value):

@@ -26,16 +26,39 @@ def _metrics_of(ctx, prediction, truth) -> dict[str, float]:
 
 
 class SimulateTask(Task):
-    def __init__(self, n: int = 4):
-        self.n = n
+    """A dataset campaign (:mod:`emverse.simulation`): ``n`` draws of the ``[forward_model]``'s
+    unknowns and their observations into a chunked, resumable Zarr store."""
+
+    def __init__(self, n: int = 4, noise: bool = True, store: str = "", chunk_size: int = 64,
+                 scheduler: str = "", n_workers: int = 1):
+        self.n, self.noise, self.store, self.chunk_size = n, noise, store, chunk_size
+        self.scheduler, self.n_workers = scheduler, n_workers
 
     def run(self, ctx):
+        import time
+
+        import numpy as np
+        import zarr
+
+        from emverse.run import stable_seed
+        from emverse.simulation import write_dataset
+
         model = ctx.build("forward_model")
-        x = model.example_input(self.n, generator=ctx.generator("truth"), dtype=ctx.dtype).to(ctx.device)
-        y = model.simulate(x, generator=ctx.generator("noise", device=ctx.device))
-        ctx.save_checkpoint("simulated", {"x": x, "y": y})
-        ctx.save_figure("observations", observations_figure(y))
-        return RunResult({"n": self.n, "y_mean": float(y.mean()), "y_std": float(y.std())})
+        store = ctx.resolve_path(self.store) if self.store else ctx.out_dir / "dataset.zarr"
+        started = time.perf_counter()
+        write_dataset(model, self.n, store, chunk_size=self.chunk_size or self.n, seed=stable_seed(ctx.seed, "simulate"),
+                      noise=self.noise, scheduler=self.scheduler, n_workers=self.n_workers, dtype=ctx.dtype,
+                      forward_model_table=ctx.recipe.to_dict().get("forward_model", {}),
+                      progress=ctx.show_progress, log=ctx.log.info)
+        seconds = time.perf_counter() - started
+        group = zarr.open_group(str(store), mode="r")
+        first = torch.as_tensor(np.asarray(group["observations"][: min(self.n, 8)]))
+        ctx.save_figure("observations", observations_figure(first))
+        ctx.add_text("store", f"{store}: {self.n} items, observations {tuple(group['observations'].shape[1:])}, "
+                              f"{'with' if self.noise else 'without'} the forward model's noise")
+        ctx.log.info("simulated %d items into %s in %.1f s", self.n, store, seconds)
+        return RunResult({"n": self.n, "seconds": seconds, "seconds_per_item": seconds / self.n,
+                          "y_mean": float(first.double().mean()), "y_std": float(first.double().std())})
 
 
 class InferTask(Task):

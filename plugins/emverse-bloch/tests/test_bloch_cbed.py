@@ -97,8 +97,16 @@ def test_recipe_runs_end_to_end(tmp_path):
         "options.n=2", "forward_model.detector_pixels=24", "forward_model.detector_pixel_size_um=100.0",
         "forward_model.g_max=0.8"])
     assert (Path(run_dir) / "figures" / "observations.png").exists()
-    from emverse.checkpoint import load_checkpoint
+    import zarr
+    from emverse.parameter_space import space_from_metadata
+    from emverse.simulation import store_metadata
 
-    ckpt = load_checkpoint(Path(run_dir) / "simulated.safetensors")
-    assert ckpt.tensors["y"].shape == (2, 24, 24)
-    assert ckpt.tensors["x"].shape == (2, 13)
+    store = Path(run_dir) / "dataset.zarr"
+    group = zarr.open_group(str(store), mode="r")
+    assert group["observations"].shape == (2, 24, 24) and group["parameters"].shape == (2, 13)
+    meta = store_metadata(store)
+    assert meta["noise"] and meta["forward_model"]["type"] == "bloch.cbed"
+    assert space_from_metadata(meta["parameter_space"]).names[-1] == "thickness"
+    # counts at the recipe's dose: whole numbers of electrons per pixel, divided by the dose
+    counts = np.asarray(group["observations"][:]) * 1000.0
+    assert np.allclose(counts, np.round(counts), atol=1e-2)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from emverse.errors import EmverseError
 from emverse.run import run_recipe
-from emverse_cdi.dataset import PatternDataset, simulate_dataset
+from emverse.simulation import write_dataset
+from emverse_cdi.dataset import PatternDataset
 from emverse_cdi.parameter_table import NRMSE_MEAN_PREDICTOR, NRMSE_UNIFORM_SAMPLER
 from emverse_cdi.toy import ToyPatternModel
 
@@ -29,7 +30,7 @@ def _metrics(run_dir):
 def test_dataset_is_seeded_and_resumes(tmp_path):
     model = ToyPatternModel(12)
     store = tmp_path / "a.zarr"
-    simulate_dataset(model, model.parameter_space, 20, store, chunk_size=8, seed=5)
+    write_dataset(model, 20, store, chunk_size=8, seed=5)
     first = PatternDataset(store)
     # the patterns are the forward model of the stored parameters
     torch.testing.assert_close(first.all_patterns(), model(first.parameters).float())
@@ -39,15 +40,15 @@ def test_dataset_is_seeded_and_resumes(tmp_path):
     group = zarr.open_group(str(store), mode="a")
     done = group["_done"]
     done[1] = False
-    group["patterns"][8:16] = np.zeros((8, 12, 12), dtype=np.float32)
+    group["observations"][8:16] = np.zeros((8, 12, 12), dtype=np.float32)
     with pytest.raises(EmverseError, match="incomplete"):
         PatternDataset(store)
-    simulate_dataset(model, model.parameter_space, 20, store, chunk_size=8, seed=5)
+    write_dataset(model, 20, store, chunk_size=8, seed=5)
     again = PatternDataset(store)
     torch.testing.assert_close(again.all_patterns(), first.all_patterns())
     # another seed gives other draws
     other = tmp_path / "b.zarr"
-    simulate_dataset(model, model.parameter_space, 20, other, chunk_size=8, seed=6)
+    write_dataset(model, 20, other, chunk_size=8, seed=6)
     assert not torch.allclose(PatternDataset(other).parameters, first.parameters)
 
 
@@ -127,8 +128,8 @@ def _write(path, text):
 def test_separate_tasks_dataset_train_evaluate(tmp_path):
     head = 'schema_version = 1\nname = "{name}"\nseed = 1\ntask = "{task}"\n'
     toy = '\n[forward_model]\ntype = "cdi.toy_pattern"\nsize_px = 12\n'
-    data = _write(tmp_path / "data.toml", head.format(name="d", task="cdi.dataset")
-                  + '[options]\nn_patterns = 48\nchunk_size = 16\nstore = "train.zarr"\n' + toy)
+    data = _write(tmp_path / "data.toml", head.format(name="d", task="simulate")
+                  + '[options]\nn = 48\nnoise = false\nchunk_size = 16\nstore = "train.zarr"\n' + toy)
     run_recipe(data, tmp_path / "d")
     assert PatternDataset(tmp_path / "train.zarr").parameters.shape == (48, 13)
     train = _write(tmp_path / "train.toml", head.format(name="t", task="train")
@@ -150,8 +151,9 @@ def test_separate_tasks_dataset_train_evaluate(tmp_path):
 
 def test_a_prior_ema_decay_the_train_task_would_ignore_is_refused(tmp_path):
     """cdi.transformer has its own ema_decay (cdi.pipeline's); in a core train recipe the loop's
-    options.ema_decay is what averages, so a different value in [prior] is refused at validation,
-    and the same value (or none) is accepted."""
+    options.ema_decay is what averages, so another value chosen in [prior] is refused at
+    validation; the same value, none, or the prior's default (a stored resolved recipe, which
+    `--resume` reads) is accepted."""
     from emverse.errors import RecipeError
     from emverse.recipe import load_recipe
 
@@ -159,6 +161,8 @@ def test_a_prior_ema_decay_the_train_task_would_ignore_is_refused(tmp_path):
             'ema_decay = 0.999\n[dataset]\ntype = "cdi.patterns"\npath = "train.zarr"\n'
             '[objective]\ntype = "cdi.augmented"\n' + _TOY_PRIOR.format(checkpoint=""))
     with pytest.raises(RecipeError, match=r"\$\.prior\.ema_decay.*options\.ema_decay = 0\.999"):
-        load_recipe(_write(tmp_path / "bad.toml", text + "ema_decay = 0.9999\n"), check_files=False)
+        load_recipe(_write(tmp_path / "bad.toml", text + "ema_decay = 0.995\n"), check_files=False)
     load_recipe(_write(tmp_path / "same.toml", text + "ema_decay = 0.999\n"), check_files=False)
     load_recipe(_write(tmp_path / "none.toml", text), check_files=False)
+    # the prior's own default, as a run directory's resolved recipe writes it, is not a choice
+    load_recipe(_write(tmp_path / "resolved.toml", text + "ema_decay = 0.9999\n"), check_files=False)

@@ -9,9 +9,10 @@ DATASET = """
 schema_version = 1
 name = "toy-dataset"
 seed = 4
-task = "cdi.dataset"
+task = "simulate"
 [options]
-n_patterns = 64
+n = 64
+noise = false
 chunk_size = 64
 store = "{store}"
 [forward_model]
@@ -78,10 +79,11 @@ CAMPAIGN = """
 schema_version = 1
 name = "campaign"
 seed = 9
-task = "cdi.dataset"
+task = "simulate"
 dtype = "float64"
 [options]
-n_patterns = 64
+n = 64
+noise = false
 chunk_size = 4
 [forward_model]
 type = "bloch.cbed"
@@ -92,10 +94,10 @@ g_max = 0.6
 
 
 def test_kill_9_then_resume_finishes_a_simulation_campaign_identically(tmp_path):
-    """A cdi.dataset campaign (bloch.cbed, 16 chunks on Dask) killed after its first finished chunk
+    """A simulation campaign (the core simulate task, bloch.cbed, 16 chunks on Dask) killed after its first finished chunk
     and resumed computes only the missing chunks: the store equals an uninterrupted run's."""
     (tmp_path / "campaign.toml").write_text(CAMPAIGN)
     out = check_kill_9_resume(tmp_path / "campaign.toml", tmp_path, overrides=[],
                               kill_when="dataset.zarr/_done/c/0", outputs=["dataset.zarr"])
     store = out["dataset.zarr"]
-    assert store["_done"].all() and store["patterns"].shape == (64, 16, 16)
+    assert store["_done"].all() and store["observations"].shape == (64, 16, 16)

@@ -17,10 +17,8 @@ def emverse_components():
     yield Component("forward_model", "cdi.toy_pattern", "emverse_cdi.toy:ToyPatternModel",
                     _P + "ToyPatternParams",
                     "Toy Gaussian-spot pattern from the 13 parameters (DW factors invisible by design)")
-    yield Component("task", "cdi.dataset", "emverse_cdi.tasks:DatasetTask", _P + "DatasetOptions",
-                    "Simulate a Zarr dataset of (pattern, parameters) with uniform parameter draws")
     yield Component("dataset", "cdi.patterns", "emverse_cdi.training:Patterns", _P + "PatternsParams",
-                    "(pattern, parameters) pairs of a cdi.dataset Zarr store, for the core train task")
+                    "(pattern, parameters) pairs of a simulate-task Zarr store, for the core train task")
     yield Component("objective", "cdi.augmented", "emverse_cdi.training:AugmentedObjective",
                     _P + "AugmentedParams",
                     "Loss of cdi.transformer (eps-MSE) or cdi.regression (MSE) on augmented patterns")

@@ -17,7 +17,12 @@ from __future__ import annotations
 import math
 
 from emverse.errors import EmverseError
-from emverse.parameter_space import Parameter, ParameterSpace
+from emverse.parameter_space import (  # noqa: F401 (re-exported)
+    Parameter,
+    ParameterSpace,
+    space_from_metadata,
+    space_to_metadata,
+)
 from emverse.statistics import NRMSE_MEAN_PREDICTOR, NRMSE_RANDOM_PREDICTOR  # noqa: F401 (re-exported)
 from emverse_bloch.cbed_table import paper_space
 
@@ -39,24 +44,6 @@ NRMSE_UNIFORM_SAMPLER = NRMSE_RANDOM_PREDICTOR
 def mgb2_parameter_space() -> ParameterSpace:
     """The paper's table 2, as bloch.cbed's "paper" parameter table defines it (one definition)."""
     return paper_space()
-
-
-def space_to_metadata(space: ParameterSpace) -> dict:
-    return {
-        "names": list(space.names),
-        "units": list(space.units),
-        "low": [p.low for p in space.parameters],
-        "high": [p.high for p in space.parameters],
-    }
-
-
-def space_from_metadata(meta: dict) -> ParameterSpace:
-    return ParameterSpace(
-        tuple(
-            Parameter(n, u, lo, hi)
-            for n, u, lo, hi in zip(meta["names"], meta["units"], meta["low"], meta["high"], strict=True)
-        )
-    )
 
 
 def check_same_space(expected: ParameterSpace, found: ParameterSpace, source: str) -> None:

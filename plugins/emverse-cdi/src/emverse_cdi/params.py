@@ -81,25 +81,8 @@ class RegressionParams:
 
 
 @attrs.frozen
-class DatasetOptions:
-    """``cdi.dataset``: draw the 13 parameters uniformly in their table ranges and
-    render patterns with the recipe's ``[forward_model]`` into a chunked Zarr store.
-
-    ``store``: the Zarr directory (relative to the recipe; empty = ``dataset.zarr``
-    in the run directory). A second run with the same store resumes.
-    ``scheduler``: a Dask scheduler address (empty = embedded local cluster).
-    """
-
-    n_patterns: int = attrs.field(default=1000, validator=positive)
-    chunk_size: int = attrs.field(default=64, validator=positive)
-    store: str = ""
-    scheduler: str = ""
-    n_workers: int | None = attrs.field(default=None, validator=_optional_positive)
-
-
-@attrs.frozen
 class PatternsParams:
-    """``[dataset] type = "cdi.patterns"``: a ``cdi.dataset`` Zarr store as training data
+    """``[dataset] type = "cdi.patterns"``: a ``simulate`` task Zarr store as training data
     (``path`` relative to the recipe; the first ``max_items`` pairs, 0 = all)."""
 
     path: str = path_field("zarr", default="dataset.zarr")

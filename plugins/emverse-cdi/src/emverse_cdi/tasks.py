@@ -9,9 +9,10 @@ import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import OptionsTask
 from emverse.run import RunResult, stable_seed
+from emverse.simulation import write_dataset
 
 from . import evaluation as ev
-from .dataset import PatternDataset, simulate_dataset
+from .dataset import PatternDataset
 from .parameter_table import check_same_space, mgb2_parameter_space
 from .training import train_model
 
@@ -31,13 +32,12 @@ def _store_path(ctx, given: str, default: str) -> Path:
 
 
 def _simulate(ctx, forward_model, n, store, *, chunk_size, seed_name, scheduler, n_workers):
-    space = _forward_space(forward_model)
+    _forward_space(forward_model)  # the MgB2 table's space, or a clear error
     started = time.perf_counter()
-    simulate_dataset(
-        forward_model, space, n, store, chunk_size=chunk_size,
-        seed=stable_seed(ctx.seed, seed_name), scheduler=scheduler, n_workers=n_workers,
-        dtype=ctx.dtype, forward_model_table=_forward_table(ctx), progress=ctx.show_progress,
-        log=ctx.log.info,
+    write_dataset(  # noise-free patterns: the training augments them
+        forward_model, n, store, chunk_size=chunk_size, seed=stable_seed(ctx.seed, seed_name), noise=False,
+        scheduler=scheduler, n_workers=n_workers, dtype=ctx.dtype, forward_model_table=_forward_table(ctx),
+        progress=ctx.show_progress, log=ctx.log.info,
     )
     seconds = time.perf_counter() - started
     ctx.log.info("simulated %d patterns into %s in %.1f s", n, store, seconds)
@@ -194,23 +194,6 @@ def _table_text(header, rows) -> str:
 
 
 # --------------------------------------------------------------------------------- tasks
-class DatasetTask(OptionsTask):
-    """``cdi.dataset``: uniform parameter draws rendered by ``[forward_model]`` into Zarr."""
-
-    def run(self, ctx) -> RunResult:
-        opts = ctx.options
-        forward_model = ctx.build("forward_model")
-        store = _store_path(ctx, opts.store, "dataset.zarr")
-        seconds = _simulate(ctx, forward_model, opts.n_patterns, store, chunk_size=opts.chunk_size,
-                            seed_name="cdi.dataset", scheduler=opts.scheduler,
-                            n_workers=opts.n_workers)
-        dataset = PatternDataset(store)
-        ctx.save_figure("example_patterns", _pattern_figure(dataset))
-        ctx.add_text("store", str(store))
-        return RunResult({"n_patterns": len(dataset), "seconds": seconds,
-                          "seconds_per_pattern": seconds / len(dataset)})
-
-
 class EvaluateTask(OptionsTask):
     """``cdi.evaluate``: posteriors of a trained ``[prior]`` on a held-out Zarr test set."""
 

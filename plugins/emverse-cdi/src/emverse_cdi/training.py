@@ -1,7 +1,7 @@
 """Training of the CDI prior and the regression baseline on the core training loop.
 
 Recipes train with the core ``train`` task, ``[dataset] type = "cdi.patterns"`` (a
-``cdi.dataset`` store) and ``[objective] type = "cdi.augmented"``; ``cdi.pipeline`` calls
+``simulate`` task store) and ``[objective] type = "cdi.augmented"``; ``cdi.pipeline`` calls
 :func:`train_model` with the same objective. Each model supplies ``training_loss(images, z, generator, repeats)`` (the CDI
 prior: ε-MSE at a random diffusion step; the regression: MSE on the normalised
 parameters) and both see the same augmentation (appendix B.1); everything else —
