@@ -195,3 +195,13 @@ def test_recipe_with_an_observation_file(tmp_path):
     assert metrics["rwp"] <= metrics["rwp_start"] + 1e-9
     assert "rmsd_angstrom" not in metrics  # no truth for a measured file
     assert "pdf.rwp.rwp" in metrics
+
+
+def test_kill_9_then_resume_gives_the_same_structure_fit(tmp_path):
+    """pdf.fit_structure (Au55, pdf.fit L-BFGS, resume file every 10 steps) killed with SIGKILL
+    after its first file and resumed: the refined positions equal an uninterrupted fit's."""
+    from emverse.testing.resume import check_kill_9_resume
+
+    out = check_kill_9_resume(RECIPE, tmp_path, overrides=["refiner.steps=30", "refiner.tolerance=0.0"],
+                              kill_when="fit-resume.safetensors", outputs=["refined_structure.safetensors"])
+    assert out["refined_structure.safetensors"]
