@@ -40,7 +40,13 @@ class BootstrapResult:
 
 
 def paired_bootstrap(scores_a, scores_b, *, n_boot: int = 2000, confidence: float = 0.95,
-                     rng: np.random.Generator | None = None) -> BootstrapResult:
+                     rng: np.random.Generator | None = None, alternative: str = "two-sided") -> BootstrapResult:
+    """Paired bootstrap of mean(a − b) over the instances: its central ``confidence`` interval
+    from ``n_boot`` resamples and a p-value. ``alternative = "two-sided"``: the bootstrap
+    distribution re-centred on 0 (the null of no difference) against |observed|;
+    ``"greater"`` (a is better, higher): the one-sided P(resampled mean difference ≤ 0)."""
+    if alternative not in ("two-sided", "greater"):
+        raise EmverseError(f"alternative {alternative!r} is unknown; use 'two-sided' or 'greater'")
     a = np.asarray(torch.as_tensor(scores_a).detach().double().cpu(), dtype=float).reshape(-1)
     b = np.asarray(torch.as_tensor(scores_b).detach().double().cpu(), dtype=float).reshape(-1)
     if a.shape != b.shape or a.size < 2:
@@ -56,8 +62,11 @@ def paired_bootstrap(scores_a, scores_b, *, n_boot: int = 2000, confidence: floa
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(boot, [tail, 1.0 - tail])
     observed = d.mean()
-    null = (d - observed)[idx].mean(axis=1)
-    p = (np.count_nonzero(np.abs(null) >= abs(observed)) + 1) / (n_boot + 1)
+    if alternative == "greater":
+        p = (np.count_nonzero(boot <= 0) + 1) / (n_boot + 1)
+    else:
+        null = (d - observed)[idx].mean(axis=1)
+        p = (np.count_nonzero(np.abs(null) >= abs(observed)) + 1) / (n_boot + 1)
     return BootstrapResult(float(a.mean()), float(b.mean()), float(observed), float(lo), float(hi), float(p), boot)
 
 

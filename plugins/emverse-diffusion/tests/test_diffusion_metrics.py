@@ -138,6 +138,13 @@ def test_paired_bootstrap():
     same = rng.normal(size=200)
     r = paired_bootstrap(same + rng.normal(scale=0.1, size=200), same, rng=np.random.default_rng(2))
     assert r.ci_low < 0 < r.ci_high and r.p_value > 0.05
+    # one-sided (A higher is better): P(resampled mean difference ≤ 0)
+    higher = paired_bootstrap(base, better, n_boot=2000, rng=np.random.default_rng(1), alternative="greater")
+    lower = paired_bootstrap(better, base, n_boot=2000, rng=np.random.default_rng(1), alternative="greater")
+    assert higher.p_value < 0.01 < 0.99 < lower.p_value
+    assert higher.p_value == (np.count_nonzero(higher.boot_means <= 0) + 1) / 2001
+    with pytest.raises(EmverseError, match="alternative"):
+        paired_bootstrap(base, better, rng=np.random.default_rng(1), alternative="less")
     truth = torch.zeros(50, 3)
     pred = torch.stack([torch.full((50, 3), 0.1), torch.full((50, 3), 0.2)])
     out = PairedBootstrap(score="mae", n_boot=500)(pred, truth)

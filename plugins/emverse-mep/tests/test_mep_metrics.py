@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from emverse.errors import EmverseError
 from emverse_mep import metrics as M
 
 
@@ -68,7 +69,7 @@ def test_paired_bootstrap():
     assert better["p_value"] < 0.01 and better["ci_low"] > 0
     same = M.paired_bootstrap(b + 0.05 * rng.standard_normal(20), b, 2000, np.random.default_rng(0))
     assert same["p_value"] > 0.05
-    with pytest.raises(ValueError, match="equal-length"):
+    with pytest.raises(EmverseError, match="same number"):
         M.paired_bootstrap(b, b[:5], 10, np.random.default_rng(0))
 
 

@@ -26,7 +26,7 @@ import torch
 from emverse.errors import EmverseError
 
 from .clusters import STRUCTURE_TYPES
-from .recovery import MIN_DISTANCE_ANGSTROM, polish_against_pdf, recover_positions
+from .recovery import MIN_DISTANCE_ANGSTROM, polish_against_pdf, recover_positions, rwp
 from .sampler import AcceleratedSampler
 
 #: atom-count bins of the CbLDM paper's Table 3
@@ -56,7 +56,9 @@ def structure_pdf(positions: np.ndarray) -> np.ndarray:
 
 
 def rw(g_in: np.ndarray, g_gen: np.ndarray) -> float:
-    return float(np.sqrt(((g_in - g_gen) ** 2).sum() / (g_in**2).sum()))
+    """Rw of a candidate's G(r) against the input (no scale fitted): the one Rw of the project."""
+    return float(rwp(torch.as_tensor(np.asarray(g_gen, dtype=np.float64)),
+                     torch.as_tensor(np.asarray(g_in, dtype=np.float64))))
 
 
 def matrix_to_candidate(

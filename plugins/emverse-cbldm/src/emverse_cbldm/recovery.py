@@ -28,6 +28,8 @@ import scipy.optimize
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import RefinementResult, Refiner
+from emverse_pdf.metrics import rwp as pdf_rwp
+from emverse_pdf.structures import kabsch_rmsd  # noqa: F401 (one Kabsch RMSD: emverse-pdf's)
 
 from .clusters import MAX_ATOMS, WEIGHT_T_ANGSTROM2, from_blocks
 
@@ -111,18 +113,6 @@ def _best_scale(coords: np.ndarray, w: np.ndarray, t: float) -> np.ndarray:
     scales = np.geomspace(0.1, 100.0, 200) / rms
     losses = [float(weight_loss(c * s, wt, t)) for s in scales]
     return coords * scales[int(np.argmin(losses))]
-
-
-def kabsch_rmsd(a: np.ndarray, b: np.ndarray, allow_reflection: bool = True) -> float:
-    """RMSD (Å) between two (N, 3) sets in the same atom order after optimal
-    superposition; reflections are allowed because W cannot tell a cluster from its mirror image."""
-    a = np.asarray(a, float) - np.mean(a, axis=0)
-    b = np.asarray(b, float) - np.mean(b, axis=0)
-    u, _, vt = np.linalg.svd(a.T @ b)
-    if not allow_reflection and np.linalg.det(u @ vt) < 0:
-        u[:, -1] *= -1
-    rot = u @ vt
-    return float(np.sqrt(((a @ rot - b) ** 2).sum(1).mean()))
 
 
 def recover_positions(
@@ -275,8 +265,9 @@ class DistanceGeometry(Refiner):
 
 
 def rwp(pred: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-    """Rw = √(Σ(G_obs − G_calc)² / Σ G_obs²) over the last axis (unit weights, DiffPy's definition)."""
-    return torch.sqrt(((obs - pred) ** 2).sum(-1) / (obs**2).sum(-1).clamp_min(1e-30))
+    """Rw = √(Σ(G_obs − G_calc)² / Σ G_obs²) over the last axis, no scale fitted: emverse-pdf's
+    :func:`~emverse_pdf.metrics.rwp` with ``fit_scale = False``."""
+    return pdf_rwp(pred, obs, fit_scale=False)
 
 
 def polish_against_pdf(

@@ -382,11 +382,4 @@ class RegressionPrior(PatternConditioned, Prior):
         return F.mse_loss(self.network(images), z)
 
 
-def nrmse(prediction: torch.Tensor, truth: torch.Tensor, space: ParameterSpace) -> torch.Tensor:
-    """Per-parameter RMSE divided by the full range ``high − low`` (paper §5.1), shape (P,)."""
-    low, high = space.bounds(torch.float64, prediction.device)
-    err = (prediction.double() - truth.double()) / (high - low)
-    return err.pow(2).mean(dim=0).sqrt()
-
-
-__all__ = ["CdiTransformerPrior", "RegressionPrior", "nrmse", "resolve_checkpoint"]
+__all__ = ["CdiTransformerPrior", "RegressionPrior", "resolve_checkpoint"]
