@@ -200,6 +200,13 @@ class ResumeFile:
         return int(ckpt.metadata["step"]), history, dict(ckpt.metadata.get("extra", {}))
 
 
+def start_from(resume: ResumeFile | None, state, optimizer: torch.optim.Optimizer,
+               aux: dict[str, torch.Tensor] | None = None, device=None) -> tuple[int, dict | None, dict]:
+    """``resume.load(...)`` for a loop that may run without a resume file: ``(0, None, {})``
+    (a fresh start) when ``resume`` is None."""
+    return resume.load(state, optimizer, aux, device) if resume is not None else (0, None, {})
+
+
 def _state_tensors(state) -> dict[str, torch.Tensor]:
     return state.state_dict() if isinstance(state, torch.nn.Module) else {k: v.detach() for k, v in state.items()}
 

@@ -172,16 +172,19 @@ class RunContext:
     def resume_for(self, refiner, name: str, every: int = 10, settings: dict | None = None) -> dict:
         """``{"resume": ResumeFile}`` to pass to a refiner that declares ``resumable``: the file
         ``<name>-resume.safetensors`` in the run directory, written every ``every`` iterations
-        and checked against ``settings`` on ``--resume``; ``{}`` (and a log line saying that
-        ``--resume`` reruns this refinement) for a refiner that cannot resume."""
+        and checked against ``settings`` on ``--resume`` (default: the ``[refiner]`` type, so a
+        file of another refiner is refused); ``{}`` (and a log line saying that ``--resume``
+        reruns this refinement) for a refiner that cannot resume."""
         if not getattr(refiner, "resumable", False):
             self.log.info("refiner %s keeps no resume file: `emverse run --resume` reruns %s",
                           type(refiner).__name__, name)
             return {}
         from emverse.checkpoint import ResumeFile
 
+        if settings is None:
+            settings = {"refiner": self.spec("refiner").type} if self.has("refiner") else {}
         return {"resume": ResumeFile(self.out_dir / f"{_safe(name)}-resume.safetensors", int(every),
-                                     dict(settings or {}), log=self.log.info)}
+                                     dict(settings), log=self.log.info)}
 
     def on_interrupt(self, callback) -> None:
         """Call ``callback()`` when SIGTERM/SIGINT stops the run (e.g. to write a checkpoint)."""
@@ -215,6 +218,18 @@ class RunContext:
         save_checkpoint(path, tensors, recipe=self.recipe.to_dict(), metadata=metadata)
         self.log.info("checkpoint %s", path.name)
         return path
+
+
+def timed(compute, key: str = "value") -> dict:
+    """``{key: compute(), "seconds": its wall time (float64 tensor)}``: a :meth:`RunContext.stage`
+    result that keeps what the piece cost, so a resumed run reports the original time."""
+    import time
+
+    import torch
+
+    started = time.perf_counter()
+    value = compute()
+    return {key: value, "seconds": torch.tensor(time.perf_counter() - started, dtype=torch.float64)}
 
 
 def _safe(name: str) -> str:

@@ -336,11 +336,17 @@ def _upgrade_resume_file(path: Path) -> None:
     """Rewrite a resume file of the training loop's earlier layout (``model.``/``ema.``/``rng.noise``
     at the top level, settings under ``train_config``) in the :class:`ResumeFile` layout, so a run
     interrupted before that change still continues."""
+    from safetensors import SafetensorError, safe_open
+
     from emverse.checkpoint import load_checkpoint, save_checkpoint
 
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # the keys only: no tensor is read
+            if "rng.noise" not in handle.keys():
+                return
+    except (SafetensorError, OSError):
+        return  # not readable: the resume file's own load says so, naming the file
     old = load_checkpoint(path)
-    if "rng.noise" not in old.tensors:
-        return
     tensors = {}
     for key, value in old.tensors.items():
         if key.startswith("model."):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from emverse.checkpoint import start_from
 from emverse.errors import EmverseError
 from emverse.interfaces import RefinementResult, Refiner
 
@@ -119,7 +120,7 @@ class AdamRefiner(Refiner):
         groups = _optimiser_groups(problem.groups, self.lr)
         optimiser = torch.optim.Adam(groups, lr=self.lr)
         state = problem.tensors()
-        first, history, extra = resume.load(state, optimiser) if resume is not None else (0, None, {})
+        first, history, extra = start_from(resume, state, optimiser)
         history = history or {"bad_gradients": []}
         stalled = bool(extra.get("stalled", False))
         for step in range(first, first if extra.get("finished") else self.steps):

@@ -469,7 +469,7 @@ class RefineTask(Task):
             parametrization.start_at(model, start)
         parametrization.to(device=ctx.device)
         result = refiner.run(parametrization, model, likelihood, y, generator=ctx.generator("refiner"),
-                             **ctx.resume_for(refiner, "refine", settings={"refiner": ctx.spec("refiner").type}))
+                             **ctx.resume_for(refiner, "refine"))
         refined = parametrization().detach()
         from emverse.figures import new_figure
 

@@ -168,7 +168,7 @@ class LacbedRefineTask(OptionsTask):
         # resumable: `emverse run --resume` reads the scans back and continues the refinement from
         # its last resume file
         result = refiner.refine(fit, observation, generator=ctx.generator("refiner"), callback=progress,
-                                **ctx.resume_for(refiner, "refine", settings={"refiner": ctx.spec("refiner").type}))
+                                **ctx.resume_for(refiner, "refine"))
         with torch.no_grad():
             prediction = fit()
         end_corr = disc_correlation(prediction, observation)

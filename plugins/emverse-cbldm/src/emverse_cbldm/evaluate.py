@@ -101,13 +101,18 @@ def generate_matrices(model, pdf: torch.Tensor, n: int, sampler: AcceleratedSamp
 _BLOCK = 64  # candidates per kept block of an evaluation (fixed: independent of the worker count)
 
 
+def _compute_now(name: str, compute):
+    """What ``keep`` does without a run to keep the pieces in: compute them."""
+    return compute()
+
+
 def _map_candidates(jobs: list, workers: int, wrap, keep=None):
     """``matrix_to_candidate(*job)`` for each of ``jobs``, in order, in ``workers`` processes
     (1 = here). Each worker runs torch on one thread; the result does not depend on ``workers``.
 
     ``keep(name, compute)`` (a run's ``ctx.stage``) keeps each block of ``_BLOCK`` results as it
     finishes, so an interrupted evaluation continues from the first block it had not finished."""
-    keep = keep or (lambda name, compute: compute())
+    keep = keep or _compute_now
     blocks = [jobs[i : i + _BLOCK] for i in range(0, len(jobs), _BLOCK)]
     bar = wrap(range(len(jobs)), desc="evaluate", total=len(jobs))
     ticks = iter(bar)
@@ -189,7 +194,7 @@ def evaluate_model(model, val: dict, opts, generator, log=None, progress=None, k
         return {m: v.detach().cpu() for m, v in out.items()}
 
     # kept (with ``keep``) so that a resumed evaluation neither samples nor recovers twice
-    matrices = (keep or (lambda name, compute: compute()))("evaluate-matrices", sample)
+    matrices = (keep or _compute_now)("evaluate-matrices", sample)
     methods = [*samplers, *model.baselines]
     g_ins = val["pdf"][:n_eval].astype(np.float64)
     keys = [(i, m, k) for i in range(n_eval) for m in methods for k in range(matrices[m].shape[1])]

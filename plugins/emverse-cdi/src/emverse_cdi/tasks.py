@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import OptionsTask
-from emverse.run import RunResult, stable_seed
+from emverse.run import RunResult, stable_seed, timed
 from emverse.simulation import write_dataset
 
 from . import evaluation as ev
@@ -106,9 +106,8 @@ def evaluate_posteriors(ctx, prior, sampler, dataset: PatternDataset, *, baselin
     parts = []
     for first in range(0, n, block):
         def draw(first=first):
-            started = time.perf_counter()
-            draws = prior.sample_physical(patterns[first:first + block], n_samples, sampler, generator, batch_size)
-            return {"samples": draws, "seconds": torch.tensor(time.perf_counter() - started, dtype=torch.float64)}
+            return timed(lambda: prior.sample_physical(patterns[first:first + block], n_samples, sampler, generator,
+                                                       batch_size), key="samples")
 
         parts.append(ctx.stage(f"posterior-{first}", draw, (generator,)))
     samples = torch.cat([part["samples"] for part in parts])

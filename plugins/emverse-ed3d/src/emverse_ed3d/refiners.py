@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import torch
+from emverse.checkpoint import start_from
 from emverse.interfaces import RefinementResult, Refiner
 
 
@@ -49,9 +50,7 @@ def _run_callback(history, callback, epoch, model, loss):
 def _resume(resume, model, optimizer) -> tuple[int, dict[str, list[float]], bool, bool]:
     """(last finished epoch, history, converged, finished) from ``resume``'s file (restoring the
     model and optimiser in place); a fresh start without one."""
-    if resume is None:
-        return 0, {}, False, False
-    step, history, extra = resume.load(model, optimizer)
+    step, history, extra = start_from(resume, model, optimizer)
     return step, history or {}, bool(extra.get("converged", False)), bool(extra.get("finished", False))
 
 

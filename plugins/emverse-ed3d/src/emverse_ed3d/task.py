@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import torch
-from emverse.checkpoint import ResumeFile
 from emverse.crystal import Crystal
 from emverse.interfaces import OptionsTask
 
@@ -180,10 +179,9 @@ class Ed3dRefineTask(OptionsTask):
                              used.n_reflections, used.n_frames)
             refiner.epochs = epochs
             # resumable: `emverse run --resume` continues this stage from its last checkpoint
-            resume = ResumeFile(ctx.out_dir / f"refine{stage}-resume.safetensors", o.checkpoint_every,
-                                {"refiner": ctx.spec("refiner").type, "epochs": epochs}, log=ctx.log.info)
-            result = refiner.refine(model, None, generator=ctx.generator(f"refiner{stage or ''}"),
-                                    callback=callback, resume=resume)
+            result = refiner.refine(model, None, generator=ctx.generator(f"refiner{stage or ''}"), callback=callback,
+                                    **ctx.resume_for(refiner, f"refine{stage}", o.checkpoint_every,
+                                                     {"refiner": ctx.spec("refiner").type, "epochs": epochs}))
             done[0] += result.iterations
             for key, values in result.history.items():
                 history.setdefault(key, []).extend(values)

@@ -23,10 +23,11 @@ import time
 import numpy as np
 import torch
 from emverse.interfaces import OptionsTask
+from emverse.run import timed
 
 from emverse_mep import metrics as M
 from emverse_mep.figures import bars_figure, curves_figure, slices_figure
-from emverse_mep.reconstruct import guidance_variants, sample_guided, setup, timed
+from emverse_mep.reconstruct import guidance_variants, sample_guided, setup
 
 SCORES = ("psnr", "ssim", "psnr_depth_sum", "ssim_depth_sum")
 

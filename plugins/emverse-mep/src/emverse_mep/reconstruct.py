@@ -12,14 +12,13 @@ rescaled units (phase × phase_scale); the physics sees phase in rad.
 
 from __future__ import annotations
 
-import time
-
 import attrs
 import numpy as np
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel, OptionsTask
 from emverse.params import ComponentSpec
+from emverse.run import timed
 
 from emverse_mep import metrics as M
 from emverse_mep.dataset import load_volumes
@@ -141,13 +140,6 @@ def sample_guided(ctx, prior, physics, y, *, samples: int, guidance_spec: Compon
     guidance = ctx.build_spec(guidance_spec or ctx.spec("guidance"), "guidance").bind(physics, y_rep)
     draws = sampler.sample(prior, (y_rep.shape[0], *prior.event_shape), None, guidance, generator)
     return draws.detach().reshape(y.shape[0], samples, *prior.event_shape)
-
-
-def timed(compute) -> dict[str, torch.Tensor]:
-    """``{"value": compute(), "seconds": its wall time}``: a stage's result with its cost."""
-    start = time.perf_counter()
-    value = compute()
-    return {"value": value, "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64)}
 
 
 class ReconstructTask(OptionsTask):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
+from emverse.checkpoint import start_from
 from emverse.errors import EmverseError
 from emverse.interfaces import RefinementResult, Refiner
 
@@ -224,7 +225,7 @@ class AdamReconstruction(_GradientReconstruction):
         )
         state = {"object": x, **{name: getattr(model, name) for name in extra}}
         aux: dict[str, torch.Tensor] = {}
-        first, saved, facts = resume.load(state, optimiser, aux) if resume is not None else (0, None, {})
+        first, saved, facts = start_from(resume, state, optimiser, aux)
         if "generator" in aux and generator is not None:
             generator.set_state(aux["generator"])
         if scheduler is not None and "scheduler" in facts:
@@ -348,7 +349,7 @@ class LbfgsReconstruction(_GradientReconstruction):
             return total
 
         state = {"object": x}
-        first, saved, facts = resume.load(state, optimiser) if resume is not None else (0, None, {})
+        first, saved, facts = start_from(resume, state, optimiser)
         history: dict[str, list[float]] = saved or {"loss": []}
         converged = bool(facts.get("converged", False))
         message = facts.get("message", "reached the iteration limit")

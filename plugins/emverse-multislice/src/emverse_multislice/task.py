@@ -85,7 +85,7 @@ class Reconstruct(Task):
         # resumable: `emverse run --resume` renders and simulates again (deterministic) and the
         # reconstruction continues from its last resume file
         result = refiner.refine(model, observation, generator=ctx.generator("refiner"), callback=callback,
-                                **ctx.resume_for(refiner, "reconstruct", settings={"refiner": ctx.spec("refiner").type}))
+                                **ctx.resume_for(refiner, "reconstruct"))
         bar.close()
         reconstruction = result.parameters["object"]
 

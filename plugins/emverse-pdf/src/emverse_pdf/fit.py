@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+from emverse.checkpoint import start_from
 from emverse.errors import EmverseError
 from emverse.interfaces import RefinementResult, Refiner
 from torch import nn
@@ -187,7 +188,7 @@ class PDFFit(Refiner):
                 return opt.step(closure)
 
         state = {"positions": model.positions, "log_qdamp": model.log_qdamp, "log_biso": model.log_biso}
-        first, saved, extra = resume.load(state, opt) if resume is not None else (0, None, {})
+        first, saved, extra = start_from(resume, state, opt)
         history: dict[str, list[float]] = saved or {"loss": [], "rwp": []}
         converged = bool(extra.get("converged", False))
         iterations = first

@@ -81,7 +81,7 @@ class FitStructureTask(Task):
             bar.set_postfix(rw=f"{math.sqrt(max(loss, 0.0)):.4f}")
 
         result = refiner.refine(fit_model, g_obs, generator=ctx.generator("refine"), callback=callback,
-                                **ctx.resume_for(refiner, "fit", settings={"refiner": ctx.spec("refiner").type}))
+                                **ctx.resume_for(refiner, "fit"))
         bar.close()
         ctx.log.info(result.message)
         g_fit = result.parameters["g_calc"]
@@ -216,8 +216,7 @@ class FitCrystalTask(Task):
                 bar.set_postfix(rw=f"{math.sqrt(max(loss, 0.0)):.4f}")
 
             result = refiner.refine(model, g_obs, generator=ctx.generator(f"refine:{loaded.name}"),
-                                    callback=callback, **ctx.resume_for(
-                                        refiner, f"fit-{loaded.name}", settings={"refiner": ctx.spec("refiner").type}))
+                                    callback=callback, **ctx.resume_for(refiner, f"fit-{loaded.name}"))
             bar.close()
             with torch.no_grad():
                 g_fit = model()
