@@ -46,7 +46,7 @@ def build(args):
     crystal = Crystal.from_cif(root / "quartz_refined_P3221.cif")
     model = build_model(data, crystal, thickness_model="nn", t_min=100.0, t_max=1500.0, t_init=850.0,
                         g_max=2.0, rsg_max=0.9, n_tilts=42, sg_max=args.sg_max, bucket_ratio=args.bucket_ratio,
-                        generator=torch.Generator().manual_seed(1))
+                        bethe_sg=args.bethe_sg, solve_precision=args.precision, generator=torch.Generator().manual_seed(1))
     model.orientation_angles.requires_grad_(True)
     return model
 
@@ -57,6 +57,8 @@ def main():
     parser.add_argument("--frame-stride", type=int, default=1)
     parser.add_argument("--sg-max", type=float, default=0.01, help="Å⁻¹, beam selection")
     parser.add_argument("--bucket-ratio", type=float, default=1.3)
+    parser.add_argument("--precision", default="float64", choices=("float64", "float32"), help="eigensolves")
+    parser.add_argument("--bethe-sg", type=float, default=0.0, help="Å⁻¹; 0 = every beam solved exactly")
     args = parser.parse_args()
     pin_threads(1)
     import numpy as np

@@ -38,6 +38,16 @@ def strong_first_order(matrix: torch.Tensor) -> torch.Tensor:
     return key.argsort(dim=-1, stable=True)
 
 
+def bethe_matrix(a_ss: torch.Tensor, a_sw: torch.Tensor, a_ww: torch.Tensor,
+                 a_ws: torch.Tensor | None = None) -> torch.Tensor:
+    """A^Bethe = A_ss − A_sw diag(1/A_ww) A_ws (..., m, m) in Å⁻²: the weak beams folded into
+    the strong ones to second order in U. ``a_sw`` (..., m, W), ``a_ww`` (..., W) the weak
+    beams' diagonal, ``a_ws`` (..., W, m), by default A_swᴴ (a Hermitian A)."""
+    if a_ws is None:
+        a_ws = a_sw.mH
+    return a_ss - (a_sw * a_ww.reciprocal()[..., None, :]) @ a_ws
+
+
 def _permute(matrix: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     n = matrix.shape[-1]
     rows = order[..., :, None].expand(*order.shape, n)
@@ -74,7 +84,7 @@ def propagate_bethe(
     a_ss, a_sw = permuted[..., :m, :m], permuted[..., :m, m:]
     a_ws = permuted[..., m:, :m]
     a_ww = permuted[..., m:, m:].diagonal(dim1=-2, dim2=-1)  # (..., W)
-    bethe = a_ss - (a_sw / a_ww[..., None, :]) @ a_ws
+    bethe = bethe_matrix(a_ss, a_sw, a_ww, a_ws)
     eigenvalues, vectors = torch.linalg.eigh(bethe)  # strong Bloch states (..., m, m)
     weak = (a_ws @ vectors) / (eigenvalues[..., None, :] - a_ww[..., :, None])  # (..., W, m)
     states = torch.cat([vectors, weak.to(vectors.dtype)], -2)  # (..., N, m), permuted order

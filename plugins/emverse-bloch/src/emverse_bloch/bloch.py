@@ -13,7 +13,7 @@ and over several thicknesses at once, float32 (complex64) or float64 (complex128
   ψ(t) = V diag(e^{iπtλ/K}) Vᴴ e_0 — one decomposition serves all thicknesses.
   Its backward pass is the Daleckii–Krein formula for the matrix function
   f(A) = exp(iπtA/K) with the divided differences written as
-  iπt/K · e^{iπt(λ_i+λ_j)/2K} · sinc(πt(λ_i−λ_j)/2K): smooth in λ_i − λ_j, so the
+  iπt/K · e^{iπtλ_i/2K} e^{iπtλ_j/2K} · sinc(πt(λ_i−λ_j)/2K): smooth in λ_i − λ_j, so the
   gradient stays finite and exact when eigenvalues are degenerate (on a zone axis),
   unlike differentiating through ``eigh``'s eigenvectors.
   A *real* (real dtype) matrix is taken as real symmetric: ``eigh`` then runs in
@@ -57,17 +57,21 @@ def _eigen_propagate(vectors, eigenvalues, phase_per_eigen):
 
 
 def _daleckii_krein(vectors, eigenvalues, s, grad_psi):
-    """grad_A = V (conj(Φ_t) ∘ (Vᴴ G_t e_0ᵀ V)) Vᴴ summed over t, for one chunk of the batch."""
+    """grad_A = V (conj(Φ_t) ∘ (Vᴴ G_t e_0ᵀ V)) Vᴴ summed over t, for one chunk of the batch.
+
+    conj(Φ_t,ij) = −i s_t sinc(s_t(λ_i − λ_j)/2) e^{−i s_t λ_i/2} e^{−i s_t λ_j/2} separates into a
+    real symmetric sinc matrix between two phase vectors, so the inner matrix is
+    Σ_t (α_t β_tᵀ) ∘ S_t with α_t = −i s_t e^{−i s_t λ/2} ∘ Vᴴ g_t and β_t = e^{−i s_t λ/2} ∘ Vᵀ e_0:
+    one complex outer product and one real sinc per element (no complex exponential)."""
     a = torch.einsum("...ji,...tj->...ti", vectors.conj().to(grad_psi.dtype), grad_psi)  # Vᴴ g_t
     b = vectors[..., 0, :]  # e_0ᵀ V
-    li = eigenvalues[..., None, :, None]
-    lj = eigenvalues[..., None, None, :]
+    phase = (-0.5 * s[..., :, None]) * eigenvalues[..., None, :]  # (..., T, N)
+    half_turn = torch.polar(torch.ones_like(phase), phase)
+    alpha = (-1j * s[..., :, None]) * half_turn * a
+    beta = half_turn * b[..., None, :]
     st = s[..., :, None, None]
-    half = 0.5 * st * (li - lj)
-    mean = 0.5 * st * (li + lj)
-    magnitude = st * torch.sinc(half / math.pi)
-    phi = 1j * magnitude * torch.polar(torch.ones_like(mean), mean)
-    inner = (phi.conj() * (a[..., :, :, None] * b[..., None, None, :])).sum(-3)
+    sinc = torch.sinc(st * (eigenvalues[..., None, :, None] - eigenvalues[..., None, None, :]) / (2 * math.pi))
+    inner = ((alpha[..., :, :, None] * beta[..., :, None, :]) * sinc).sum(-3)
     if vectors.is_complex():
         return vectors @ inner @ vectors.conj().transpose(-1, -2)
     # a real input matrix gets the real part of the complex gradient (∂L/∂Re A); V real

@@ -82,7 +82,67 @@ from emverse_bloch.structure_factors import Overrides, StructureParameters, stru
 from emverse_bloch.structure_matrix import unique_rows
 
 INTEGRATIONS = ("rocking", "precession")
+SOLVE_PRECISIONS = ("float64", "float32")
 QUADRATURES = ("mean", "trapezoid")
+
+
+@dataclass
+class BetheGroup:
+    """Sub-orientation problems of about the same strong-beam count, solved in one batch."""
+
+    frame: np.ndarray  # (P,) frame of each problem
+    sub: np.ndarray  # (P,) its sub-orientation
+    strong: np.ndarray  # (P, m) beam slots (into FramePlan.beams[frame]); the direct beam first
+    weak: np.ndarray  # (P, W) beam slots
+    coupling_ss: np.ndarray  # (P, m, m) into the coupling table
+    coupling_sw: np.ndarray  # (P, m, W) into the coupling table
+    amplitude: np.ndarray  # (Q,) flat index p·m + slot of a requested reflection's amplitude ...
+    reflection: np.ndarray  # (Q,) ... and which requested reflection it is
+
+
+@dataclass
+class BethePlan:
+    """Strong and weak beams of every sub-orientation (built by :func:`plan_frames`).
+
+    Each (frame, sub-orientation) is its own eigenproblem. Its strong beams are the direct
+    beam, every requested reflection of the frame, and every beam with |S_g| ≤ ``bethe_sg``
+    there; the others are weak, |S_w| > ``bethe_sg``, and are folded in by Bethe potentials
+    (:func:`emverse_bloch.bethe.bethe_matrix`): the terms left out are of second order in
+    U/(2K S_w) ≤ max|U| / (2K ``bethe_sg``). Problems are grouped by strong-beam count
+    (within ``GROUP_RATIO``) and a group is filled up to its largest count with the next
+    beams of smallest |S_g|. The split is made once, at the planned orientations, so the
+    intensities stay smooth functions of refined orientations and structure."""
+
+    groups: list[BetheGroup]
+    bethe_sg: float
+
+    @property
+    def n_strong(self) -> np.ndarray:
+        """Strong beams per problem, one entry per group."""
+        return np.array([g.strong.shape[-1] for g in self.groups])
+
+
+#: problems whose strong-beam counts differ by at most this factor share a padded batch
+GROUP_RATIO = 1.1
+
+
+def size_groups(sizes, ratio: float) -> list[np.ndarray]:
+    """Indices grouped (ascending inside each group) so that within a group the largest size
+    is ≤ ``ratio`` × the smallest; ``ratio`` ≤ 1 gives one group. A batched eigensolve pads
+    to the batch's largest size and costs ~N³, so grouping removes most of the padding."""
+    sizes = np.asarray(sizes)
+    if ratio <= 1.0:
+        return [np.arange(len(sizes))]
+    groups, current, smallest = [], [], None
+    for i in np.argsort(sizes, kind="stable"):
+        if current and sizes[i] > ratio * smallest:
+            groups.append(np.sort(current))
+            current = []
+        if not current:
+            smallest = max(int(sizes[i]), 1)
+        current.append(int(i))
+    groups.append(np.sort(current))
+    return groups
 
 
 @dataclass
@@ -108,6 +168,8 @@ class FramePlan:
     u0: float = 0.0
     extras: dict = field(default_factory=dict)
     sub_weights: torch.Tensor | None = None  # (n_sub,) quadrature weights summing to 1
+    bethe: BethePlan | None = None  # weak beams folded in (plan_frames(bethe_sg=...))
+    solve_precision: str = "float64"  # the eigensolves in "float64" (complex128) or "float32" (complex64)
 
     @property
     def n_frames(self) -> int:
@@ -166,8 +228,16 @@ def plan_frames(
     overrides: Overrides | None = None,
     mip_corrected: bool = True,
     quadrature: str = "mean",
+    bethe_sg: float = 0.0,
+    solve_precision: str = "float64",
 ) -> FramePlan:
-    """Choose each frame's beams and index the couplings (see the module docstring)."""
+    """Choose each frame's beams and index the couplings (see the module docstring).
+
+    ``bethe_sg`` > 0 (Å⁻¹) solves exactly only the direct beam, the requested reflections
+    and the beams with |S_g| ≤ ``bethe_sg`` at each sub-orientation, and folds the others in
+    by Bethe potentials (:class:`BethePlan`; approximate, second order in U/(2K S_w)).
+    ``solve_precision = "float32"`` runs the eigensolves in complex64 (about twice as fast;
+    intensities are returned in the structure's dtype)."""
     rots = _check_orientations(orientations)
     n_frames = rots.shape[0]
     hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
@@ -251,7 +321,53 @@ def plan_frames(
     )
     if overrides is not None:
         plan.override_plan = overrides.plan(crystal, table)
+    if not (math.isfinite(bethe_sg) and bethe_sg >= 0):
+        raise EmverseError(f"bethe_sg {bethe_sg!r} Å⁻¹ must be >= 0 (0: every beam solved exactly), e.g. 0.005")
+    if bethe_sg:
+        plan.bethe = _bethe_plan(plan, bethe_sg)
+    if solve_precision not in SOLVE_PRECISIONS:
+        raise EmverseError(f"solve_precision {solve_precision!r} is unknown; use one of {SOLVE_PRECISIONS}")
+    plan.solve_precision = solve_precision
     return plan
+
+
+def _bethe_plan(plan: FramePlan, bethe_sg: float) -> BethePlan:
+    """Split each sub-orientation's beams into strong and weak (see :class:`BethePlan`)."""
+    n_frames, n = plan.beams.shape[:2]
+    full = (plan.sub_rotations[None] @ plan.orientations[:, None]).numpy()  # (F, K, 3, 3)
+    n_sub = full.shape[1]
+    g = plan.crystal.g_vectors(plan.beams)  # (F, N, 3)
+    s = -np.einsum("fkj,fnj->fkn", full[:, :, 2, :], g) - (g**2).sum(-1)[:, None, :] / (2 * plan.wavenumber)
+    forced = np.zeros((n_frames, n), dtype=bool)
+    forced[:, 0] = True
+    forced[plan.frame_index, plan.beam_index] = True
+    # rank: the direct beam, the requested reflections, then by |S_g|; pads last
+    key = np.where(forced[:, None, :], -1.0, np.where(plan.beam_valid[:, None, :], np.abs(s), np.inf))
+    key[:, :, 0] = -2.0
+    ranked = np.argsort(key, axis=-1, kind="stable").reshape(n_frames * n_sub, n)
+    counts = (key <= bethe_sg).sum(-1).reshape(-1)
+    frame, sub = np.divmod(np.arange(n_frames * n_sub), n_sub)
+    rows = [np.flatnonzero(plan.frame_index == f) for f in range(n_frames)]
+    wanted = np.flatnonzero(np.isin(frame, plan.frame_index))  # a frame without requested reflections is skipped
+    groups = []
+    for part in size_groups(counts[wanted], GROUP_RATIO):
+        members = wanted[part]
+        m = int(counts[members].max())
+        strong, weak = ranked[members, :m], ranked[members, m:]
+        f = frame[members]
+        amplitude, reflection = [], []
+        for p, (fp, order) in enumerate(zip(f, strong, strict=True)):
+            slot = {int(b): i for i, b in enumerate(order)}
+            reflection.append(rows[fp])
+            amplitude.append(p * m + np.array([slot[int(b)] for b in plan.beam_index[rows[fp]]], dtype=np.int64))
+        index = plan.coupling_index[f]
+        groups.append(BetheGroup(
+            frame=f, sub=sub[members], strong=strong, weak=weak,
+            coupling_ss=np.take_along_axis(np.take_along_axis(index, strong[:, :, None], 1), strong[:, None, :], 2),
+            coupling_sw=np.take_along_axis(np.take_along_axis(index, strong[:, :, None], 1), weak[:, None, :], 2),
+            amplitude=np.concatenate(amplitude), reflection=np.concatenate(reflection),
+        ))
+    return BethePlan(groups=groups, bethe_sg=float(bethe_sg))
 
 
 def potential_table(
@@ -347,15 +463,27 @@ def frame_intensities(
         from emverse_bloch.structure_matrix import structure_matrix
 
         t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
+        if plan.bethe is not None:
+            if method != "eig" or plan.absorption or return_beams:
+                raise EmverseError(
+                    "bethe_sg (Bethe potentials) works with method='eig', no absorption and the "
+                    "requested reflections only; plan with bethe_sg = 0 for this call"
+                )
+            out = _bethe_intensities(plan, u, s, metric, thickness)
+            if scale is not None:
+                out = out * torch.as_tensor(scale, dtype=real, device=device)[..., plan.frame_index]
+            return out
         if method == "eig_absorptive":
+            if plan.solve_precision != "float64":
+                raise EmverseError("method 'eig_absorptive' solves in float64 only; plan with solve_precision='float64'")
             psi = _absorptive_propagation(plan, couplings[..., :, None, :, :], s, k, metric, t)
         else:
             absorption0 = None
             if plan.absorption:
                 absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=real, device=device)
             matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
-            psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
-        beam_int = _integrate(psi.real**2 + psi.imag**2, plan)
+            psi = _solve(plan, matrix, t, method, metric)  # (..., F, K, N)
+        beam_int = _integrate((psi.real**2 + psi.imag**2).to(real), plan)
     if scale is not None:
         beam_int = beam_int * torch.as_tensor(scale, dtype=real, device=device)[..., None]
     if return_beams:
@@ -363,6 +491,48 @@ def frame_intensities(
     fi = torch.as_tensor(plan.frame_index, device=device)
     bi = torch.as_tensor(plan.beam_index, device=device)
     return beam_int[..., fi, bi]
+
+
+def _solve(plan: FramePlan, matrix, thickness, method, metric):
+    """ψ (..., N) at one thickness per matrix (thickness (..., 1) Å), in the plan's solve precision."""
+    if plan.solve_precision == "float32":
+        matrix = matrix.to(torch.complex64 if matrix.is_complex() else torch.float32)
+        thickness, metric = thickness.to(torch.float32), metric.to(torch.float32)
+    return propagate(matrix, thickness, plan.wavenumber, method, metric)[..., 0, :]
+
+
+def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness):
+    """Integrated intensities (..., M) of the requested reflections, the weak beams folded in
+    by Bethe potentials; each group's m × m problems go through
+    :func:`emverse_bloch.bloch.propagate` (exact gradients, also at degeneracies).
+
+    With A = M (U + diag(2K S)) M the fold A_sw A_ww⁻¹ A_ws = M_s U_sw diag(1/(2K S_w)) U_ws M_s:
+    the weak beams' metric cancels, so the fold is built on U and scaled by M_s once."""
+    from emverse_bloch.bethe import bethe_matrix
+    from emverse_bloch.structure_matrix import structure_matrix
+
+    device, k, dtype = excitation_error.device, plan.wavenumber, excitation_error.dtype
+    weights = plan.sub_weights.to(device, dtype)
+    out = torch.zeros(*torch.broadcast_shapes(u.shape[:-1], thickness.shape[:-1]), len(plan.hkl),
+                      dtype=dtype, device=device)
+    if plan.solve_precision == "float32":  # the whole assembly and solve in single precision
+        u, excitation_error = u.to(torch.complex64), excitation_error.to(torch.float32)
+        metric, thickness = metric.to(torch.float32), thickness.to(torch.float32)
+    for group in plan.bethe.groups:
+        frame, sub = torch.as_tensor(group.frame, device=device), torch.as_tensor(group.sub, device=device)
+
+        def take(values, slots, frame=frame, sub=sub):  # (F, K, N) -> (P, slots)
+            return values[frame, sub].gather(-1, torch.as_tensor(slots, device=device))
+
+        s_s, m_s, s_w = take(excitation_error, group.strong), take(metric, group.strong), take(excitation_error, group.weak)
+        h_ss = structure_matrix(u[..., torch.as_tensor(group.coupling_ss, device=device)], s_s, k)
+        folded = bethe_matrix(h_ss, u[..., torch.as_tensor(group.coupling_sw, device=device)], 2.0 * k * s_w)
+        matrix = folded * (m_s[..., :, None] * m_s[..., None, :])
+        psi = propagate(matrix, thickness[..., frame, None], k, "eig", m_s)[..., 0, :]  # (..., P, m)
+        intensity = (psi.real**2 + psi.imag**2).to(dtype) * weights[sub, None]
+        out = out.index_add(-1, torch.as_tensor(group.reflection, device=device),
+                            intensity.flatten(-2)[..., torch.as_tensor(group.amplitude, device=device)])
+    return out
 
 
 def _absorptive_propagation(plan, couplings, excitation_error, wavenumber, metric, thickness):

@@ -269,7 +269,8 @@ class Ed3dForwardModel(ForwardModel):
         return dict(absorption=p.absorption, g_max=p.g_max, sg_max=p.sg_max, rocking_target=p.rocking_target,
                     rocking_semi_angle_deg=p.rocking_semi_angle_deg or None,
                     rsg_max=None if synthetic else (p.rsg_max or None), method=p.method,
-                    bucket_ratio=p.bucket_ratio)
+                    bucket_ratio=p.bucket_ratio, bethe_sg=p.bethe_sg,
+                    solve_precision=p.solve_precision)
 
     def bind(self, physics, *, t_min: float = 10.0, t_max: float = 2000.0) -> Ed3dForwardModel:
         """Attach the physics built for the data's frames and the refined structure."""

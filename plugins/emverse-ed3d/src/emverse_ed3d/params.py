@@ -108,6 +108,13 @@ class DynamicalParams:
     # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
     # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
     bucket_ratio: float = attrs.field(default=0.0, validator=non_negative)
+    # > 0 (Å⁻¹): at each sub-orientation only the direct beam, the frame's refined reflections and the
+    # beams with |S_g| ≤ bethe_sg are solved exactly; the others are folded in by Bethe potentials
+    # (approximate, second order in U/(2K S_g); method "eig" without absorption). 0 = every beam exactly
+    bethe_sg: float = attrs.field(default=0.0, validator=non_negative)
+    # the eigensolves in "float64" (complex128) or "float32" (complex64, about twice as fast); the
+    # intensities, the loss and the parameters stay in the recipe's dtype
+    solve_precision: str = attrs.field(default="float64", validator=one_of("float64", "float32"))
 
 
 @attrs.frozen

@@ -26,13 +26,15 @@ class BlochPhysics:
     name = "bloch"
 
     def __init__(self, structure, orientations, axes, voltage_kv, semi_angle_deg, hkl, frame_index, *,
-                 g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0, absorption=0.0):
+                 g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0, absorption=0.0,
+                 bethe_sg=0.0, solve_precision="float64"):
         from emverse_bloch.geometry import rotation_z
 
         self._arguments = dict(structure=structure, orientations=orientations, axes=axes, voltage_kv=voltage_kv,
                                semi_angle_deg=semi_angle_deg, hkl=hkl, frame_index=frame_index, g_max=g_max,
                                sg_max=sg_max, n_tilts=n_tilts, precession=precession, method=method,
-                               bucket_ratio=bucket_ratio, absorption=absorption)
+                               bucket_ratio=bucket_ratio, absorption=absorption, bethe_sg=bethe_sg,
+                               solve_precision=solve_precision)
         self.structure = structure
         self.crystal = structure.crystal
         semi = np.unique(np.round(np.asarray(semi_angle_deg, float), 6))
@@ -51,7 +53,8 @@ class BlochPhysics:
         self.options = dict(voltage_kv=self.voltage_kv, g_max=g_max, sg_max=sg_max,
                             rocking_semi_angle_deg=self.semi_angle_deg, n_sub_orientations=self.n_tilts,
                             integration="precession" if precession else "rocking", absorption=float(absorption),
-                            quadrature="trapezoid")
+                            quadrature="trapezoid", bethe_sg=float(bethe_sg),
+                            solve_precision=solve_precision)
         # with absorption the eigen-solve takes it to first order (exact route: method = "expm")
         self.method = "eig_absorptive" if absorption and method == "eig" else method
         self.hkl = np.asarray(hkl)

@@ -129,6 +129,8 @@ def build_model(
     rsg_max: float | None = None,
     method: str = "eig",
     bucket_ratio: float = 0.0,
+    bethe_sg: float = 0.0,
+    solve_precision: str = "float64",
     generator: torch.Generator | None = None,
     check_cell: bool = True,
     corrections: np.ndarray | None = None,
@@ -166,7 +168,8 @@ def build_model(
         st, orientations, axes, wavelength_to_voltage_kv(data.wavelength_angstrom),
         semi_angle_deg(data, rocking_semi_angle_deg), data.hkl, data.frame_index, g_max=g_max, sg_max=sg_max,
         n_tilts=n_tilts, precession=data.geometry.startswith("precession"), method=method,
-        bucket_ratio=bucket_ratio, absorption=absorption,
+        bucket_ratio=bucket_ratio, absorption=absorption, bethe_sg=bethe_sg,
+        solve_precision=solve_precision,
     )
     theta = frame_theta(data)
     span = float(np.ptp(theta)) / 2 if theta.size > 1 else 1.0
