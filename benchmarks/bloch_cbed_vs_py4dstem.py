@@ -35,12 +35,11 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from harness import Timing, pin_threads, record, report  # noqa: E402
+from harness import Timing, pin_threads, record, report, wall_time  # noqa: E402
 
 pin_threads(1)
 
@@ -95,7 +94,7 @@ def main(argv=None):
     request = dict(hkl=beams.tolist(), g_max=2.0, sigma=math.sqrt(0.005), voltage_ev=200e3,
                    thickness=args.thickness, alpha_mrad=args.alpha, pixel_size=pixel, repeats=1)
     if not Path(args.py4dstem_python).exists():
-        times = [_once(emverse_pattern) for _ in range(args.repeats)]
+        times = [wall_time(emverse_pattern) for _ in range(args.repeats)]
         ours = Timing(times)
         print(f"py4DSTEM's venv {args.py4dstem_python} is missing: no side-by-side run. emverse "
               f"min {ours.min:.3f} s, median {ours.median:.3f} s; py4DSTEM's PUBLISHED time (PEERS.md, "
@@ -105,13 +104,13 @@ def main(argv=None):
     shared, every, theirs = [], [], []
     for i in range(args.repeats):
         if i % 2 == 0:
-            shared.append(_once(emverse_pattern))
-            every.append(_once(lambda: emverse_pattern(share=False)))
+            shared.append(wall_time(emverse_pattern))
+            every.append(wall_time(lambda: emverse_pattern(share=False)))
             theirs.append(_py4dstem(args.py4dstem_python, request))
         else:
             theirs.append(_py4dstem(args.py4dstem_python, request))
-            every.append(_once(lambda: emverse_pattern(share=False)))
-            shared.append(_once(emverse_pattern))
+            every.append(wall_time(lambda: emverse_pattern(share=False)))
+            shared.append(wall_time(emverse_pattern))
     with torch.no_grad():
         difference = (emverse_pattern() - emverse_pattern(share=False)).abs().max().item()
     record("CBED pattern: max |difference| symmetry-shared vs every direction solved", difference, "")
@@ -119,12 +118,6 @@ def main(argv=None):
     report(f"{case}, every direction solved", Timing(every), Timing(theirs), "py4DSTEM generate_CBED", "s")
     report(f"{case}, symmetric directions shared (exact)", Timing(shared), Timing(theirs),
            "py4DSTEM generate_CBED", "s")
-
-
-def _once(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _py4dstem(python: str, request: dict) -> float:

@@ -70,7 +70,8 @@ class Timing:
         return statistics.median(self.times)
 
 
-def _once(fn: Callable[[], object]) -> float:
+def wall_time(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -85,11 +86,11 @@ def interleaved(ours: Callable[[], object], peer: Callable[[], object], repeats:
     mine, theirs = [], []
     for i in range(repeats):
         if i % 2 == 0:
-            mine.append(_once(ours))
-            theirs.append(_once(peer))
+            mine.append(wall_time(ours))
+            theirs.append(wall_time(peer))
         else:
-            theirs.append(_once(peer))
-            mine.append(_once(ours))
+            theirs.append(wall_time(peer))
+            mine.append(wall_time(ours))
     return Timing(mine), Timing(theirs)
 
 
@@ -97,7 +98,7 @@ def timed(fn: Callable[[], object], repeats: int = 9, warmup: int = 1) -> Timing
     """Time one callable (for figures without a peer, e.g. a backward pass)."""
     for _ in range(warmup):
         fn()
-    return Timing([_once(fn) for _ in range(repeats)])
+    return Timing([wall_time(fn) for _ in range(repeats)])
 
 
 def report(case: str, ours: Timing, peer: Timing, peer_name: str, unit: str = "s") -> float:

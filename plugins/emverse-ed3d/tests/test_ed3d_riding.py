@@ -5,8 +5,8 @@ import pytest
 import torch
 from emverse.crystal import Crystal
 from emverse.errors import EmverseError
+from emverse_bloch.ed3d import size_groups
 from emverse_ed3d.model import RefinableStructure
-from emverse_ed3d.physics import beam_buckets
 from emverse_ed3d.problem import build_model
 
 
@@ -94,13 +94,14 @@ def test_free_hydrogens_and_riding_positions_with_free_adp(paracetamol):
     assert ride.u_asu()[11, 0, 0].item() == pytest.approx(0.039, abs=2e-6)
 
 
-def test_beam_buckets():
+def test_size_groups():
     n = np.array([100, 300, 110, 95, 290, 150])
-    groups = beam_buckets(n, 1.3)
+    groups = size_groups(n, 1.3)
     assert sorted(f for g in groups for f in g) == list(range(6))
     for g in groups:
         assert list(g) == sorted(g) and n[list(g)].max() <= 1.3 * n[list(g)].min()
-    assert beam_buckets(n, 0.0) == [tuple(range(6))]
+    assert len(groups) == 3
+    assert [list(g) for g in size_groups(n, 0.0)] == [list(range(6))]
 
 
 def test_bucketed_batches_give_the_padded_result(quartz_exp, quartz_structure):

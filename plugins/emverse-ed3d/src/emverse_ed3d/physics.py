@@ -28,6 +28,7 @@ class BlochPhysics:
     def __init__(self, structure, orientations, axes, voltage_kv, semi_angle_deg, hkl, frame_index, *,
                  g_max, sg_max, n_tilts, precession=False, method="eig", bucket_ratio=0.0, absorption=0.0,
                  bethe_sg=0.0, solve_precision="float64"):
+        from emverse_bloch.ed3d import size_groups
         from emverse_bloch.geometry import rotation_z
 
         self._arguments = dict(structure=structure, orientations=orientations, axes=axes, voltage_kv=voltage_kv,
@@ -63,7 +64,9 @@ class BlochPhysics:
         self._plans: dict[tuple, object] = {}
         self.plan = self._plan(tuple(range(self.n_frames)))
         self.n_beams = self.plan.beam_valid.sum(1)
-        self.buckets = beam_buckets(self.n_beams, bucket_ratio)
+        # the eigensolves cost ~N³ and a batch pads to its largest beam set: frames with similar
+        # beam counts share a batch
+        self.buckets = [tuple(int(f) for f in group) for group in size_groups(self.n_beams, bucket_ratio)]
         # reflections come out bucket by bucket; this puts them back in file order
         rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
         self._bucket_order = torch.as_tensor(np.argsort(rows, kind="stable"))
@@ -119,26 +122,3 @@ class BlochPhysics:
             orient = q @ orientation_delta[idx].to(frac.dtype) @ m
         return frame_intensities(plan, thickness[idx], params, orientations=orient,
                                  mode="kinematical" if kinematical else "dynamical", method=self.method)
-
-
-def beam_buckets(n_beams, ratio: float) -> list[tuple[int, ...]]:
-    """Group frames (ascending index inside each group) so that within a group the largest
-    beam count is ≤ ``ratio`` × the smallest; ``ratio`` ≤ 1 (e.g. 0) gives one group.
-
-    emverse-bloch pads every frame of a batch to the batch's largest beam set and the
-    eigen-decomposition costs ~N³, so a few zone-axis frames with many beams make every
-    frame expensive; grouping removes most of that padding.
-    """
-    n_beams = np.asarray(n_beams)
-    if ratio <= 1.0:
-        return [tuple(range(len(n_beams)))]
-    groups, current, smallest = [], [], None
-    for f in np.argsort(n_beams, kind="stable"):
-        if current and n_beams[f] > ratio * smallest:
-            groups.append(tuple(sorted(current)))
-            current = []
-        if not current:
-            smallest = max(int(n_beams[f]), 1)
-        current.append(int(f))
-    groups.append(tuple(sorted(current)))
-    return groups
