@@ -251,3 +251,41 @@ def test_bethe_and_precision_bad_inputs(quartz_crystal):
     with pytest.raises(EmverseError, match="float64 only"):
         frame_intensities(plan_frames(quartz_crystal, rots, [[1, 0, 0]], [0], absorption=0.1,
                                       solve_precision="float32"), t, method="eig_absorptive")
+
+
+def _weakest_weak_beam(plan, orientations):
+    """min |S_w| (Å⁻¹) over the weak beams of every problem of the plan's split, at ``orientations``."""
+    full = (plan.sub_rotations[None] @ orientations.to(torch.float64)[:, None]).numpy()
+    g = plan.crystal.g_vectors(plan.beams)
+    s = -np.einsum("fkj,fnj->fkn", full[:, :, 2, :], g) - (g**2).sum(-1)[:, None, :] / (2 * plan.wavenumber)
+    s = np.where(plan.beam_valid[:, None, :], np.abs(s), np.inf)
+    return min(np.take_along_axis(s[group.frame, group.sub], group.weak, -1).min(initial=np.inf)
+               for group in plan.bethe.groups)
+
+
+def test_bethe_split_follows_refined_orientations(quartz_crystal, quartz_series, monkeypatch):
+    """Orientations refined by 0.3° move S_g by up to ~0.008 Å⁻¹, more than bethe_sg/4: the
+    strong/weak split is made again where the crystal now is, so every weak beam keeps
+    |S_w| ≥ 0.75 bethe_sg (the stale split leaves weak beams nearer their Bragg condition,
+    where 1/(2K S_w) is large), and the intensities stay within the Bethe error."""
+    import emverse_bloch.ed3d as ed3d
+    from emverse_bloch.geometry import rotation_x
+
+    rots, hkl, frames, kw = quartz_series
+    t = torch.full((4,), 700.0, dtype=torch.float64)
+    turned = rotation_x(torch.tensor(math.radians(0.3), dtype=torch.float64))[None] @ rots
+    exact = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, **kw), t, orientations=turned)
+
+    followed = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=0.005, **kw)
+    small = rotation_x(torch.tensor(1e-5, dtype=torch.float64))[None] @ rots  # drift far below bethe_sg/4
+    frame_intensities(followed, t, orientations=small)
+    torch.testing.assert_close(followed.bethe.orientations, rots.to(torch.float64))  # kept
+    out = frame_intensities(followed, t, orientations=turned)
+    torch.testing.assert_close(followed.bethe.orientations, turned)  # split again at 0.3°
+    assert _weakest_weak_beam(followed, turned) >= 0.75 * 0.005
+    assert ((out - exact).abs().sum() / exact.sum()).item() < 1e-2
+
+    monkeypatch.setattr(ed3d, "SPLIT_DRIFT", math.inf)
+    stale = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=0.005, **kw)
+    frame_intensities(stale, t, orientations=turned)
+    assert _weakest_weak_beam(stale, turned) < 0.5 * 0.005

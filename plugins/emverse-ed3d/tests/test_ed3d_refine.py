@@ -136,10 +136,13 @@ def test_refine_recipe_end_to_end(tmp_path):
     assert (Path(run) / "refined.safetensors").is_file() or list(Path(run).glob("**/refined*.safetensors"))
 
 
-def test_refined_cif_and_reflection_table_reproduce_the_run(tmp_path, quartz_exp):
+@pytest.mark.parametrize("physics", ["exact", "fast"])
+def test_refined_cif_and_reflection_table_reproduce_the_run(tmp_path, quartz_exp, physics):
     """The experimental recipe, shrunk (5 frames, 3 epochs, orientation angles by the gradient):
     the refined CIF reads back (ASE), and the structure from it, with the run's thickness and
-    orientations and zero epochs, gives the run's wR(all); so does the reflection table."""
+    orientations and zero epochs, gives the run's wR(all); so does the reflection table.
+    ``fast`` (Bethe potentials + float32 solves): the run also reports the final state scored
+    with every beam in float64 (``exact_wr_all``), which the exact rebuild reproduces."""
     import csv
 
     import ase.io
@@ -150,8 +153,12 @@ def test_refined_cif_and_reflection_table_reproduce_the_run(tmp_path, quartz_exp
     run = Path(run_recipe(REPO / "recipes" / "ed3d-quartz-experimental.toml", tmp_path / "run",
                           overrides=["options.frame_stride=20", "options.epochs=3", "forward_model.n_tilts=5",
                                      "options.refine_orientation_gradient=true", "forward_model.bucket_ratio=0",
-                                     "options.reselect_after_epochs=0", "options.absolute_structure=true"]))
+                                     "options.reselect_after_epochs=0", "options.absolute_structure=true",
+                                     *(["forward_model.bethe_sg=0.005", "forward_model.solve_precision=float32"]
+                                       if physics == "fast" else [])]))
     metrics = json.loads((run / "metrics.json").read_text())
+    assert ("exact_wr_all" in metrics) == (physics == "fast")
+    exact_wr = metrics.get("exact_wr_all", metrics["wr_all"])
     atoms = ase.io.read(run / "refined.cif")
     assert len(atoms) == 9
     crystal = Crystal.from_cif(run / "refined.cif")
@@ -162,7 +169,8 @@ def test_refined_cif_and_reflection_table_reproduce_the_run(tmp_path, quartz_exp
     m.thickness_model = ProfileThickness(saved["thickness_angstrom"])
     with torch.no_grad():
         m.orientation_delta.copy_(torch.tensor(saved["orientation_correction"], dtype=torch.float64))
-        assert m.loss().item() == pytest.approx(metrics["wr_all"], rel=1e-5)
+        assert m.loss().item() == pytest.approx(exact_wr, rel=1e-5)
+    assert exact_wr == pytest.approx(metrics["wr_all"], abs=2e-3)  # the approximation's effect
     rows = list(csv.DictReader((run / "reflections.csv").open()))
     assert len(rows) == metrics["n_all"]
     table = torch.tensor([[float(r["i_obs"]), float(r["sigma"])] for r in rows], dtype=torch.float64)

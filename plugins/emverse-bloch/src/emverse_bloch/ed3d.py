@@ -110,11 +110,17 @@ class BethePlan:
     (:func:`emverse_bloch.bethe.bethe_matrix`): the terms left out are of second order in
     U/(2K S_w) ≤ max|U| / (2K ``bethe_sg``). Problems are grouped by strong-beam count
     (within ``GROUP_RATIO``) and a group is filled up to its largest count with the next
-    beams of smallest |S_g|. The split is made once, at the planned orientations, so the
-    intensities stay smooth functions of refined orientations and structure."""
+    beams of smallest |S_g|. The split is made at ``orientations`` and kept while the
+    orientations refined against it move no beam's S_g by more than ``SPLIT_DRIFT`` ×
+    ``bethe_sg`` (so every weak beam keeps |S_w| ≥ (1 − ``SPLIT_DRIFT``) ``bethe_sg``); beyond
+    that :func:`frame_intensities` splits again at the current orientations. Between splits
+    the intensities are smooth functions of orientations and structure; a new split changes
+    them by the order of the Bethe error."""
 
     groups: list[BetheGroup]
     bethe_sg: float
+    orientations: torch.Tensor  # (F, 3, 3) float64, where the split was made
+    g_max: torch.Tensor  # (F,) largest |g| (Å⁻¹) among each frame's beams
 
     @property
     def n_strong(self) -> np.ndarray:
@@ -124,6 +130,8 @@ class BethePlan:
 
 #: problems whose strong-beam counts differ by at most this factor share a padded batch
 GROUP_RATIO = 1.1
+#: split the beams again once refined orientations move some S_g by more than this × bethe_sg
+SPLIT_DRIFT = 0.25
 
 
 def size_groups(sizes, ratio: float) -> list[np.ndarray]:
@@ -324,17 +332,19 @@ def plan_frames(
     if not (math.isfinite(bethe_sg) and bethe_sg >= 0):
         raise EmverseError(f"bethe_sg {bethe_sg!r} Å⁻¹ must be >= 0 (0: every beam solved exactly), e.g. 0.005")
     if bethe_sg:
-        plan.bethe = _bethe_plan(plan, bethe_sg)
+        plan.bethe = _bethe_plan(plan, bethe_sg, plan.orientations)
     if solve_precision not in SOLVE_PRECISIONS:
         raise EmverseError(f"solve_precision {solve_precision!r} is unknown; use one of {SOLVE_PRECISIONS}")
     plan.solve_precision = solve_precision
     return plan
 
 
-def _bethe_plan(plan: FramePlan, bethe_sg: float) -> BethePlan:
-    """Split each sub-orientation's beams into strong and weak (see :class:`BethePlan`)."""
+def _bethe_plan(plan: FramePlan, bethe_sg: float, orientations: torch.Tensor) -> BethePlan:
+    """Split each sub-orientation's beams at ``orientations`` (F, 3, 3) into strong and weak
+    (see :class:`BethePlan`)."""
     n_frames, n = plan.beams.shape[:2]
-    full = (plan.sub_rotations[None] @ plan.orientations[:, None]).numpy()  # (F, K, 3, 3)
+    orientations = orientations.detach().to("cpu", torch.float64)
+    full = (plan.sub_rotations[None] @ orientations[:, None]).numpy()  # (F, K, 3, 3)
     n_sub = full.shape[1]
     g = plan.crystal.g_vectors(plan.beams)  # (F, N, 3)
     s = -np.einsum("fkj,fnj->fkn", full[:, :, 2, :], g) - (g**2).sum(-1)[:, None, :] / (2 * plan.wavenumber)
@@ -367,7 +377,20 @@ def _bethe_plan(plan: FramePlan, bethe_sg: float) -> BethePlan:
             coupling_sw=np.take_along_axis(np.take_along_axis(index, strong[:, :, None], 1), weak[:, None, :], 2),
             amplitude=np.concatenate(amplitude), reflection=np.concatenate(reflection),
         ))
-    return BethePlan(groups=groups, bethe_sg=float(bethe_sg))
+    g_max = np.where(plan.beam_valid, np.linalg.norm(g, axis=-1), 0.0).max(-1)
+    return BethePlan(groups=groups, bethe_sg=float(bethe_sg), orientations=orientations,
+                     g_max=torch.as_tensor(g_max))
+
+
+def _follow_orientations(plan: FramePlan, orientations: torch.Tensor) -> BethePlan:
+    """The plan's strong/weak split, made again if ``orientations`` moved some S_g by more than
+    ``SPLIT_DRIFT`` × bethe_sg since it was made: |ΔS_g| = |Δ(R g)_z| ≤ ‖ΔR‖_F |g|."""
+    bethe = plan.bethe
+    current = orientations.detach().to("cpu", torch.float64)
+    drift = torch.linalg.matrix_norm(current - bethe.orientations) * bethe.g_max
+    if drift.max() > SPLIT_DRIFT * bethe.bethe_sg:
+        plan.bethe = _bethe_plan(plan, bethe.bethe_sg, current)
+    return plan.bethe
 
 
 def potential_table(
@@ -469,6 +492,7 @@ def frame_intensities(
                     "bethe_sg (Bethe potentials) works with method='eig', no absorption and the "
                     "requested reflections only; plan with bethe_sg = 0 for this call"
                 )
+            _follow_orientations(plan, rots)
             out = _bethe_intensities(plan, u, s, metric, thickness)
             if scale is not None:
                 out = out * torch.as_tensor(scale, dtype=real, device=device)[..., plan.frame_index]

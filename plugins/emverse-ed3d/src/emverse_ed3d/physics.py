@@ -75,6 +75,15 @@ class BlochPhysics:
         """The same physics with another number of sub-orientations per frame."""
         return BlochPhysics(**{**self._arguments, "n_tilts": int(n_tilts)})
 
+    @property
+    def approximate(self) -> bool:
+        """True when weak beams are folded in (``bethe_sg``) or the solves run in float32."""
+        return bool(self._arguments["bethe_sg"]) or self._arguments["solve_precision"] != "float64"
+
+    def exact(self) -> BlochPhysics:
+        """The same geometry with every beam solved exactly in float64."""
+        return BlochPhysics(**{**self._arguments, "bethe_sg": 0.0, "solve_precision": "float64"})
+
     def with_structure(self, structure) -> BlochPhysics:
         """The same geometry and beams for another refinable structure (e.g. the other hand)."""
         return BlochPhysics(**{**self._arguments, "structure": structure})

@@ -220,6 +220,25 @@ def rocking_convergence(model, *, limit: float = 0.002) -> dict[str, float]:
     return out
 
 
+def exact_physics_check(model) -> dict[str, float]:
+    """wR(all) and R(obs) of the (refined) model with every beam solved exactly in float64, when
+    the refinement ran with Bethe potentials or float32 solves (``{}`` otherwise): the
+    approximation's effect on the final numbers, as the run's metrics state them."""
+    from emverse_ed3d.metrics import WRAll
+
+    physics = model.physics
+    if not physics.approximate:
+        return {}
+    with torch.no_grad():
+        model.physics = physics.exact()
+        try:
+            i_calc = model.calculated()
+        finally:
+            model.physics = physics
+    exact = WRAll()(i_calc, torch.stack([model.i_obs, model.sigma], dim=1))
+    return {"exact_wr_all": exact["wr_all"], "exact_r_obs": exact["r_obs"]}
+
+
 def absolute_structure(model, generator: torch.Generator, n_bootstrap: int = 200) -> dict[str, float]:
     """Compare the refined structure with its inverse (the other hand) on the same data,
     thickness profile and orientations (per-frame scales re-fitted for each).

@@ -16,6 +16,7 @@ from emverse_ed3d.problem import (
     absolute_structure,
     build_model,
     check_cell_matches,
+    exact_physics_check,
     rocking_convergence,
 )
 
@@ -192,6 +193,7 @@ class Ed3dRefineTask(OptionsTask):
         used = model.data
         theta_deg = np.degrees(model.theta.numpy())
         rocking = rocking_convergence(model) if o.rocking_check else {}
+        rocking.update(exact_physics_check(model))
 
         with torch.no_grad():
             i_calc = model.calculated()
