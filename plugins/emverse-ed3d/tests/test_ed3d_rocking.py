@@ -32,7 +32,7 @@ def test_kinematical_integral_converges_once_the_step_is_below_one_over_t(quartz
     thickness = torch.full((m.n_frames,), t, dtype=torch.float64)
     out = {}
     for n in (5, n_rule, 4 * n_rule - 3):
-        physics = m.physics.with_sub_orientations(n)
+        physics = m.physics.replace(n_tilts=n)
         out[n] = physics.intensities(thickness, kinematical=True).detach().numpy()
     fine = out[4 * n_rule - 3]
     strong = fine > 0.05 * fine.max()

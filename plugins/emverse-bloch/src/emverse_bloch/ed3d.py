@@ -470,11 +470,10 @@ def frame_intensities(
     metric = metric_diagonal(g_lab, beam_dir, k)
 
     u = potential_table(plan, structure, override_values, dtype=real)  # (..., M+1)
-    bethe = mode == "dynamical" and plan.bethe is not None
-    if not bethe:  # (the Bethe path gathers its own strong and weak couplings)
-        couplings = u[..., torch.as_tensor(plan.coupling_index, device=device)]  # (..., F, N, N)
+    index = torch.as_tensor(plan.coupling_index, device=device)
 
     if mode == "kinematical":
+        couplings = u[..., index]  # (..., F, N, N)
         u_g0 = couplings[..., :, None, :, 0].abs()  # U(h_0 - h_g) = U(-h_g), (..., F, 1, N)
         t = thickness[..., :, None, None]
         amp = math.pi * t * u_g0 * metric / k
@@ -486,18 +485,22 @@ def frame_intensities(
     else:
         from emverse_bloch.structure_matrix import structure_matrix
 
-        t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
-        if bethe:
+        if plan.solve_precision == "float32":  # the assembly and the eigen-solves in single precision
+            u, s, metric, thickness = (u.to(torch.complex64), s.to(torch.float32), metric.to(torch.float32),
+                                       thickness.to(torch.float32))
+        if plan.bethe is not None:  # (it gathers its own strong and weak couplings)
             if method != "eig" or plan.absorption or return_beams:
                 raise EmverseError(
                     "bethe_sg (Bethe potentials) works with method='eig', no absorption and the "
                     "requested reflections only; plan with bethe_sg = 0 for this call"
                 )
             _follow_orientations(plan, rots)
-            out = _bethe_intensities(plan, u, s, metric, thickness)
+            out = _bethe_intensities(plan, u, s, metric, thickness, real)
             if scale is not None:
                 out = out * torch.as_tensor(scale, dtype=real, device=device)[..., plan.frame_index]
             return out
+        couplings = u[..., index]  # (..., F, N, N)
+        t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
         if method == "eig_absorptive":
             if plan.solve_precision != "float64":
                 raise EmverseError("method 'eig_absorptive' solves in float64 only; plan with solve_precision='float64'")
@@ -505,9 +508,9 @@ def frame_intensities(
         else:
             absorption0 = None
             if plan.absorption:
-                absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=real, device=device)
+                absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=s.dtype, device=device)
             matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
-            psi = _solve(plan, matrix, t, method, metric)  # (..., F, K, N)
+            psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
         beam_int = _integrate((psi.real**2 + psi.imag**2).to(real), plan)
     if scale is not None:
         beam_int = beam_int * torch.as_tensor(scale, dtype=real, device=device)[..., None]
@@ -518,31 +521,21 @@ def frame_intensities(
     return beam_int[..., fi, bi]
 
 
-def _solve(plan: FramePlan, matrix, thickness, method, metric):
-    """ψ (..., N) at one thickness per matrix (thickness (..., 1) Å), in the plan's solve precision."""
-    if plan.solve_precision == "float32":
-        matrix = matrix.to(torch.complex64 if matrix.is_complex() else torch.float32)
-        thickness, metric = thickness.to(torch.float32), metric.to(torch.float32)
-    return propagate(matrix, thickness, plan.wavenumber, method, metric)[..., 0, :]
-
-
-def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness):
+def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness, dtype):
     """Integrated intensities (..., M) of the requested reflections, the weak beams folded in
     by Bethe potentials; each group's m × m problems go through
     :func:`emverse_bloch.bloch.propagate` (exact gradients, also at degeneracies).
 
     With A = M (U + diag(2K S)) M the fold A_sw A_ww⁻¹ A_ws = M_s U_sw diag(1/(2K S_w)) U_ws M_s:
-    the weak beams' metric cancels, so the fold is built on U and scaled by M_s once."""
+    the weak beams' metric cancels, so the fold is built on U and scaled by M_s once. The
+    intensities come back in ``dtype``."""
     from emverse_bloch.bethe import bethe_matrix
     from emverse_bloch.structure_matrix import structure_matrix
 
-    device, k, dtype = excitation_error.device, plan.wavenumber, excitation_error.dtype
+    device, k = excitation_error.device, plan.wavenumber
     weights = plan.sub_weights.to(device, dtype)
     out = torch.zeros(*torch.broadcast_shapes(u.shape[:-1], thickness.shape[:-1]), len(plan.hkl),
                       dtype=dtype, device=device)
-    if plan.solve_precision == "float32":  # the whole assembly and solve in single precision
-        u, excitation_error = u.to(torch.complex64), excitation_error.to(torch.float32)
-        metric, thickness = metric.to(torch.float32), thickness.to(torch.float32)
     for group in plan.bethe.groups:
         frame, sub = torch.as_tensor(group.frame, device=device), torch.as_tensor(group.sub, device=device)
 

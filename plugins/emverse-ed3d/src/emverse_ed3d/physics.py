@@ -71,22 +71,16 @@ class BlochPhysics:
         rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
         self._bucket_order = torch.as_tensor(np.argsort(rows, kind="stable"))
 
-    def with_sub_orientations(self, n_tilts: int) -> BlochPhysics:
-        """The same physics with another number of sub-orientations per frame."""
-        return BlochPhysics(**{**self._arguments, "n_tilts": int(n_tilts)})
+    def replace(self, **changes) -> BlochPhysics:
+        """The same physics with some constructor arguments changed, e.g. ``n_tilts`` (another
+        number of sub-orientations), ``structure`` (the other hand), ``bethe_sg = 0`` and
+        ``solve_precision = "float64"`` (every beam exactly)."""
+        return BlochPhysics(**{**self._arguments, **changes})
 
     @property
     def approximate(self) -> bool:
         """True when weak beams are folded in (``bethe_sg``) or the solves run in float32."""
         return bool(self._arguments["bethe_sg"]) or self._arguments["solve_precision"] != "float64"
-
-    def exact(self) -> BlochPhysics:
-        """The same geometry with every beam solved exactly in float64."""
-        return BlochPhysics(**{**self._arguments, "bethe_sg": 0.0, "solve_precision": "float64"})
-
-    def with_structure(self, structure) -> BlochPhysics:
-        """The same geometry and beams for another refinable structure (e.g. the other hand)."""
-        return BlochPhysics(**{**self._arguments, "structure": structure})
 
     def _plan(self, frames: tuple):
         if frames not in self._plans:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import attrs
 import numpy as np
@@ -204,12 +205,8 @@ def rocking_convergence(model, *, limit: float = 0.002) -> dict[str, float]:
         t_max = float(model.thickness().max())
         rho = step_thickness_product(n, info["semi_angle_deg"], info["g_perp_max"], t_max)
         wr = float(model.loss())
-        physics = model.physics
-        model.physics = physics.with_sub_orientations(2 * n - 1)
-        try:
+        with other_physics(model, model.physics.replace(n_tilts=2 * n - 1)):
             wr_fine = float(model.loss())
-        finally:
-            model.physics = physics
     out = {"rocking_n_sub_orientations": float(n), "rocking_step_thickness": rho,
            "rocking_wr_fine": wr_fine, "rocking_wr_change": wr_fine - wr}
     if rho > STEP_THICKNESS_LIMIT or abs(wr_fine - wr) > limit:
@@ -220,21 +217,28 @@ def rocking_convergence(model, *, limit: float = 0.002) -> dict[str, float]:
     return out
 
 
+@contextmanager
+def other_physics(model, physics: BlochPhysics):
+    """Score ``model`` (no gradients) with ``physics`` inside the block; its own physics after."""
+    own = model.physics
+    model.physics = physics
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.physics = own
+
+
 def exact_physics_check(model) -> dict[str, float]:
     """wR(all) and R(obs) of the (refined) model with every beam solved exactly in float64, when
     the refinement ran with Bethe potentials or float32 solves (``{}`` otherwise): the
     approximation's effect on the final numbers, as the run's metrics state them."""
     from emverse_ed3d.metrics import WRAll
 
-    physics = model.physics
-    if not physics.approximate:
+    if not model.physics.approximate:
         return {}
-    with torch.no_grad():
-        model.physics = physics.exact()
-        try:
-            i_calc = model.calculated()
-        finally:
-            model.physics = physics
+    with other_physics(model, model.physics.replace(bethe_sg=0.0, solve_precision="float64")):
+        i_calc = model.calculated()
     exact = WRAll()(i_calc, torch.stack([model.i_obs, model.sigma], dim=1))
     return {"exact_wr_all": exact["wr_all"], "exact_r_obs": exact["r_obs"]}
 
@@ -257,13 +261,9 @@ def absolute_structure(model, generator: torch.Generator, n_bootstrap: int = 200
                                   dtype=model.structure.x0.dtype)
     with torch.no_grad():
         i_right = model.calculated()
-        physics = model.physics
-        model.physics = physics.with_structure(inverted)
-        try:
+        with other_physics(model, model.physics.replace(structure=inverted)):
             i_wrong = model.calculated()
             wr_wrong = float(model.loss(i_wrong))
-        finally:
-            model.physics = physics
         wr_right = float(model.loss(i_right))
         f_obs, w = amplitude_weights(model.i_obs, model.sigma, model.instability)
         d = w**2 * ((f_obs - i_wrong.clamp_min(0).sqrt()) ** 2 - (f_obs - i_right.clamp_min(0).sqrt()) ** 2)

@@ -192,8 +192,8 @@ class Ed3dRefineTask(OptionsTask):
         bar.close()
         used = model.data
         theta_deg = np.degrees(model.theta.numpy())
-        rocking = rocking_convergence(model) if o.rocking_check else {}
-        rocking.update(exact_physics_check(model))
+        # end-of-run checks of the physics: rocking-curve sampling, and the exact solve when approximated
+        checks = {**(rocking_convergence(model) if o.rocking_check else {}), **exact_physics_check(model)}
 
         with torch.no_grad():
             i_calc = model.calculated()
@@ -216,7 +216,7 @@ class Ed3dRefineTask(OptionsTask):
         if t_true is not None:
             out["thickness_rms_angstrom"] = final_errors["thickness_rms"]
             out["thickness_relative_error"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["relative"]
-        out.update(rocking)
+        out.update(checks)
         if o.refine_orientation_gradient:
             angles = model.orientation_angles.detach().numpy()
             out["orientation_rms_correction_deg"] = float(np.degrees(np.sqrt((angles**2).mean())))
