@@ -112,7 +112,7 @@ class DynamicalParams:
     # beams with |S_g| ≤ bethe_sg are solved exactly; the others are folded in by Bethe potentials
     # (approximate, second order in U/(2K S_g); method "eig" without absorption). 0 = every beam exactly
     bethe_sg: float = attrs.field(default=0.0, validator=non_negative)
-    # the eigensolves in "float64" (complex128) or "float32" (complex64, 1.3x faster on quartz); the
+    # the eigensolves in "float64" (complex128) or "float32" (complex64, 1.8x faster on quartz); the
     # intensities, the loss and the parameters stay in the recipe's dtype
     solve_precision: str = attrs.field(default="float64", validator=one_of("float64", "float32"))
 
