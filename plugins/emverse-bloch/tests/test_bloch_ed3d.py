@@ -158,24 +158,30 @@ def quartz_series(quartz_crystal):
                                    quadrature="trapezoid")
 
 
+def _method(plan):
+    return "eig_absorptive" if plan.absorption else "eig"
+
+
 def _weighted_objective(plan, base, weights):
     from emverse_bloch.geometry import rotation_x
 
     def objective(thickness, angle, positions, u):
         rots = rotation_x(angle)[None] @ plan.orientations
         out = frame_intensities(plan, thickness, StructureParameters(positions, u, base.occupancy),
-                                orientations=rots)
+                                orientations=rots, method=_method(plan))
         return (out * weights).sum()
 
     return objective
 
 
-def test_bethe_with_every_beam_strong_is_the_full_solve(quartz_crystal, quartz_series):
+@pytest.mark.parametrize("absorption", [0.0, 0.1])
+def test_bethe_with_every_beam_strong_is_the_full_solve(quartz_crystal, quartz_series, absorption):
     """bethe_sg above every |S_g|: every beam is strong, so intensities and gradients are the
-    full solve's (checks the per-problem bookkeeping: slots, grouping, scatter back)."""
+    full solve's (checks the per-problem bookkeeping: slots, grouping, scatter back), with
+    first-order absorption too (the decay of each Bloch wave from the strong block's potential)."""
     rots, hkl, frames, kw = quartz_series
-    full = plan_frames(quartz_crystal, rots, hkl, frames, **kw)
-    bethe = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=1.0, **kw)
+    full = plan_frames(quartz_crystal, rots, hkl, frames, absorption=absorption, **kw)
+    bethe = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=1.0, absorption=absorption, **kw)
     assert bethe.bethe is not None and len(bethe.bethe.groups) >= 1
     base = StructureParameters.from_crystal(quartz_crystal)
     weights = torch.linspace(0.2, 1.0, len(hkl), dtype=torch.float64)
@@ -191,25 +197,30 @@ def test_bethe_with_every_beam_strong_is_the_full_solve(quartz_crystal, quartz_s
         torch.testing.assert_close(g_bethe, g_full, rtol=1e-9, atol=1e-12)
 
 
-def test_bethe_error_against_the_full_solve_shrinks_with_bethe_sg(quartz_crystal, quartz_series):
+@pytest.mark.parametrize("absorption", [0.0, 0.1])
+def test_bethe_error_against_the_full_solve_shrinks_with_bethe_sg(quartz_crystal, quartz_series, absorption):
     """Weak beams folded in: the intensities approach the full solve as the strong set grows
     (second order in U/(2K S_w)); at 0.01 Å⁻¹ the summed error is below 0.2 % of the summed
-    intensity here (quartz, 700 Å)."""
+    intensity here (quartz, 700 Å). With absorption the weak beams' absorptive part is folded
+    in as well (first order in κ: 2κ for the U² fold, −κU'_0/(2K S_w) from their own diagonal)."""
     rots, hkl, frames, kw = quartz_series
     t = torch.full((4,), 700.0, dtype=torch.float64)
-    exact = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, **kw), t)
+    method = "eig_absorptive" if absorption else "eig"
+    exact = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, absorption=absorption, **kw), t,
+                              method=method)
     errors = []
     for sg in (0.003, 0.01, 0.015):
-        plan = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=sg, **kw)
+        plan = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=sg, absorption=absorption, **kw)
         assert any(group.weak.shape[-1] > 0 for group in plan.bethe.groups)  # something was folded
-        errors.append(((frame_intensities(plan, t) - exact).abs().sum() / exact.sum()).item())
+        errors.append(((frame_intensities(plan, t, method=method) - exact).abs().sum() / exact.sum()).item())
     assert errors[0] > errors[1] > errors[2]
     assert errors[1] < 2e-3
 
 
-def test_bethe_gradients_match_finite_differences(quartz_crystal, quartz_series):
+@pytest.mark.parametrize("absorption", [0.0, 0.1])
+def test_bethe_gradients_match_finite_differences(quartz_crystal, quartz_series, absorption):
     rots, hkl, frames, kw = quartz_series
-    plan = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=0.005, **kw)
+    plan = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=0.005, absorption=absorption, **kw)
     base = StructureParameters.from_crystal(quartz_crystal)
     objective = _weighted_objective(plan, base, torch.linspace(0.2, 1.0, len(hkl), dtype=torch.float64))
     args = [torch.tensor([300.0, 500.0, 700.0, 900.0], dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
@@ -217,15 +228,17 @@ def test_bethe_gradients_match_finite_differences(quartz_crystal, quartz_series)
     _check_against_finite_differences(objective, args, [1e-3, 1e-7, 1e-7, 1e-7], seed=5)
 
 
-@pytest.mark.parametrize("bethe_sg", [0.0, 0.005])
-def test_float32_solves_agree_with_float64(quartz_crystal, quartz_series, bethe_sg):
+@pytest.mark.parametrize("bethe_sg,absorption", [(0.0, 0.0), (0.005, 0.0), (0.0, 0.1), (0.005, 0.1)])
+def test_float32_solves_agree_with_float64(quartz_crystal, quartz_series, bethe_sg, absorption):
     """complex64 eigensolves: intensities returned in float64, within 1e-5 (fractions of the
     incident beam) of the complex128 solve."""
     rots, hkl, frames, kw = quartz_series
     t = torch.tensor([300.0, 500.0, 700.0, 900.0], dtype=torch.float64)
-    double = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=bethe_sg, **kw), t)
-    single = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=bethe_sg,
-                                           solve_precision="float32", **kw), t)
+    kw = dict(kw, bethe_sg=bethe_sg, absorption=absorption)
+    method = "eig_absorptive" if absorption else "eig"
+    double = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, **kw), t, method=method)
+    single = frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, solve_precision="float32", **kw), t,
+                               method=method)
     assert single.dtype == torch.float64
     assert (single - double).abs().max().item() < 1e-5
     assert (single - double).abs().max().item() > 0.0  # it did solve in single precision
@@ -241,9 +254,6 @@ def test_bethe_and_precision_bad_inputs(quartz_crystal):
     with pytest.raises(EmverseError, match="bethe_sg"):
         frame_intensities(plan_frames(quartz_crystal, rots, [[1, 0, 0]], [0], bethe_sg=0.01, absorption=0.1), t,
                           method="expm")
-    with pytest.raises(EmverseError, match="float64 only"):
-        frame_intensities(plan_frames(quartz_crystal, rots, [[1, 0, 0]], [0], absorption=0.1,
-                                      solve_precision="float32"), t, method="eig_absorptive")
 
 
 def _weakest_weak_beam(plan, orientations):

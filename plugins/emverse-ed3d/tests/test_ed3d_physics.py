@@ -91,8 +91,11 @@ def test_wr_gradient_matches_finite_differences(quartz_exp, quartz_structure):
 
 def test_first_order_absorption_against_the_exact_exponential(quartz_structure):
     """Proportional absorption U' = κU through the eigen-solve to first order agrees with the exact
-    non-Hermitian exponential to O(κ²) (< 1 % of the strongest beam at κ = 0.05, about twice
-    that at κ = 0.1), equals the absorption-free solve at κ = 0, and removes intensity."""
+    non-Hermitian exponential (< 1 % of the strongest beam at κ = 0.05, about twice that at
+    κ = 0.1: the dropped eigenvector corrections are first order in κ but do not grow with the
+    thickness), equals the absorption-free solve at κ = 0, and removes intensity. At 1500 Å the
+    summed error stays below 1.5 % at κ = 0.1: an eigen-solve of (1 + iκ)U read as Hermitian (the
+    error this replaced) gave 1.9 %."""
     from emverse_bloch.ed3d import frame_intensities, plan_frames, rotation_series
 
     rots = rotation_series(quartz_structure, 3, 7.0, (1, 1, 3))
@@ -108,3 +111,7 @@ def test_first_order_absorption_against_the_exact_exponential(quartz_structure):
             assert first.sum() < 0.95 * 3  # three frames, each loses intensity
     assert errors[0.0] < 1e-12
     assert errors[0.05] < 0.01 and errors[0.05] < errors[0.1] < 0.03
+    thick = torch.full((3,), 1500.0, dtype=torch.float64)
+    exact = frame_intensities(plan, thick, method="expm", return_beams=True)
+    first = frame_intensities(plan, thick, method="eig_absorptive", return_beams=True)
+    assert float((exact - first).abs().sum() / exact.sum()) < 0.015

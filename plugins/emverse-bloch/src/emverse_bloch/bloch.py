@@ -153,6 +153,34 @@ def propagate(
     return psi
 
 
+def propagate_absorptive(
+    matrix: torch.Tensor,
+    absorptive: torch.Tensor,
+    thickness: torch.Tensor,
+    wavenumber: float,
+    metric: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Beam amplitudes ψ (..., T, N) for the non-Hermitian A + iA' with the absorptive part A'
+    taken to first order (Hirsch et al.; Humphreys & Hirsch 1968): A = V Λ Vᴴ (Hermitian or real
+    symmetric, Å⁻²), each Bloch wave j decays with μ_j = v_jᴴ A' v_j (A' Hermitian, Å⁻²), and
+    ψ(t) = V exp(iπt(Λ + iμ)/K) Vᴴ e_0. Exact for A' = 0; the error against the exact
+    exponential of A + iA' is second order in A'. Gradients flow through ``torch.linalg.eigh``
+    (a degenerate pair of eigenvalues can make them non-finite, unlike :func:`propagate`).
+    ``thickness``: (..., T) Å; ``metric``: (..., N) or None."""
+    thickness = torch.as_tensor(thickness, dtype=matrix.real.dtype, device=matrix.device)
+    eigenvalues, vectors = torch.linalg.eigh(matrix)
+    if not vectors.is_complex():
+        vectors = vectors.to(absorptive.dtype if absorptive.is_complex() else
+                             (torch.complex64 if matrix.dtype == torch.float32 else torch.complex128))
+    decay = torch.einsum("...ij,...ik,...kj->...j", vectors.conj(), absorptive.to(vectors.dtype), vectors).real
+    s = (thickness * (math.pi / wavenumber))[..., :, None]  # (..., T, 1)
+    weights = torch.polar(torch.exp(-s * decay[..., None, :]), s * eigenvalues[..., None, :])
+    psi = torch.einsum("...ij,...tj->...ti", vectors, weights * vectors[..., 0, :].conj()[..., None, :])
+    if metric is not None:
+        psi = psi * metric[..., None, :]
+    return psi
+
+
 def intensities(
     matrix: torch.Tensor,
     thickness: torch.Tensor,

@@ -69,7 +69,7 @@ from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
 from emverse.parameter_space import Parameter, ParameterSpace
 
-from emverse_bloch.bloch import propagate
+from emverse_bloch.bloch import propagate, propagate_absorptive
 from emverse_bloch.crystal import Crystal, load_structure
 from emverse_bloch.geometry import (
     excitation_errors,
@@ -399,7 +399,8 @@ def potential_table(
     override_values: torch.Tensor | None = None,
     dtype=torch.float64,
 ) -> torch.Tensor:
-    """U(h) (Å⁻², complex) for the plan's coupling table, with a trailing zero entry."""
+    """U(h) (Å⁻², complex) of the elastic potential for the plan's coupling table, with a trailing
+    zero entry. The plan's proportional absorption U' = κU is applied by the solver."""
     crystal = plan.crystal
     if structure is None:
         structure = StructureParameters.from_crystal(crystal, dtype=dtype)
@@ -412,8 +413,6 @@ def potential_table(
             )
         f = plan.override_plan.apply(f, override_values.to(f.real.dtype))
     u = f * (potential_prefactor(plan.voltage_kv) / crystal.volume)
-    if plan.absorption:
-        u = u * complex(1.0, plan.absorption)
     zero = torch.zeros(*u.shape[:-1], 1, dtype=u.dtype, device=u.device)
     return torch.cat([u, zero], dim=-1)
 
@@ -466,7 +465,10 @@ def frame_intensities(
     beam_dir = torch.tensor([0.0, 0.0, 1.0], dtype=real, device=device)
     s = excitation_errors(g_lab, beam_dir, k)  # (F,K,N)
     valid = torch.as_tensor(plan.beam_valid, device=device)[:, None, :]
-    s = torch.where(valid, s, torch.ones_like(s))  # dummy beams far from the Ewald sphere
+    # dummy (padding) beams far from the Ewald sphere, uncoupled, at distinct S so that no two are
+    # degenerate (eigh's own backward, used with absorption, is NaN at exact degeneracies)
+    dummy = 1.0 + 0.01 * torch.arange(s.shape[-1], dtype=real, device=device)
+    s = torch.where(valid, s, dummy)
     metric = metric_diagonal(g_lab, beam_dir, k)
 
     u = potential_table(plan, structure, override_values, dtype=real)  # (..., M+1)
@@ -489,10 +491,10 @@ def frame_intensities(
             u, s, metric, thickness = (u.to(torch.complex64), s.to(torch.float32), metric.to(torch.float32),
                                        thickness.to(torch.float32))
         if plan.bethe is not None:  # (it gathers its own strong and weak couplings)
-            if method != "eig" or plan.absorption or return_beams:
+            if method not in ("eig", "eig_absorptive") or return_beams:
                 raise EmverseError(
-                    "bethe_sg (Bethe potentials) works with method='eig', no absorption and the "
-                    "requested reflections only; plan with bethe_sg = 0 for this call"
+                    "bethe_sg (Bethe potentials) works with method='eig' (or 'eig_absorptive' with "
+                    "absorption) and the requested reflections only; plan with bethe_sg = 0 for this call"
                 )
             _follow_orientations(plan, rots)
             out = _bethe_intensities(plan, u, s, metric, thickness, real)
@@ -501,15 +503,18 @@ def frame_intensities(
             return out
         couplings = u[..., index]  # (..., F, N, N)
         t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
+        couplings = couplings[..., :, None, :, :]
         if method == "eig_absorptive":
-            if plan.solve_precision != "float64":
-                raise EmverseError("method 'eig_absorptive' solves in float64 only; plan with solve_precision='float64'")
-            psi = _absorptive_propagation(plan, couplings[..., :, None, :, :], s, k, metric, t)
+            matrix = structure_matrix(couplings, s, k, metric)
+            potential = structure_matrix(couplings, torch.zeros_like(s), k, metric)
+            absorptive = plan.absorption * (potential + torch.diag_embed((plan.u0 * metric**2).to(potential.dtype)))
+            psi = propagate_absorptive(matrix, absorptive, t, k, metric)[..., 0, :]  # (..., F, K, N)
         else:
             absorption0 = None
             if plan.absorption:
+                couplings = couplings * complex(1.0, plan.absorption)
                 absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=s.dtype, device=device)
-            matrix = structure_matrix(couplings[..., :, None, :, :], s, k, metric, absorption0)
+            matrix = structure_matrix(couplings, s, k, metric, absorption0)
             psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
         beam_int = _integrate((psi.real**2 + psi.imag**2).to(real), plan)
     if scale is not None:
@@ -543,35 +548,24 @@ def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness, 
             return values[frame, sub].gather(-1, torch.as_tensor(slots, device=device))
 
         s_s, m_s, s_w = take(excitation_error, group.strong), take(metric, group.strong), take(excitation_error, group.weak)
-        h_ss = structure_matrix(u[..., torch.as_tensor(group.coupling_ss, device=device)], s_s, k)
-        folded = bethe_matrix(h_ss, u[..., torch.as_tensor(group.coupling_sw, device=device)], 2.0 * k * s_w)
-        matrix = folded * (m_s[..., :, None] * m_s[..., None, :])
-        psi = propagate(matrix, thickness[..., frame, None], k, "eig", m_s)[..., 0, :]  # (..., P, m)
+        u_ss = u[..., torch.as_tensor(group.coupling_ss, device=device)]
+        u_sw = u[..., torch.as_tensor(group.coupling_sw, device=device)]
+        d_w = 2.0 * k * s_w
+        h_ss = structure_matrix(u_ss, s_s, k)
+        metric_ss = m_s[..., :, None] * m_s[..., None, :]
+        matrix = bethe_matrix(h_ss, u_sw, d_w) * metric_ss
+        t = thickness[..., frame, None]
+        if plan.absorption:  # first order in κ of (1 + iκ)U with iκU_0 on every diagonal, weak ones too
+            w_ss = structure_matrix(u_ss, torch.zeros_like(s_s), k) + torch.diag_embed(
+                torch.full_like(s_s, plan.u0).to(u_ss.dtype))
+            absorptive = bethe_matrix(w_ss, u_sw, d_w / (2.0 - plan.u0 / d_w)) * (plan.absorption * metric_ss)
+            psi = propagate_absorptive(matrix, absorptive, t, k, m_s)[..., 0, :]
+        else:
+            psi = propagate(matrix, t, k, "eig", m_s)[..., 0, :]  # (..., P, m)
         intensity = (psi.real**2 + psi.imag**2).to(dtype) * weights[sub, None]
         out = out.index_add(-1, torch.as_tensor(group.reflection, device=device),
                             intensity.flatten(-2)[..., torch.as_tensor(group.amplitude, device=device)])
     return out
-
-
-def _absorptive_propagation(plan, couplings, excitation_error, wavenumber, metric, thickness):
-    """ψ (..., F, K, N) with proportional absorption to first order in κ (Hirsch et al.;
-    Humphreys & Hirsch 1968): A = V Λ Vᴴ is the Hermitian (absorption-free) structure matrix,
-    each Bloch wave j decays with μ_j = κ v_jᴴ W v_j, W the potential part of A (the couplings
-    U M_i M_j and U_0 on the diagonal), ψ = M V exp(iπt(Λ + iμ)/K) Vᴴ e₀. Exact for κ = 0;
-    the error against the exact non-Hermitian exponential (``method="expm"``) is O(κ²).
-    Gradients flow through ``torch.linalg.eigh`` (a degenerate pair can make them non-finite)."""
-    from emverse_bloch.structure_matrix import structure_matrix
-
-    matrix = structure_matrix(couplings, excitation_error, wavenumber, metric)
-    potential = structure_matrix(couplings, torch.zeros_like(excitation_error), wavenumber, metric)
-    potential = potential + plan.u0 * torch.eye(potential.shape[-1], dtype=potential.dtype,
-                                                device=potential.device)
-    eigenvalues, vectors = torch.linalg.eigh(matrix)
-    decay = plan.absorption * torch.einsum("...ij,...ik,...kj->...j", vectors.conj(), potential, vectors).real
-    phase = thickness * (math.pi / wavenumber)  # (..., F, K, 1)
-    weights = torch.polar(torch.exp(-phase * decay), phase * eigenvalues) * vectors[..., 0, :].conj()
-    psi = torch.einsum("...ij,...j->...i", vectors, weights)
-    return psi * metric
 
 
 def quadrature_weights(n: int, quadrature: str, integration: str = "rocking") -> torch.Tensor:
