@@ -20,15 +20,26 @@ def test_step_thickness_rule():
     # the recipe's old 11 sub-orientations: ΔS·t ≈ 4.7 at 850 Å (the issue's under-sampling)
     assert step_thickness_product(11, 1.0, 1.6, 850.0) == pytest.approx(2 * math.radians(1) * 1.6 * 850 / 10)
     assert sub_orientations_for(1.0, 0.1, 10.0, 0.5) == 3  # never fewer than 3
+    # a precession cone of half-angle 1.4°, |g⊥| ≤ 0.8 Å⁻¹, 700 Å: step 2πθ|g⊥|/n, n = ⌈85.97⌉
+    n = sub_orientations_for(1.4, 0.8, 700.0, 1.0, precession=True)
+    assert n == 86
+    assert step_thickness_product(n, 1.4, 0.8, 700.0, precession=True) <= 1.0
+    assert step_thickness_product(n - 1, 1.4, 0.8, 700.0, precession=True) > 1.0
 
 
-def test_kinematical_integral_converges_once_the_step_is_below_one_over_t(quartz_exp, quartz_structure):
+@pytest.mark.parametrize("geometry", ["continuous rotation", "precession"])
+def test_kinematical_integral_converges_once_the_step_is_below_one_over_t(quartz_exp, quartz_structure, geometry):
     """Independent of any fit: the integrated kinematical intensity (sinc² rocking curves) at the
-    rule's n agrees with 4× finer sampling to 1 %, while 5 sub-orientations miss by far more."""
-    data = quartz_exp.select_frames([10, 60])
+    rule's n agrees with 4× finer sampling to 1 %, while 5 sub-orientations miss by far more —
+    over a rocking range and around a precession cone (π times more samples for the same step)."""
+    import attrs
+
+    data = attrs.evolve(quartz_exp.select_frames([10, 60]), geometry=geometry)
     t = 600.0
     m = build_model(data, quartz_structure, thickness_model="single", t_init=t, g_max=1.0, n_tilts=5)
-    n_rule = sub_orientations_for(m.rocking["semi_angle_deg"], m.rocking["g_perp_max"], t, 0.5)
+    assert m.rocking["precession"] == (geometry == "precession")
+    n_rule = sub_orientations_for(m.rocking["semi_angle_deg"], m.rocking["g_perp_max"], t, 0.5,
+                                  precession=m.rocking["precession"])
     thickness = torch.full((m.n_frames,), t, dtype=torch.float64)
     out = {}
     for n in (5, n_rule, 4 * n_rule - 3):

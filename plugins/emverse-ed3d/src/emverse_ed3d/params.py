@@ -31,6 +31,10 @@ class RefineParams:
     # network is first fitted to it) and its per-frame orientation corrections (matched by frame id)
     continue_from: str = path_field("directory", default="")
     evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
+    # with continue_from: "same" keeps the run's refined reflections (its reflections.csv) when the
+    # selection rules (g_max, rsg_max) are the run's, so evaluate_only reproduces its R values; "select"
+    # (or other rules) selects them anew with the run's refined orientations
+    continue_reflections: str = attrs.field(default="same", validator=one_of("same", "select"))
     enantiomer: str = ""  # non-empty: refine the inverted structure (the other hand), named so
     # frame selection: every ``frame_stride``-th frame, at most ``max_frames`` (0 = all)
     frame_stride: int = attrs.field(default=1, validator=positive)
@@ -91,7 +95,8 @@ class DynamicalParams:
 
     output: ClassVar[str] = "intensity"
 
-    # proportional absorption: U' = κ U (the structure matrix carries (1 + iκ) U); 0 = none
+    # proportional absorption: U' = κ U (the optical potential (1 + iκ) U); with method "eig" it is taken
+    # to first order in κ through the Hermitian eigen-solve ("eig_absorptive"), "expm" is exact; 0 = none
     absorption: float = attrs.field(default=0.0, validator=non_negative)
     method: str = attrs.field(default="eig", validator=one_of("eig", "expm", "eig_absorptive"))
     g_max: float = attrs.field(default=1.4, validator=positive)
@@ -105,12 +110,17 @@ class DynamicalParams:
     rocking_target: float = attrs.field(default=0.5, validator=positive)
     rocking_thickness_angstrom: float = attrs.field(default=0.0, validator=non_negative)
     rocking_semi_angle_deg: float = attrs.field(default=0.0, validator=non_negative)
+    # how each frame is integrated: "data" = the PETS2 header's geometry; "rocking" (continuous rotation,
+    # ± the frame's angle about the rotation axis) or "precession" (a cone of the frame's angle about the
+    # beam) overrides a header that says otherwise (the paracetamol file says continuous rotation; its
+    # paper and its intensities say precession)
+    integration: str = attrs.field(default="data", validator=one_of("data", "rocking", "precession"))
     # emverse-bloch engine: 0 = all frames in one batch padded to the largest beam set; > 1 = one
     # batch per group of frames whose beam counts differ by ≤ this factor (same numbers, faster)
     bucket_ratio: float = attrs.field(default=0.0, validator=non_negative)
     # > 0 (Å⁻¹): at each sub-orientation only the direct beam, the frame's refined reflections and the
     # beams with |S_g| ≤ bethe_sg are solved exactly; the others are folded in by Bethe potentials
-    # (approximate, second order in U/(2K S_g); method "eig" without absorption). 0 = every beam exactly
+    # (approximate, second order in U/(2K S_g); with absorption too, to first order in κ). 0 = every beam exactly
     bethe_sg: float = attrs.field(default=0.0, validator=non_negative)
     # the eigensolves in "float64" (complex128) or "float32" (complex64, 1.8x faster on quartz); the
     # intensities, the loss and the parameters stay in the recipe's dtype

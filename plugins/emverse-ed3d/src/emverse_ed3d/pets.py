@@ -104,6 +104,19 @@ class PetsData:
         """Row indices of the reflections of frame ``frame`` (0-based)."""
         return np.flatnonzero(self.frame_index == frame)
 
+    def keep_reflections(self, keep: np.ndarray) -> PetsData:
+        """A copy with the reflections where the (N,) mask ``keep`` is true; frames left without
+        reflections are dropped (counted in ``skipped["empty_frames"]``)."""
+        keep = np.asarray(keep, dtype=bool)
+        out = attrs.evolve(self, hkl=self.hkl[keep], intensity=self.intensity[keep], sigma=self.sigma[keep],
+                           frame_index=self.frame_index[keep])
+        counts = np.bincount(out.frame_index, minlength=out.n_frames)
+        if (counts > 0).all():
+            return out
+        out = out.select_frames(np.flatnonzero(counts > 0))
+        dropped = out.skipped.get("empty_frames", 0) + int((counts == 0).sum())
+        return attrs.evolve(out, skipped={**out.skipped, "empty_frames": dropped})
+
     def select_frames(self, frames) -> PetsData:
         """A copy keeping only the frames at the given 0-based rows (re-indexed)."""
         frames = np.asarray(sorted(set(int(f) for f in frames)), dtype=int)

@@ -57,14 +57,7 @@ def restrict_resolution(data: PetsData, g_max: float) -> PetsData:
     """Keep reflections with |g| ≤ g_max (Å⁻¹); frames left empty are dropped (counted)."""
     B = reciprocal_columns(data.cell)
     g = np.linalg.norm(data.hkl @ B.T, axis=1)
-    keep = g <= g_max + 1e-9
-    out = attrs.evolve(data, hkl=data.hkl[keep], intensity=data.intensity[keep], sigma=data.sigma[keep],
-                       frame_index=data.frame_index[keep])
-    counts = np.bincount(out.frame_index, minlength=out.n_frames)
-    if (counts == 0).any():
-        n_empty = int((counts == 0).sum())
-        out = out.select_frames(np.flatnonzero(counts > 0))
-        out = attrs.evolve(out, skipped={**out.skipped, "frames_empty_after_resolution_cut": n_empty})
+    out = data.keep_reflections(g <= g_max + 1e-9)
     if out.n_reflections == 0:
         raise EmverseError(f"g_max = {g_max} Å⁻¹ leaves no reflections in {data.source}; raise g_max")
     return out
@@ -73,8 +66,9 @@ def restrict_resolution(data: PetsData, g_max: float) -> PetsData:
 def filter_excitation(data: PetsData, rsg_max: float | None, semi_angle: np.ndarray,
                       corrections: np.ndarray | None = None) -> PetsData:
     """Keep reflections excited near the frame centre: ``|S_g| / ΔS_g < rsg_max`` with
-    ``ΔS_g = |g ⊥ axis| · θ_semi`` (Klar et al. 2023; beam along −z). ``corrections`` (F, 3, 3):
-    refined corrective rotations left-multiplied onto each frame's orientation."""
+    ``ΔS_g = |g ⊥ axis| · θ_semi`` (Klar et al. 2023; beam along −z); for precession data the
+    axis is the beam (the cone of angle θ sweeps S_g by |g ⊥ beam| · θ). ``corrections``
+    (F, 3, 3): refined corrective rotations left-multiplied onto each frame's orientation."""
     if rsg_max is None or rsg_max <= 0:
         return data
     orientations, axes = frame_orientations(data, data.cell)
@@ -85,16 +79,13 @@ def filter_excitation(data: PetsData, rsg_max: float | None, semi_angle: np.ndar
     g = np.einsum("nij,jk,nk->ni", orientations[data.frame_index], B, data.hkl)
     s_g = (2 * k0 * g[:, 2] - (g**2).sum(1)) / (2 * k0)
     ax = axes[data.frame_index]
+    if data.geometry.startswith("precession"):
+        ax = np.broadcast_to(np.array([0.0, 0.0, 1.0]), g.shape)
     g_perp = np.linalg.norm(g - (g * ax).sum(1, keepdims=True) * ax, axis=1)
     delta = g_perp * np.radians(semi_angle[data.frame_index])
     keep = np.abs(s_g) < rsg_max * delta
-    out = attrs.evolve(data, hkl=data.hkl[keep], intensity=data.intensity[keep], sigma=data.sigma[keep],
-                       frame_index=data.frame_index[keep])
-    out = attrs.evolve(out, skipped={**out.skipped, "rsg_filtered": int((~keep).sum())})
-    counts = np.bincount(out.frame_index, minlength=out.n_frames)
-    if (counts == 0).any():
-        out = out.select_frames(np.flatnonzero(counts > 0))
-    return out
+    out = data.keep_reflections(keep)
+    return attrs.evolve(out, skipped={**out.skipped, "rsg_filtered": int((~keep).sum())})
 
 
 def frame_theta(data: PetsData) -> np.ndarray:
@@ -160,15 +151,18 @@ def build_model(
                                                 riding_adp=riding_adp)
     orientations, axes = frame_orientations(data, data.cell)
     semi = semi_angle_deg(data, rocking_semi_angle_deg)
-    g_perp_max = perpendicular_g_max(data.hkl, data.frame_index, orientations, axes, reciprocal_columns(data.cell))
+    precession = data.geometry.startswith("precession")
+    g_perp_max = perpendicular_g_max(data.hkl, data.frame_index, orientations, axes, reciprocal_columns(data.cell),
+                                     precession)
     if n_tilts <= 0:  # automatic: ΔS·t ≤ rocking_target at the expected thickness
-        n_tilts = sub_orientations_for(float(np.max(semi)), g_perp_max, rocking_thickness or t_init, rocking_target)
+        n_tilts = sub_orientations_for(float(np.max(semi)), g_perp_max, rocking_thickness or t_init, rocking_target,
+                                       precession=precession)
         log.info("rocking curve: %d sub-orientations (|g⊥| ≤ %.2f Å⁻¹, ±%.2f°, t %.0f Å, ΔS·t ≤ %.2f)",
                  n_tilts, g_perp_max, float(np.max(semi)), rocking_thickness or t_init, rocking_target)
     physics = BlochPhysics(
         st, orientations, axes, wavelength_to_voltage_kv(data.wavelength_angstrom),
         semi_angle_deg(data, rocking_semi_angle_deg), data.hkl, data.frame_index, g_max=g_max, sg_max=sg_max,
-        n_tilts=n_tilts, precession=data.geometry.startswith("precession"), method=method,
+        n_tilts=n_tilts, precession=precession, method=method,
         bucket_ratio=bucket_ratio, absorption=absorption, bethe_sg=bethe_sg,
         solve_precision=solve_precision,
     )
@@ -185,7 +179,7 @@ def build_model(
             model.orientation_delta.copy_(torch.as_tensor(corrections, dtype=model.orientation_delta.dtype))
     model.data = data  # the data actually refined (after the resolution cut)
     model.rocking = {"n_sub_orientations": int(n_tilts), "semi_angle_deg": float(np.max(semi)),
-                     "g_perp_max": g_perp_max}
+                     "g_perp_max": g_perp_max, "precession": precession}
     return model
 
 
@@ -203,7 +197,7 @@ def rocking_convergence(model, *, limit: float = 0.002) -> dict[str, float]:
     n = info["n_sub_orientations"]
     with torch.no_grad():
         t_max = float(model.thickness().max())
-        rho = step_thickness_product(n, info["semi_angle_deg"], info["g_perp_max"], t_max)
+        rho = step_thickness_product(n, info["semi_angle_deg"], info["g_perp_max"], t_max, info["precession"])
         wr = float(model.loss())
         with other_physics(model, model.physics.replace(n_tilts=2 * n - 1)):
             wr_fine = float(model.loss())

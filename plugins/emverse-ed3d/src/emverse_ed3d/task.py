@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import numpy as np
+import tomllib
 import torch
 from emverse.crystal import Crystal
 from emverse.interfaces import OptionsTask
@@ -37,6 +39,11 @@ class Ed3dRefineTask(OptionsTask):
         phys = forward_model.settings
         data = read_pets(ctx.resolve_path(o.data))
         data = _select_frames(data, o.frame_stride, o.max_frames)
+        if phys.integration != "data":
+            geometry = "precession" if phys.integration == "precession" else "continuous rotation"
+            if geometry != data.geometry:
+                ctx.log.info("integration: %s (forward_model.integration), the file says %s", geometry, data.geometry)
+                data = attrs.evolve(data, geometry=geometry)
         truth = Crystal.from_cif(ctx.resolve_path(o.structure))
         check_cell_matches(truth, data.cell)
         ctx.log.info("data: %s", summary(data))
@@ -52,7 +59,8 @@ class Ed3dRefineTask(OptionsTask):
             t_peak = o.profile_mean_angstrom + o.profile_amplitude_angstrom
             rocking_thickness = phys.rocking_thickness_angstrom or t_peak
             if n_fit <= 0:  # |g⊥| ≤ g_max bounds the step
-                n_fit = sub_orientations_for(semi, phys.g_max, rocking_thickness, phys.rocking_target)
+                n_fit = sub_orientations_for(semi, phys.g_max, rocking_thickness, phys.rocking_target,
+                                             precession=data.geometry.startswith("precession"))
             # the data are integrated twice as finely as the fit, so a too-coarse fit shows
             n_data = 2 * n_fit - 1
             ctx.log.info("synthetic data integrated over %d sub-orientations, the fit over %d", n_data, n_fit)
@@ -80,8 +88,21 @@ class Ed3dRefineTask(OptionsTask):
             n_tilts=n_fit, rocking_thickness=rocking_thickness, hydrogens=o.hydrogens, riding_adp=o.riding_adp,
             **forward_model.physics_options(synthetic=o.synthetic),
         )
-        model = build_model(data, start, generator=ctx.generator("thickness_nn"),
-                            corrections=previous["corrections"] if previous else None, **build_options)
+        first_data, first_options = data, build_options
+        if previous and o.continue_reflections == "same":
+            rules = {"g_max": phys.g_max, "rsg_max": phys.rsg_max}
+            if previous["rules"] == rules:
+                first_data = restrict_to_reflections(data, previous["reflections"])
+                first_options = {**build_options, "rsg_max": None}  # the run's selection, as it was
+                kept = np.isin(data.frames.frame_id, first_data.frames.frame_id)
+                previous = {**previous, "corrections": previous["corrections"][kept]}
+                ctx.log.info("continue_from: the run's %d reflections (its selection rules %s)",
+                             first_data.n_reflections, rules)
+            else:
+                ctx.log.info("continue_from: selection rules %s differ from the run's %s; reflections selected "
+                             "anew with its refined orientations", rules, previous["rules"])
+        model = build_model(first_data, start, generator=ctx.generator("thickness_nn"),
+                            corrections=previous["corrections"] if previous else None, **first_options)
         # the [forward_model] bound to these frames and this structure: what predicts the intensities
         forward_model.bind(model.physics, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom)
         if previous:
@@ -349,6 +370,8 @@ def load_previous_run(run_dir, data) -> dict:
 
     from emverse.errors import EmverseError
 
+    from emverse_ed3d.params import DynamicalParams
+
     run_dir = Path(run_dir)
     missing = [n for n in ("refined.cif", "thickness.json") if not (run_dir / n).is_file()]
     if missing:
@@ -357,11 +380,28 @@ def load_previous_run(run_dir, data) -> dict:
             "finished ed3d.refine run"
         )
     saved = json.loads((run_dir / "thickness.json").read_text())
+    reflections, rules = None, None
+    if (run_dir / "reflections.csv").is_file() and (run_dir / "recipe.toml").is_file():
+        table = np.loadtxt(run_dir / "reflections.csv", delimiter=",", skiprows=1, usecols=(0, 1, 2, 3),
+                           dtype=np.int64, ndmin=2)
+        reflections = {tuple(row) for row in table.tolist()}
+        physics = tomllib.loads((run_dir / "recipe.toml").read_text()).get("forward_model", {})
+        defaults = attrs.fields_dict(DynamicalParams)
+        rules = {name: physics.get(name, defaults[name].default) for name in ("g_max", "rsg_max")}
     by_id = {int(f): (t, np.asarray(c)) for f, t, c in zip(saved["frame_id"], saved["thickness_angstrom"],
                                                               saved["orientation_correction"], strict=True)}
     corrections = np.array([by_id[int(f)][1] if int(f) in by_id else np.eye(3) for f in data.frames.frame_id])
     return {"crystal": Crystal.from_cif(run_dir / "refined.cif"), "corrections": corrections,
-            "theta_deg": np.asarray(saved["theta_deg"]), "thickness": np.asarray(saved["thickness_angstrom"])}
+            "theta_deg": np.asarray(saved["theta_deg"]), "thickness": np.asarray(saved["thickness_angstrom"]),
+            "reflections": reflections, "rules": rules}
+
+
+def restrict_to_reflections(data, reflections):
+    """``data`` with only the reflections whose (h, k, l, PETS2 frame id) are in ``reflections``
+    (frames left empty are dropped)."""
+    frame_id = data.frames.frame_id[data.frame_index]
+    return data.keep_reflections(np.array([(h, k, ell, int(f)) in reflections
+                                           for (h, k, ell), f in zip(data.hkl.tolist(), frame_id, strict=True)]))
 
 
 def fit_thickness_to(model, previous, steps: int = 2000) -> None:
