@@ -163,8 +163,9 @@ def propagate_absorptive(
     """Beam amplitudes ψ (..., T, N) for the non-Hermitian A + iA' with the absorptive part A'
     taken to first order (Hirsch et al.; Humphreys & Hirsch 1968): A = V Λ Vᴴ (Hermitian or real
     symmetric, Å⁻²), each Bloch wave j decays with μ_j = v_jᴴ A' v_j (A' Hermitian, Å⁻²), and
-    ψ(t) = V exp(iπt(Λ + iμ)/K) Vᴴ e_0. Exact for A' = 0; the error against the exact
-    exponential of A + iA' is second order in A'. Gradients flow through ``torch.linalg.eigh``
+    ψ(t) = V exp(iπt(Λ + iμ)/K) Vᴴ e_0. Exact for A' = 0; the decay rates are right to first
+    order, the eigenvector corrections (first order in A'/Δλ) are dropped, so the amplitude error
+    is first order in A' but does not grow with t. Gradients flow through ``torch.linalg.eigh``
     (a degenerate pair of eigenvalues can make them non-finite, unlike :func:`propagate`).
     ``thickness``: (..., T) Å; ``metric``: (..., N) or None."""
     thickness = torch.as_tensor(thickness, dtype=matrix.real.dtype, device=matrix.device)

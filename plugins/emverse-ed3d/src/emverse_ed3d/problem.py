@@ -20,7 +20,12 @@ from emverse_ed3d.model import (
 )
 from emverse_ed3d.pets import PetsData, wavelength_to_voltage_kv
 from emverse_ed3d.physics import BlochPhysics
-from emverse_ed3d.rocking import STEP_THICKNESS_TARGET, perpendicular_g_max, sub_orientations_for
+from emverse_ed3d.rocking import (
+    STEP_THICKNESS_TARGET,
+    perpendicular_g,
+    perpendicular_g_max,
+    sub_orientations_for,
+)
 from emverse_ed3d.thickness import build_thickness_model
 
 log = logging.getLogger(__name__)
@@ -78,10 +83,7 @@ def filter_excitation(data: PetsData, rsg_max: float | None, semi_angle: np.ndar
     k0 = 1.0 / data.wavelength_angstrom
     g = np.einsum("nij,jk,nk->ni", orientations[data.frame_index], B, data.hkl)
     s_g = (2 * k0 * g[:, 2] - (g**2).sum(1)) / (2 * k0)
-    ax = axes[data.frame_index]
-    if data.geometry.startswith("precession"):
-        ax = np.broadcast_to(np.array([0.0, 0.0, 1.0]), g.shape)
-    g_perp = np.linalg.norm(g - (g * ax).sum(1, keepdims=True) * ax, axis=1)
+    g_perp = perpendicular_g(g, axes[data.frame_index], data.geometry.startswith("precession"))
     delta = g_perp * np.radians(semi_angle[data.frame_index])
     keep = np.abs(s_g) < rsg_max * delta
     out = data.keep_reflections(keep)

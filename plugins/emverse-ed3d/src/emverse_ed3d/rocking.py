@@ -56,11 +56,16 @@ def sub_orientations_for(semi_angle_deg: float, g_perp_max: float, thickness_ang
     return n + 1 - n % 2
 
 
+def perpendicular_g(g_lab: np.ndarray, axes: np.ndarray, precession: bool = False) -> np.ndarray:
+    """|g⊥| (N,) Å⁻¹: the part of each g (N, 3, lab frame) perpendicular to its frame's rotation
+    axis (N, 3) — or to the beam (lab z) for precession data — that sets how far S_g sweeps."""
+    ax = np.broadcast_to(np.array([0.0, 0.0, 1.0]), g_lab.shape) if precession else axes
+    return np.linalg.norm(g_lab - (g_lab * ax).sum(1, keepdims=True) * ax, axis=1)
+
+
 def perpendicular_g_max(hkl: np.ndarray, frame_index: np.ndarray, orientations: np.ndarray, axes: np.ndarray,
                         reciprocal_columns: np.ndarray, precession: bool = False) -> float:
-    """max |g⊥axis| (Å⁻¹) over the reflections of the data (each in its own frame's geometry); the
-    axis is the beam for precession data."""
+    """max |g⊥| (Å⁻¹, :func:`perpendicular_g`) over the reflections of the data (each in its own
+    frame's geometry)."""
     g = np.einsum("nij,jk,nk->ni", orientations[frame_index], reciprocal_columns, hkl)
-    ax = np.broadcast_to(np.array([0.0, 0.0, 1.0]), g.shape) if precession else axes[frame_index]
-    g_perp = g - (g * ax).sum(1, keepdims=True) * ax
-    return float(np.linalg.norm(g_perp, axis=1).max()) if len(g) else 0.0
+    return float(perpendicular_g(g, axes[frame_index], precession).max()) if len(g) else 0.0
