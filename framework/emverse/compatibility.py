@@ -9,7 +9,9 @@ Light: reads only class attributes of the components' parameter classes (no torc
 * a parametrization's params declare ``takes`` (what it produces for the forward model);
 * a prior's params may declare ``network`` (the kind of trainable network: "diffusion",
   "cbed_pattern", "phase_volume" …) and a training objective's params ``trains`` (the kind it
-  trains).
+  trains);
+* a task's params may define ``incompatible_with(components)`` → ``[(path, message)]`` for its
+  own rules across tables (e.g. an option that needs a forward-model setting).
 
 A pair is refused only when both sides declare something and the two disagree, so a
 third-party component that declares nothing is never refused.
@@ -93,4 +95,8 @@ def problems(components: dict[str, Any], task=None, given: dict | None = None) -
             out.append(("$.objective", (
                 f"{objective.type!r} trains {trains} networks, but [prior] {prior.type!r} is a {network} "
                 f"network; choose an objective for {network} networks or a {trains} prior")))
+    # a task's own rules across its tables: its params may define incompatible_with(components)
+    task_rule = getattr(getattr(task, "params", None), "incompatible_with", None)
+    if callable(task_rule):
+        out.extend(task_rule(components))
     return out

@@ -292,3 +292,32 @@ def test_bethe_split_follows_refined_orientations(quartz_crystal, quartz_series,
     stale = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=0.005, **kw)
     frame_intensities(stale, t, orientations=turned)
     assert _weakest_weak_beam(stale, turned) < 0.5 * 0.005
+
+
+@pytest.mark.parametrize("bethe_sg", [0.0, 0.005])
+def test_refined_absorption_gradient_matches_finite_differences(quartz_crystal, quartz_series, bethe_sg):
+    """κ given at call time as a tensor (the plan's κ = 0.1 only chooses the absorptive solver):
+    the same intensities as the plan's κ, and ∂/∂κ of a weighted sum equals central differences,
+    through the full first-order solve and the Bethe fold."""
+    rots, hkl, frames, kw = quartz_series
+    plan = plan_frames(quartz_crystal, rots, hkl, frames, bethe_sg=bethe_sg, absorption=0.1, **kw)
+    t = torch.tensor([300.0, 500.0, 700.0, 900.0], dtype=torch.float64)
+    weights = torch.linspace(0.2, 1.0, len(hkl), dtype=torch.float64)
+
+    def objective(kappa):
+        return (frame_intensities(plan, t, method="eig_absorptive", absorption=kappa) * weights).sum()
+
+    kappa = torch.tensor(0.07, dtype=torch.float64, requires_grad=True)
+    value = objective(kappa)
+    (grad,) = torch.autograd.grad(value, kappa)
+    assert objective(torch.tensor(0.1, dtype=torch.float64)).item() == pytest.approx(
+        (frame_intensities(plan, t, method="eig_absorptive") * weights).sum().item(), rel=1e-12)
+    h = 1e-5
+    with torch.no_grad():
+        numeric = (objective(torch.tensor(0.07 + h, dtype=torch.float64))
+                   - objective(torch.tensor(0.07 - h, dtype=torch.float64))) / (2 * h)
+    assert grad.item() < 0  # more absorption, less intensity
+    assert grad.item() == pytest.approx(numeric.item(), rel=1e-6)
+    with pytest.raises(EmverseError, match="absorption > 0"):
+        frame_intensities(plan_frames(quartz_crystal, rots, hkl, frames, **kw), t, method="eig_absorptive",
+                          absorption=kappa)

@@ -303,3 +303,24 @@ def test_cspbbr3_experimental_recipe_fast_physics_with_absorption(tmp_path):
     assert "absorption = 0.1" in recipe and "bethe_sg = 0.005" in recipe
     assert metrics["wr_all"] < metrics["start_wr_all"]
     assert metrics["exact_wr_all"] == pytest.approx(metrics["wr_all"], abs=2e-3)
+
+
+def test_refined_absorption(tmp_path):
+    """options.refine_absorption: κ (as log κ) is refined with everything else from the recipe's
+    start and reported; without a start value (forward_model.absorption = 0) the recipe is refused
+    at validation, before any run directory."""
+    from emverse.errors import RecipeError
+    from emverse.recipe import load_recipe
+    from emverse.run import run_recipe
+
+    recipe = REPO / "recipes" / "ed3d-cspbbr3-experimental.toml"
+    with pytest.raises(RecipeError, match=r"refine_absorption.*forward_model.absorption = 0"):
+        load_recipe(recipe, overrides=["options.refine_absorption=true", "forward_model.absorption=0"])
+    run = Path(run_recipe(recipe, tmp_path / "run", overrides=[
+        "options.frame_stride=10", "forward_model.g_max=0.7", "forward_model.n_tilts=7", "options.epochs=4",
+        "options.reselect_after_epochs=2", "options.rocking_check=false", "options.refine_absorption=true",
+        "refiner.lr_absorption=0.05"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["absorption_kappa"] != pytest.approx(0.1, abs=1e-3)  # it moved (4 Adam steps of 0.05 in log κ)
+    assert 0.05 < metrics["absorption_kappa"] < 0.2
+    assert metrics["wr_all"] < metrics["start_wr_all"]

@@ -428,16 +428,22 @@ def frame_intensities(
     mode: str = "dynamical",
     method: str = "eig",
     return_beams: bool = False,
+    absorption: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrated intensities (..., M) of the plan's requested reflections.
 
     thickness: (F,) or (B, F) Å. structure: :class:`StructureParameters` with
     optional batch axes (B, ...) broadcasting with thickness. orientations:
     (F, 3, 3) or None. scale: (F,) or (B, F). With ``return_beams`` the
-    per-frame beam intensities (..., F, N) are returned instead.
+    per-frame beam intensities (..., F, N) are returned instead. ``absorption``: κ as a
+    (differentiable) scalar tensor in place of the plan's (which must then be > 0: it chooses
+    the absorptive solvers).
     """
     if mode not in ("dynamical", "kinematical"):
         raise EmverseError(f"mode {mode!r} is unknown; use 'dynamical' or 'kinematical'")
+    if absorption is not None and not plan.absorption:
+        raise EmverseError("absorption given at call time needs a plan made with absorption > 0 (its start value)")
+    kappa = plan.absorption if absorption is None else absorption
     if plan.absorption and method == "eig" and mode == "dynamical":
         raise EmverseError(
             "absorption makes the structure matrix non-Hermitian; use method='expm' (exact) or "
@@ -490,6 +496,8 @@ def frame_intensities(
         if plan.solve_precision == "float32":  # the assembly and the eigen-solves in single precision
             u, s, metric, thickness = (u.to(torch.complex64), s.to(torch.float32), metric.to(torch.float32),
                                        thickness.to(torch.float32))
+            if torch.is_tensor(kappa):
+                kappa = kappa.to(torch.float32)
         if plan.bethe is not None:  # (it gathers its own strong and weak couplings)
             if method not in ("eig", "eig_absorptive") or return_beams:
                 raise EmverseError(
@@ -497,7 +505,7 @@ def frame_intensities(
                     "absorption) and the requested reflections only; plan with bethe_sg = 0 for this call"
                 )
             _follow_orientations(plan, rots)
-            out = _bethe_intensities(plan, u, s, metric, thickness, real)
+            out = _bethe_intensities(plan, u, s, metric, thickness, real, kappa)
             if scale is not None:
                 out = out * torch.as_tensor(scale, dtype=real, device=device)[..., plan.frame_index]
             return out
@@ -507,13 +515,13 @@ def frame_intensities(
         if method == "eig_absorptive":
             matrix = structure_matrix(couplings, s, k, metric)
             potential = structure_matrix(couplings, torch.zeros_like(s), k, metric)
-            absorptive = plan.absorption * (potential + torch.diag_embed((plan.u0 * metric**2).to(potential.dtype)))
+            absorptive = kappa * (potential + torch.diag_embed((plan.u0 * metric**2).to(potential.dtype)))
             psi = propagate_absorptive(matrix, absorptive, t, k, metric)[..., 0, :]  # (..., F, K, N)
         else:
             absorption0 = None
             if plan.absorption:
-                couplings = couplings * complex(1.0, plan.absorption)
-                absorption0 = torch.tensor(plan.absorption * plan.u0, dtype=s.dtype, device=device)
+                couplings = couplings * (1.0 + 1j * torch.as_tensor(kappa, dtype=s.dtype, device=device))
+                absorption0 = (kappa * plan.u0) * torch.ones((), dtype=s.dtype, device=device)
             matrix = structure_matrix(couplings, s, k, metric, absorption0)
             psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
         beam_int = _integrate((psi.real**2 + psi.imag**2).to(real), plan)
@@ -526,14 +534,14 @@ def frame_intensities(
     return beam_int[..., fi, bi]
 
 
-def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness, dtype):
+def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness, dtype, kappa=0.0):
     """Integrated intensities (..., M) of the requested reflections, the weak beams folded in
     by Bethe potentials; each group's m × m problems go through
     :func:`emverse_bloch.bloch.propagate` (exact gradients, also at degeneracies).
 
     With A = M (U + diag(2K S)) M the fold A_sw A_ww⁻¹ A_ws = M_s U_sw diag(1/(2K S_w)) U_ws M_s:
     the weak beams' metric cancels, so the fold is built on U and scaled by M_s once. The
-    intensities come back in ``dtype``."""
+    intensities come back in ``dtype``. ``kappa``: proportional absorption (float or scalar tensor)."""
     from emverse_bloch.bethe import bethe_matrix
     from emverse_bloch.structure_matrix import structure_matrix
 
@@ -558,7 +566,7 @@ def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness, 
         if plan.absorption:  # first order in κ of (1 + iκ)U with iκU_0 on every diagonal, weak ones too
             w_ss = structure_matrix(u_ss, torch.zeros_like(s_s), k) + torch.diag_embed(
                 torch.full_like(s_s, plan.u0).to(u_ss.dtype))
-            absorptive = bethe_matrix(w_ss, u_sw, d_w / (2.0 - plan.u0 / d_w)) * (plan.absorption * metric_ss)
+            absorptive = bethe_matrix(w_ss, u_sw, d_w / (2.0 - plan.u0 / d_w)) * (kappa * metric_ss)
             psi = propagate_absorptive(matrix, absorptive, t, k, m_s)[..., 0, :]
         else:
             psi = propagate(matrix, t, k, "eig", m_s)[..., 0, :]  # (..., P, m)

@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from emverse.crystal import Crystal
@@ -322,6 +324,14 @@ class HybridEd3dModel(nn.Module):
         # refinable angles (α, β, ω) about lab x, y, z (rad; no gradient unless requires_grad is set)
         self.register_buffer("orientation_delta", torch.eye(3, dtype=dtype).repeat(self.n_frames, 1, 1))
         self.orientation_angles = nn.Parameter(torch.zeros(self.n_frames, 3, dtype=dtype), requires_grad=False)
+        # log κ of the proportional absorption, when the physics has one (no gradient unless requires_grad is set)
+        kappa = float(getattr(physics, "options", {}).get("absorption", 0.0))
+        self.log_absorption = (nn.Parameter(torch.tensor(math.log(kappa), dtype=dtype), requires_grad=False)
+                               if kappa > 0 else None)
+
+    def absorption(self) -> torch.Tensor | None:
+        """κ = U'/U (dimensionless), or None without absorption."""
+        return None if self.log_absorption is None else self.log_absorption.exp()
 
     def thickness(self) -> torch.Tensor:
         return self.thickness_model(self.theta)
@@ -332,7 +342,7 @@ class HybridEd3dModel(nn.Module):
 
     def unscaled(self) -> torch.Tensor:
         return self.physics.intensities(self.thickness(), orientation_delta=self.orientation_correction(),
-                                        kinematical=self.kinematical)
+                                        kinematical=self.kinematical, absorption=self.absorption())
 
     def scales(self, i_calc: torch.Tensor) -> torch.Tensor:
         return optimal_frame_scale(self.f_obs, torch.sqrt(i_calc.clamp_min(0)), self.weight,
@@ -355,7 +365,7 @@ class HybridEd3dModel(nn.Module):
             if rotation is not None:
                 delta[frame] = rotation.to(delta.dtype)
             i_calc = self.physics.intensities(self.thickness(), orientation_delta=delta, frames=[frame],
-                                              kinematical=self.kinematical)
+                                              kinematical=self.kinematical, absorption=self.absorption())
             rows = self.frame_index == frame
             f_calc = torch.sqrt(i_calc.clamp_min(0))
             w2 = self.weight[rows] ** 2

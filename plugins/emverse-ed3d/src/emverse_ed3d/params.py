@@ -80,6 +80,19 @@ class RefineParams:
     # where the parameters' gradients flow: positions, ADPs, thickness model
     refine_positions: bool = True
     refine_adp: bool = True
+    # the proportional absorption κ refined by the gradient (as log κ, lr: the refiner's lr_absorption),
+    # starting from forward_model.absorption (> 0); reported as absorption_kappa
+    refine_absorption: bool = False
+
+    def incompatible_with(self, components) -> list[tuple[str, str]]:
+        """Rules across tables, checked at recipe validation (before any run directory)."""
+        model = components.get("forward_model")
+        kappa = getattr(getattr(model, "params", None), "absorption", None)
+        if self.refine_absorption and kappa is not None and kappa <= 0:
+            return [("$.options.refine_absorption", (
+                f"= true needs a start value for κ, but forward_model.absorption = {kappa!r}; set "
+                "forward_model.absorption = 0.1 (JANA's usual start) or refine_absorption = false"))]
+        return []
 
 
 @attrs.frozen
@@ -136,6 +149,7 @@ class AdamParams:
     lr_thickness: float = attrs.field(default=0.0, validator=non_negative)  # 0: same as lr
     target_wr: float = attrs.field(default=0.0, validator=non_negative)  # stop early below this wR
     lr_orientation: float = attrs.field(default=2e-4, validator=positive)  # rad, per-frame orientation angles
+    lr_absorption: float = attrs.field(default=1e-2, validator=positive)  # on log κ (options.refine_absorption)
 
 
 @attrs.frozen

@@ -93,18 +93,19 @@ class BlochPhysics:
                                               **self.options)
         return self._plans[frames]
 
-    def intensities(self, thickness, orientation_delta=None, frames=None, kinematical=False):
+    def intensities(self, thickness, orientation_delta=None, frames=None, kinematical=False, absorption=None):
         """Intensities of the reflections of ``frames`` (all by default), in file order.
 
         All frames at once go through one padded batch, or with ``bucket_ratio`` > 0 through
         one batch per bucket of frames with similar beam counts (same numbers, less padding).
+        ``absorption``: a refined κ (scalar tensor) in place of the constructor's.
         """
         if frames is None and len(self.buckets) > 1:
-            parts = [self._intensities(thickness, orientation_delta, b, kinematical) for b in self.buckets]
+            parts = [self._intensities(thickness, orientation_delta, b, kinematical, absorption) for b in self.buckets]
             return torch.cat(parts)[self._bucket_order]
-        return self._intensities(thickness, orientation_delta, frames, kinematical)
+        return self._intensities(thickness, orientation_delta, frames, kinematical, absorption)
 
-    def _intensities(self, thickness, orientation_delta, frames, kinematical):
+    def _intensities(self, thickness, orientation_delta, frames, kinematical, absorption=None):
         from emverse_bloch.ed3d import frame_intensities
         from emverse_bloch.structure_factors import StructureParameters
 
@@ -124,4 +125,5 @@ class BlochPhysics:
                                           self.orientations[idx]), dtype=frac.dtype)
             orient = q @ orientation_delta[idx].to(frac.dtype) @ m
         return frame_intensities(plan, thickness[idx], params, orientations=orient,
-                                 mode="kinematical" if kinematical else "dynamical", method=self.method)
+                                 mode="kinematical" if kinematical else "dynamical", method=self.method,
+                                 absorption=None if kinematical else absorption)

@@ -60,8 +60,9 @@ class Ed3dAdam(Refiner):
     resumable = True
 
     def __init__(self, epochs: int = 200, lr: float = 1e-3, lr_thickness: float | None = None,
-                 target_wr: float = 0.0, lr_orientation: float = 2e-4):
+                 target_wr: float = 0.0, lr_orientation: float = 2e-4, lr_absorption: float = 1e-2):
         self.epochs = int(epochs)
+        self.lr_absorption = float(lr_absorption)
         self.lr = float(lr)
         self.lr_thickness = lr_thickness
         self.lr_orientation = float(lr_orientation)
@@ -72,7 +73,8 @@ class Ed3dAdam(Refiner):
         an interrupted refinement exactly and is written every ``resume.every`` epochs."""
         thickness_params = set(id(p) for p in model.thickness_model.parameters())
         angles = getattr(model, "orientation_angles", None)
-        special = thickness_params | ({id(angles)} if angles is not None else set())
+        log_kappa = getattr(model, "log_absorption", None)
+        special = thickness_params | {id(p) for p in (angles, log_kappa) if p is not None}
         others = [p for p in _trainable(model) if id(p) not in special]
         groups = [{"params": others, "lr": self.lr}]
         thick = [p for p in model.thickness_model.parameters() if p.requires_grad]
@@ -80,6 +82,8 @@ class Ed3dAdam(Refiner):
             groups.append({"params": thick, "lr": self.lr_thickness or self.lr})
         if angles is not None and angles.requires_grad:  # per-frame orientation angles (rad)
             groups.append({"params": [angles], "lr": self.lr_orientation})
+        if log_kappa is not None and log_kappa.requires_grad:  # log κ of the absorption
+            groups.append({"params": [log_kappa], "lr": self.lr_absorption})
         opt = torch.optim.Adam(groups)
         first, history, converged, finished = _resume(resume, model, opt)
         start = time.perf_counter()

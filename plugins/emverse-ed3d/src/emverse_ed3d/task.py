@@ -114,6 +114,8 @@ class Ed3dRefineTask(OptionsTask):
             st.set_adp(torch.eye(3, dtype=st.x0.dtype).repeat(st.x0.shape[0], 1, 1) * o.start_u_iso_angstrom2)
         st.delta.requires_grad_(o.refine_positions)
         st.adp.requires_grad_(o.refine_adp)
+        if o.refine_absorption:  # forward_model.absorption > 0: checked at validation (RefineParams)
+            model.log_absorption.requires_grad_(True)
         used = model.data
         if st.riding:
             ctx.log.info("riding H (H, parent, X–H Å): %s", st.riding)
@@ -238,6 +240,8 @@ class Ed3dRefineTask(OptionsTask):
             out["thickness_rms_angstrom"] = final_errors["thickness_rms"]
             out["thickness_relative_error"] = M.thickness_error(model.thickness().detach().numpy(), t_true)["relative"]
         out.update(checks)
+        if model.log_absorption is not None:
+            out["absorption_kappa"] = float(model.absorption().detach())
         if o.refine_orientation_gradient:
             angles = model.orientation_angles.detach().numpy()
             out["orientation_rms_correction_deg"] = float(np.degrees(np.sqrt((angles**2).mean())))
@@ -315,6 +319,7 @@ class Ed3dRefineTask(OptionsTask):
         new = build_model(data, start, corrections=corrections, structure_module=model.structure,
                           thickness_module=model.thickness_model, **build_options)
         new.orientation_angles.requires_grad_(True)
+        new.log_absorption = model.log_absorption  # the (refined) κ carries over too
         return new
 
     @staticmethod
