@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from emverse.errors import EmverseError
 
 #: the full solve (every beam) of one batch holds a few (frames, sub-orientations, N, N) complex
 #: arrays; frames are batched so that frames × sub-orientations × N² stays below this (2**24
 #: complex128 elements = 256 MiB per array): a CsPbBr3 end-of-run exact rescoring (59 frames,
 #: 49 samples, 257 beams) in one batch ran out of 24 GiB. The numbers do not depend on it.
 FULL_SOLVE_ELEMENTS = 2**24
-from emverse.errors import EmverseError
 
 
 class BlochPhysics:
