@@ -118,16 +118,28 @@ def test_first_order_absorption_against_the_exact_exponential(quartz_structure):
 
 
 def test_full_solve_batches_are_bounded_without_changing_the_numbers(quartz_exp, quartz_structure, monkeypatch):
-    """The full solve batches frames so that frames × samples × N² stays below FULL_SOLVE_ELEMENTS
-    (an end-of-run exact rescoring of CsPbBr3 at |g| ≤ 1.4 ran out of memory in one batch): with a
-    tiny bound every frame is its own batch, and the intensities (with absorption) are the same."""
-    import emverse_ed3d.physics as physics_module
+    """emverse-bloch's full solve runs over chunks of frames with frames × samples × N² below
+    FULL_SOLVE_ELEMENTS (an end-of-run exact rescoring of CsPbBr3 at |g| ≤ 1.4 ran out of memory
+    in one batch): with a tiny bound every frame is its own chunk, and the intensities (with
+    absorption, and without) are the same, gradients too."""
+    import emverse_bloch.ed3d as bloch_ed3d
 
     data = quartz_exp.select_frames(range(0, 99, 12))
-    kw = dict(thickness_model="single", t_init=500.0, g_max=1.0, n_tilts=5, absorption=0.05)
-    one = build_model(data, quartz_structure, **kw)
-    monkeypatch.setattr(physics_module, "FULL_SOLVE_ELEMENTS", 1)
-    split = build_model(data, quartz_structure, **kw)
-    assert len(one.physics.buckets) == 1 and len(split.physics.buckets) == data.n_frames
-    with torch.no_grad():
-        torch.testing.assert_close(split.unscaled(), one.unscaled(), rtol=1e-12, atol=1e-15)
+    calls = []
+    solve = bloch_ed3d._full_solve
+    monkeypatch.setattr(bloch_ed3d, "_full_solve", lambda plan, couplings, *a: calls.append(couplings.shape[-3])
+                        or solve(plan, couplings, *a))
+    for absorption in (0.0, 0.05):
+        m = build_model(data, quartz_structure, thickness_model="single", t_init=500.0, g_max=1.0, n_tilts=5,
+                        absorption=absorption)
+        results = []
+        for bound in (bloch_ed3d.FULL_SOLVE_ELEMENTS, 1):
+            monkeypatch.setattr(bloch_ed3d, "FULL_SOLVE_ELEMENTS", bound)
+            calls.clear()
+            m.zero_grad()
+            value = m.unscaled()
+            value.sum().backward()
+            results.append((value.detach(), m.structure.delta.grad.clone()))
+            assert calls == ([data.n_frames] if bound > 1 else [1] * data.n_frames)
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-14)

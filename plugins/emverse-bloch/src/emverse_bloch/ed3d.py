@@ -130,6 +130,11 @@ class BethePlan:
 
 #: problems whose strong-beam counts differ by at most this factor share a padded batch
 GROUP_RATIO = 1.1
+#: the full solve (every beam) holds a few (frames, sub-orientations, N, N) complex arrays; it runs
+#: over chunks of frames with frames × sub-orientations × N² below this (2**24 complex128 elements
+#: = 256 MiB per array): a CsPbBr3 exact rescoring (59 frames, 49 samples, 257 beams) in one batch
+#: ran out of 24 GiB. The numbers do not depend on it.
+FULL_SOLVE_ELEMENTS = 2**24
 #: split the beams again once refined orientations move some S_g by more than this × bethe_sg
 SPLIT_DRIFT = 0.25
 
@@ -491,7 +496,6 @@ def frame_intensities(
         beam_int[..., 0] = 0.0
         beam_int = _integrate(beam_int, plan)
     else:
-        from emverse_bloch.structure_matrix import structure_matrix
 
         if plan.solve_precision == "float32":  # the assembly and the eigen-solves in single precision
             u, s, metric, thickness = (u.to(torch.complex64), s.to(torch.float32), metric.to(torch.float32),
@@ -509,22 +513,13 @@ def frame_intensities(
             if scale is not None:
                 out = out * torch.as_tensor(scale, dtype=real, device=device)[..., plan.frame_index]
             return out
-        couplings = u[..., index]  # (..., F, N, N)
-        t = thickness[..., :, None, None].expand(*thickness.shape, full.shape[1], 1)
-        couplings = couplings[..., :, None, :, :]
-        if method == "eig_absorptive":
-            matrix = structure_matrix(couplings, s, k, metric)
-            potential = structure_matrix(couplings, torch.zeros_like(s), k, metric)
-            absorptive = kappa * (potential + torch.diag_embed((plan.u0 * metric**2).to(potential.dtype)))
-            psi = propagate_absorptive(matrix, absorptive, t, k, metric)[..., 0, :]  # (..., F, K, N)
-        else:
-            absorption0 = None
-            if plan.absorption:
-                couplings = couplings * (1.0 + 1j * torch.as_tensor(kappa, dtype=s.dtype, device=device))
-                absorption0 = (kappa * plan.u0) * torch.ones((), dtype=s.dtype, device=device)
-            matrix = structure_matrix(couplings, s, k, metric, absorption0)
-            psi = propagate(matrix, t, k, method, metric)[..., 0, :]  # (..., F, K, N)
-        beam_int = _integrate((psi.real**2 + psi.imag**2).to(real), plan)
+        n_frames, n_sub, n = s.shape
+        size = max(1, FULL_SOLVE_ELEMENTS // (n_sub * n * n))
+        parts = []
+        for rows in (slice(f, f + size) for f in range(0, n_frames, size)):  # bounded batches of frames
+            psi = _full_solve(plan, u[..., index[rows]], s[rows], metric[rows], thickness[..., rows], method, kappa)
+            parts.append((psi.real**2 + psi.imag**2).to(real))
+        beam_int = _integrate(torch.cat(parts, dim=-3), plan)
     if scale is not None:
         beam_int = beam_int * torch.as_tensor(scale, dtype=real, device=device)[..., None]
     if return_beams:
@@ -532,6 +527,28 @@ def frame_intensities(
     fi = torch.as_tensor(plan.frame_index, device=device)
     bi = torch.as_tensor(plan.beam_index, device=device)
     return beam_int[..., fi, bi]
+
+
+def _full_solve(plan: FramePlan, couplings, excitation_error, metric, thickness, method, kappa):
+    """ψ (..., F, K, N) at the exit surface with every beam solved: ``couplings`` (..., F, N, N),
+    ``excitation_error`` and ``metric`` (F, K, N), ``thickness`` (..., F) Å; absorption κ to first
+    order (``method = "eig_absorptive"``) or exactly (``"expm"``)."""
+    from emverse_bloch.structure_matrix import structure_matrix
+
+    k, device = plan.wavenumber, excitation_error.device
+    t = thickness[..., :, None, None].expand(*thickness.shape, excitation_error.shape[1], 1)
+    couplings = couplings[..., :, None, :, :]
+    if method == "eig_absorptive":
+        matrix = structure_matrix(couplings, excitation_error, k, metric)
+        potential = structure_matrix(couplings, torch.zeros_like(excitation_error), k, metric)
+        absorptive = kappa * (potential + torch.diag_embed((plan.u0 * metric**2).to(potential.dtype)))
+        return propagate_absorptive(matrix, absorptive, t, k, metric)[..., 0, :]
+    absorption0 = None
+    if plan.absorption:
+        couplings = couplings * (1.0 + 1j * torch.as_tensor(kappa, dtype=excitation_error.dtype, device=device))
+        absorption0 = (kappa * plan.u0) * torch.ones((), dtype=excitation_error.dtype, device=device)
+    matrix = structure_matrix(couplings, excitation_error, k, metric, absorption0)
+    return propagate(matrix, t, k, method, metric)[..., 0, :]
 
 
 def _bethe_intensities(plan: FramePlan, u, excitation_error, metric, thickness, dtype, kappa=0.0):

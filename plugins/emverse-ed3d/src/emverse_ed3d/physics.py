@@ -19,12 +19,6 @@ import numpy as np
 import torch
 from emverse.errors import EmverseError
 
-#: the full solve (every beam) of one batch holds a few (frames, sub-orientations, N, N) complex
-#: arrays; frames are batched so that frames × sub-orientations × N² stays below this (2**24
-#: complex128 elements = 256 MiB per array): a CsPbBr3 end-of-run exact rescoring (59 frames,
-#: 49 samples, 257 beams) in one batch ran out of 24 GiB. The numbers do not depend on it.
-FULL_SOLVE_ELEMENTS = 2**24
-
 
 class BlochPhysics:
     """emverse-bloch's functional 3D-ED API (``plan_frames`` + ``frame_intensities``)."""
@@ -73,17 +67,9 @@ class BlochPhysics:
         # the eigensolves cost ~N³ and a batch pads to its largest beam set: frames with similar
         # beam counts share a batch
         self.buckets = [tuple(int(f) for f in group) for group in size_groups(self.n_beams, bucket_ratio)]
-        if not bethe_sg:  # bound the full solve's batch (the Bethe path's problems are much smaller)
-            self.buckets = [chunk for bucket in self.buckets for chunk in self._bounded(bucket)]
         # reflections come out bucket by bucket; this puts them back in file order
         rows = np.concatenate([np.flatnonzero(np.isin(self.frame_index, b)) for b in self.buckets])
         self._bucket_order = torch.as_tensor(np.argsort(rows, kind="stable"))
-
-    def _bounded(self, frames: tuple) -> list[tuple]:
-        """``frames`` in consecutive chunks of at most FULL_SOLVE_ELEMENTS // (n_tilts · N²) frames."""
-        per_frame = max(self.n_tilts, 1) * int(max(self.n_beams[list(frames)])) ** 2
-        size = max(1, FULL_SOLVE_ELEMENTS // per_frame)
-        return [frames[i:i + size] for i in range(0, len(frames), size)]
 
     def replace(self, **changes) -> BlochPhysics:
         """The same physics with some constructor arguments changed, e.g. ``n_tilts`` (another
