@@ -101,13 +101,16 @@ class Measurement:
 
 
 def read(source, *, ndim: int | None = None, overrides: dict | None = None,
-         required: tuple[str, ...] = ()) -> Measurement:
+         required: tuple[str, ...] = (), lazy: bool = False) -> Measurement:
     """Read ``source`` (a path or a signal object) into a :class:`Measurement`.
 
     ``ndim``: the number of array dimensions the caller needs (e.g. 4 for 4D-STEM
     (scan_y, scan_x, k_y, k_x), 2 for an image; singleton axes are squeezed first);
     ``overrides``: calibration values from the recipe, which replace the file's;
-    ``required``: calibration fields that must be known after overrides.
+    ``required``: calibration fields that must be known after overrides;
+    ``lazy``: leave the data on disk as a dask array, read chunk by chunk when indexed (Zarr
+    stores, and every format rosettasciio reads lazily: EMD, HDF5, MIB, …), for data larger
+    than memory; .npy files are memory-mapped.
     """
     if hasattr(source, "data") and hasattr(source, "axes_manager"):
         data, axes, metadata, original, name = _from_signal(source)
@@ -117,13 +120,14 @@ def read(source, *, ndim: int | None = None, overrides: dict | None = None,
         path = Path(source)
         if not path.exists():
             raise EmverseError(f"{path}: no such file; check the path (recipe paths may start with shared:)")
-        data, axes, metadata, original = _from_file(path)
+        data, axes, metadata, original = _from_file(path, lazy=lazy)
         name = str(path)
-    data = np.asarray(data)
+    if not lazy:
+        data = np.asarray(data)
     squeezed = [i for i, n in enumerate(data.shape) if n == 1]
     if ndim is not None and data.ndim != ndim and data.ndim - len(squeezed) == ndim:
         axes = [a for i, a in enumerate(axes) if i not in squeezed] if len(axes) == data.ndim else axes
-        data = data.squeeze()
+        data = data.reshape(tuple(n for n in data.shape if n != 1))
     if ndim is not None and data.ndim != ndim:
         layout = "(scan_y, scan_x, k_y, k_x)" if ndim == 4 else f"{ndim} axes"
         raise EmverseError(
@@ -210,16 +214,20 @@ def _as_dict(tree) -> dict:
     return {}
 
 
-def _from_file(path: Path):
+def _from_file(path: Path, lazy: bool = False):
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        data = np.load(path, allow_pickle=False)
+        data = np.load(path, allow_pickle=False, mmap_mode="r" if lazy else None)
         return data, [], _sidecar_table(path), {}
     if suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists()):
         import zarr
 
         array = zarr.open_array(str(path), mode="r")
         table = dict(array.attrs)
+        if lazy:
+            import dask.array
+
+            return dask.array.from_zarr(array), [], {"table": table}, table
         return np.asarray(array), [], {"table": table}, table
     module = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd",
               ".hspy": "hspy", ".h5": "hspy", ".hdf5": "hspy", ".mib": "quantumdetector",
@@ -237,12 +245,12 @@ def _from_file(path: Path):
         raise EmverseError(f"{path}: reading {suffix} needs rosettasciio ({exc}); "
                            "pip install 'emverse[readers]'") from exc
     try:
-        signals = reader(str(path))
+        signals = reader(str(path), lazy=lazy)
     except Exception as exc:
         if module == "hspy":  # an HDF5 file that is not hyperspy's may be an EMD
             from rsciio.emd import file_reader as emd_reader
 
-            signals = emd_reader(str(path))
+            signals = emd_reader(str(path), lazy=lazy)
         else:
             raise EmverseError(f"{path}: rosettasciio could not read it ({type(exc).__name__}: {exc})") from exc
     first = signals[0]
@@ -327,6 +335,12 @@ def read_pattern(source, overrides: dict | None = None) -> Measurement:
 def check_pattern(path) -> None:
     """Content check for a recipe's pattern file (see :func:`read_pattern`)."""
     read_pattern(path)
+
+
+def check_4dstem(path) -> None:
+    """Content check for a recipe's 4D-STEM file: it opens (lazily) as (scan_y, scan_x, k_y, k_x),
+    else one error naming the file and its shape."""
+    read(path, ndim=4, lazy=True)
 
 
 def resample_pattern(data: np.ndarray, from_pixel: float, to_pixel: float, shape: tuple[int, int],

@@ -53,8 +53,13 @@ def test_object_gradient_matches_central_differences_voxel_by_voxel():
     assert float(grad.abs().max()) > 1e-4  # the test would catch a zero gradient
 
 
-def test_probe_and_position_gradients_match_finite_differences():
-    model = _small(learn_probe=True, learn_positions=True)
+@pytest.mark.parametrize("extras", [
+    {},
+    # mixed-state probe, partial spatial coherence (source points) and detector blur
+    {"probe_modes": 3, "source_size_angstrom": 0.3, "detector_blur_px": 0.8},
+])
+def test_probe_and_position_gradients_match_finite_differences(extras):
+    model = _small(learn_probe=True, learn_positions=True, learn_affine=True, **extras)
     gen = torch.Generator().manual_seed(2)
     x = model.example_input(1, gen)
     weights = torch.randn(model(x).shape, generator=gen, dtype=torch.float64)
@@ -62,7 +67,7 @@ def test_probe_and_position_gradients_match_finite_differences():
     def objective():
         return (model(x) * weights).sum()
 
-    params = [model.probe_fourier_ri, model.positions_angstrom]
+    params = [model.probe_fourier_ri, model.position_offsets, model.scan_affine]
     grads = torch.autograd.grad(objective(), params)
     for param, grad in zip(params, grads, strict=True):
         direction = torch.randn(param.shape, generator=gen, dtype=torch.float64)

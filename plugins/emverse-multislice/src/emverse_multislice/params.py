@@ -48,6 +48,13 @@ def _optional_positive(instance, attribute, value):
     positive(instance, attribute, value)
 
 
+def _optional_finite(instance, attribute, value):
+    import math
+
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number or omitted, got {value!r}")
+
+
 def _to_tuple(value):
     return tuple(value) if isinstance(value, list) else value
 
@@ -83,7 +90,20 @@ class PtychographyParams:
     * ``learn_probe`` / ``learn_positions`` make the probe / scan positions
       trainable ``nn.Parameter`` s;
     * ``positions_per_pass`` scan positions simulated at once when no gradient
-      is needed (bounds memory; omitted = all).
+      is needed (bounds memory; omitted = all);
+    * ``probe_modes`` incoherent probe modes (a mixed-state probe: the pattern
+      is the sum of the modes' intensities; 1 = a coherent probe); the start
+      is the optics probe and its low-order Hermite modes (90 % of the power
+      in the first);
+    * ``scan_affine`` 2 × 2 matrix A [[a, b], [c, d]] applied to the nominal
+      scan about its centre (position = centre + A·(nominal − centre) + offset;
+      identity = the nominal grid); ``learn_affine`` makes it trainable;
+    * ``detector_blur_px`` Gaussian point-spread of the detector, σ in detector
+      pixels (0 = none);
+    * ``source_size_angstrom`` Gaussian source size σ (Å, its image at the
+      sample): partial spatial coherence, an incoherent average over
+      ``source_points`` × ``source_points`` Gauss–Hermite probe offsets
+      (0 = coherent).
     """
 
     output: ClassVar[str] = "intensity"
@@ -118,6 +138,26 @@ class PtychographyParams:
     learn_probe: bool = False
     learn_positions: bool = False
     positions_per_pass: int | None = attrs.field(default=256, validator=_optional_positive)
+    probe_modes: int = attrs.field(default=1, validator=positive)
+    scan_affine: tuple[tuple[float, float], tuple[float, float]] = attrs.field(
+        default=((1.0, 0.0), (0.0, 1.0)), converter=lambda v: tuple(_to_tuple(r) for r in _to_tuple(v)),
+        validator=lambda i, a, v: _check_matrix(a, v),
+    )
+    learn_affine: bool = False
+    detector_blur_px: float = attrs.field(default=0.0, validator=non_negative)
+    source_size_angstrom: float = attrs.field(default=0.0, validator=non_negative)
+    source_points: int = attrs.field(default=3, validator=positive)
+
+
+def _check_matrix(attribute, value):
+    ok = (isinstance(value, tuple) and len(value) == 2
+          and all(isinstance(r, tuple) and len(r) == 2 for r in value)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in value for v in r))
+    if not ok:
+        raise ValueError(f"{attribute.name} must be a 2 × 2 matrix [[a, b], [c, d]], got {value!r}")
+    (a, b), (c, d) = value
+    if abs(a * d - b * c) < 1e-6:
+        raise ValueError(f"{attribute.name} {value!r} is singular; give an invertible matrix (identity = no distortion)")
 
 
 @attrs.frozen
@@ -141,7 +181,16 @@ class AdamParams:
     * ``tolerance`` stop when the relative change of the epoch loss stays
       below it for ``patience`` epochs (0 = never stop early);
     * ``schedule`` learning-rate schedule over the epochs: "constant" or
-      "cosine" (annealed to 0 at the last epoch).
+      "cosine" (annealed to 0 at the last epoch);
+    * ``refine_affine`` also optimise the model's global scan affine (built with
+      ``learn_affine``), at ``affine_learning_rate`` per step; while it is
+      refined the position corrections are kept free of any linear part;
+    * ``refine_amplitude`` optimise the object's amplitude too (a complex
+      transmission exp(−a + iφ) with a ≥ 0: amplitude ≤ 1);
+    * ``correction_start_epoch`` probe, position and affine corrections start
+      at this epoch (the object settles first);
+    * ``probe_support`` a refined probe keeps no amplitude outside the
+      bright-field disc (the aperture plus one pixel).
     """
 
     epochs: int = attrs.field(default=200, validator=positive)
@@ -158,6 +207,11 @@ class AdamParams:
     tolerance: float = attrs.field(default=0.0, validator=non_negative)
     patience: int = attrs.field(default=10, validator=positive)
     schedule: str = attrs.field(default="constant", validator=one_of("constant", "cosine"))
+    refine_affine: bool = False
+    affine_learning_rate: float = attrs.field(default=1e-3, validator=positive)
+    refine_amplitude: bool = False
+    correction_start_epoch: int = attrs.field(default=0, validator=non_negative)
+    probe_support: bool = True
 
 
 @attrs.frozen
@@ -199,6 +253,29 @@ class ReconstructParams:
     * ``in_plane_rotation_deg`` extra rotation about the beam (degrees);
     * ``parametrization`` abTEM scattering-factor table ("lobato", "kirkland");
     * ``noise`` add Poisson noise at the model's dose to the simulated data.
+
+    Measured data instead of a rendered crystal:
+
+    * ``observation`` a 4D-STEM file (scan_y, scan_x, k_y, k_x) in counts,
+      any format :func:`emverse.readers.read` opens (EMD, HDF5, DM4, MIB,
+      TIFF, .npy + metadata table, Zarr); the structure is then not used;
+    * calibrations, each replacing the file's value: ``beam_energy_kv`` (kV),
+      ``convergence_semiangle_mrad`` (mrad), ``reciprocal_pixel_size``
+      (Å⁻¹ per detector pixel), ``scan_step_angstrom`` (Å),
+      ``scan_rotation_deg`` (deg, scan axes relative to the detector's);
+      where neither file nor options give beam energy, semi-angle or scan
+      step, the forward model's ``voltage_kv`` / ``semiangle_mrad`` /
+      ``scan_step_angstrom`` are used; the reciprocal pixel size has no
+      default. The forward model's voltage, semi-angle, sampling, scan and
+      object shape are then set from the data (reported);
+    * ``detector_binning`` model detector pixel ÷ measured pixel (1 = crop
+      the centred ``probe_gpts`` window; 2 = bin 2 × 2; any ratio resamples);
+    * ``object_padding_px`` vacuum margin (px) around the scanned area plus the
+      probe window;
+    * ``stream`` read patterns from disk a mini-batch at a time (datasets
+      larger than memory; use with the refiner's ``batch_size``);
+    * ``truth`` optional phase volume (.npy, depth × H × W on the model's
+      grid, rad) of simulated "measured" data, for SSIM in the scanned area.
     """
 
     structure: str = path_field("file", default="builtin:srtio3")
@@ -207,6 +284,16 @@ class ReconstructParams:
     parametrization: str = attrs.field(default="lobato", validator=one_of("lobato", "kirkland"))
     noise: bool = False
     save_volumes: bool = True
+    observation: str = path_field("any", default="", reader="emverse.readers:check_4dstem")
+    beam_energy_kv: float | None = attrs.field(default=None, validator=_optional_positive)
+    convergence_semiangle_mrad: float | None = attrs.field(default=None, validator=_optional_positive)
+    reciprocal_pixel_size: float | None = attrs.field(default=None, validator=_optional_positive)
+    scan_step_angstrom: float | None = attrs.field(default=None, validator=_optional_positive)
+    scan_rotation_deg: float | None = attrs.field(default=None, validator=_optional_finite)
+    detector_binning: float = attrs.field(default=1.0, validator=positive)
+    object_padding_px: int = attrs.field(default=8, validator=non_negative)
+    stream: bool = False
+    truth: str = path_field("file", default="")
 
 
 __all__ = [

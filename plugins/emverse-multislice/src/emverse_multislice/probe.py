@@ -161,3 +161,81 @@ def centred_scan_origin(
         0.5 * (float(extent) - (int(n) - 1) * float(step_angstrom))
         for n, extent in zip(scan_shape, extent_angstrom, strict=True)
     )
+
+
+def probe_mode_set(
+    wave_fourier: torch.Tensor, n_modes: int, sampling, *, dominant_power: float = 0.9
+) -> torch.Tensor:
+    """An initial mixed-state probe (n_modes, H, W) in Fourier space from one coherent probe.
+
+    Mode 0 is ``wave_fourier``; mode m > 0 is it multiplied in real space by
+    a product of Hermite polynomials H_a(x/w)·H_b(y/w) (orders (1, 0), (0, 1),
+    (1, 1), (2, 0), (0, 2), … ; w the probe's rms radius), the set made
+    orthonormal (Gram–Schmidt from mode 0), then scaled so that mode 0 carries
+    ``dominant_power`` of the total and the others share the rest equally;
+    Σ_m Σ_k |Ψ_m|² equals the input probe's power. These are the low-order
+    modes of a partially coherent probe (a finite source blurs the probe by
+    a small shift, whose first-order terms are x·ψ and y·ψ).
+    """
+    n_modes = int(n_modes)
+    if n_modes < 1:
+        raise ValueError(f"probe_modes must be a positive integer, got {n_modes!r}")
+    power = float((wave_fourier.abs() ** 2).sum())
+    if n_modes == 1:
+        return wave_fourier[None].clone()
+    if not 0.0 < dominant_power < 1.0:
+        raise ValueError(f"dominant_power must lie in (0, 1), got {dominant_power!r}")
+    gpts = tuple(wave_fourier.shape[-2:])
+    psi = torch.fft.ifft2(wave_fourier, norm="ortho")  # the probe at the window's corner (periodic)
+    s = (float(sampling), float(sampling)) if not isinstance(sampling, (tuple, list)) else tuple(sampling)
+    rows = torch.arange(gpts[0], dtype=torch.float64)
+    cols = torch.arange(gpts[1], dtype=torch.float64)
+    # coordinates measured from the corner, wrapped to (−N/2, N/2]: the probe sits at pixel (0, 0)
+    rows = (rows + gpts[0] // 2) % gpts[0] - gpts[0] // 2
+    cols = (cols + gpts[1] // 2) % gpts[1] - gpts[1] // 2
+    x = (rows * s[0])[:, None].expand(gpts)
+    y = (cols * s[1])[None, :].expand(gpts)
+    density = psi.abs() ** 2
+    density = density / density.sum()
+    radius = float(torch.sqrt((density * (x**2 + y**2)).sum() / 2).clamp_min(min(s)))
+    hermite = [lambda u: torch.ones_like(u), lambda u: 2 * u, lambda u: 4 * u**2 - 2]
+    orders = [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (0, 2), (2, 1), (1, 2), (2, 2)]
+    if n_modes > len(orders):
+        raise ValueError(f"probe_modes = {n_modes} is more than the {len(orders)} modes this start offers")
+    modes = []
+    for a, b in orders[:n_modes]:
+        candidate = psi * (hermite[a](x / radius) * hermite[b](y / radius)).to(psi.dtype)
+        for previous in modes:
+            candidate = candidate - (previous.conj() * candidate).sum() * previous
+        modes.append(candidate / torch.sqrt((candidate.abs() ** 2).sum()))
+    weights = [dominant_power] + [(1 - dominant_power) / (n_modes - 1)] * (n_modes - 1)
+    stack = torch.stack([torch.fft.fft2(m, norm="ortho") * (w * power) ** 0.5 for m, w in zip(modes, weights, strict=True)])
+    return stack.to(wave_fourier.dtype)
+
+
+def orthogonal_modes(modes_fourier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenmodes of a mixed-state probe (M, H, W) and their power fractions, strongest first.
+
+    Σ_m ψ_m ψ_mᴴ (the probe's density matrix, all that the data constrain) is unchanged; the
+    returned modes are orthogonal (an SVD of the stacked modes)."""
+    m = modes_fourier.shape[0]
+    flat = modes_fourier.reshape(m, -1)
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    orthogonal = (s[:, None].to(vh.dtype) * vh).reshape(modes_fourier.shape)
+    fractions = s**2 / (s**2).sum()
+    return orthogonal, fractions
+
+
+def source_offsets(source_size_angstrom: float, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss–Hermite quadrature of a Gaussian source of standard deviation ``source_size_angstrom``
+    (Å, the source's image at the sample): offsets (points², 2) in Å and weights (points²,) summing
+    to 1. Averaging intensities over probe positions shifted by the offsets is partial spatial
+    coherence (an incoherent sum over source points)."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(int(points))  # weight exp(−u²/2)
+    weights = weights / weights.sum()
+    u = torch.tensor(nodes, dtype=torch.float64) * float(source_size_angstrom)
+    w = torch.tensor(weights, dtype=torch.float64)
+    offsets = torch.stack(torch.meshgrid(u, u, indexing="ij"), dim=-1).reshape(-1, 2)
+    return offsets, (w[:, None] * w[None, :]).reshape(-1)

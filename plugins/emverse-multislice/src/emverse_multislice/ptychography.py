@@ -15,6 +15,8 @@ probe carries the sub-pixel remainder.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from emverse.errors import EmverseError
 from emverse.interfaces import ForwardModel
@@ -23,10 +25,14 @@ from torch import nn
 
 from emverse_multislice.electron import wavelength_angstrom
 from emverse_multislice.probe import (
+    aperture,
     centred_scan_origin,
+    phase_ramp,
     probe_fourier,
+    probe_mode_set,
     scan_grid,
     shifted_probes,
+    source_offsets,
 )
 from emverse_multislice.propagation import (
     antialias_aperture,
@@ -84,6 +90,12 @@ class MultislicePtychography(ForwardModel):
         learn_probe: bool = False,
         learn_positions: bool = False,
         positions_per_pass: int | None = 256,
+        probe_modes: int = 1,
+        scan_affine=((1.0, 0.0), (0.0, 1.0)),
+        learn_affine: bool = False,
+        detector_blur_px: float = 0.0,
+        source_size_angstrom: float = 0.0,
+        source_points: int = 3,
         *,
         positions_angstrom: torch.Tensor | None = None,
         probe: torch.Tensor | None = None,
@@ -144,7 +156,24 @@ class MultislicePtychography(ForwardModel):
         self.wavelength_angstrom = wavelength_angstrom(voltage_kv)
         self.extent_angstrom = tuple(n * self.sampling_angstrom for n in object_shape[1:])
 
-        # scan positions (Å)
+        if int(probe_modes) < 1:
+            raise EmverseError(f"probe_modes must be a positive integer, got {probe_modes!r}")
+        for name, value in (("detector_blur_px", detector_blur_px), ("source_size_angstrom", source_size_angstrom)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise EmverseError(f"{name} must be a number >= 0, got {value!r}")
+        if int(source_points) < 1:
+            raise EmverseError(f"source_points must be a positive integer, got {source_points!r}")
+        affine = torch.as_tensor(scan_affine, dtype=torch.float64).detach().clone()
+        if affine.shape != (2, 2) or not torch.isfinite(affine).all() or abs(float(torch.linalg.det(affine))) < 1e-6:
+            raise EmverseError(
+                f"scan_affine must be an invertible 2 × 2 matrix [[a, b], [c, d]], got {scan_affine!r}"
+            )
+        self.probe_modes = int(probe_modes)
+        self.detector_blur_px = float(detector_blur_px)
+        self.source_size_angstrom = float(source_size_angstrom)
+        self.source_points = int(source_points) if source_size_angstrom > 0 else 1
+
+        # scan positions (Å): centre + A·(nominal − centre) + offset
         if positions_angstrom is None:
             if scan_origin_angstrom is None:
                 scan_origin_angstrom = centred_scan_origin(
@@ -159,11 +188,18 @@ class MultislicePtychography(ForwardModel):
                     f"positions_angstrom must have shape (n_scan, 2) in Å, got {tuple(positions.shape)}"
                 )
             self.scan_shape = (positions.shape[0], 1)
-        self._check_positions(positions)
+        self.register_buffer("nominal_positions", positions)
+        self.register_buffer("scan_centre", positions.mean(dim=0))
+        offsets = torch.zeros_like(positions)
         if learn_positions:
-            self.positions_angstrom = nn.Parameter(positions)
+            self.position_offsets = nn.Parameter(offsets)
         else:
-            self.register_buffer("positions_angstrom", positions)
+            self.register_buffer("position_offsets", offsets)
+        if learn_affine:
+            self.scan_affine = nn.Parameter(affine)
+        else:
+            self.register_buffer("scan_affine", affine)
+        self._check_positions(self.positions_angstrom.detach())
 
         # probe (Fourier space, centred on k = 0), stored as real (kH, kW, 2)
         if probe is None:
@@ -183,7 +219,13 @@ class MultislicePtychography(ForwardModel):
                     f"probe has shape {tuple(probe.shape)} but the probe window (probe_gpts) is "
                     f"{probe_gpts}; give a Fourier-space probe of that shape"
                 )
-        probe_real = torch.view_as_real(probe).contiguous()
+        # the bright-field disc: where the probe may carry amplitude (the aperture plus one pixel)
+        disc = aperture(probe_gpts, self.sampling_angstrom, voltage_kv,
+                        semiangle_mrad + 1e3 * self.wavelength_angstrom / (min(probe_gpts) * self.sampling_angstrom),
+                        soft=False)
+        self.register_buffer("probe_support", disc, persistent=False)
+        probe = probe_mode_set(probe, self.probe_modes, self.sampling_angstrom)
+        probe_real = torch.view_as_real(probe).contiguous()  # (modes, kH, kW, 2)
         if learn_probe:
             self.probe_fourier_ri = nn.Parameter(probe_real)
         else:
@@ -207,6 +249,14 @@ class MultislicePtychography(ForwardModel):
             antialias_aperture(object_shape[1:], self.sampling_angstrom),
             persistent=False,
         )
+        offsets, weights = source_offsets(self.source_size_angstrom, self.source_points)
+        self.register_buffer("source_offsets", offsets, persistent=False)
+        self.register_buffer("source_weights", weights, persistent=False)
+        # detector point-spread: a Gaussian of σ = detector_blur_px pixels (transfer function)
+        fy = torch.fft.fftfreq(probe_gpts[0], dtype=torch.float64)[:, None]
+        fx = torch.fft.fftfreq(probe_gpts[1], dtype=torch.float64)[None, :]
+        blur = torch.exp(-2 * math.pi**2 * self.detector_blur_px**2 * (fy**2 + fx**2))
+        self.register_buffer("detector_transfer", blur, persistent=False)
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -272,7 +322,14 @@ class MultislicePtychography(ForwardModel):
     # -------------------------------------------------------------- properties
     @property
     def n_scan(self) -> int:
-        return int(self.positions_angstrom.shape[0])
+        return int(self.nominal_positions.shape[0])
+
+    @property
+    def positions_angstrom(self) -> torch.Tensor:
+        """Scan positions (n_scan, 2) in Å: centre + A·(nominal − centre) + offsets, with A the
+        global scan affine (``scan_affine``) and the offsets the per-position corrections."""
+        relative = self.nominal_positions - self.scan_centre
+        return self.scan_centre + relative @ self.scan_affine.T + self.position_offsets
 
     @property
     def observation_shape(self) -> tuple[int, int, int]:
@@ -280,9 +337,15 @@ class MultislicePtychography(ForwardModel):
         return (self.n_scan, *self.probe_gpts)
 
     @property
-    def probe_fourier(self) -> torch.Tensor:
-        """The complex Fourier-space probe (kH, kW), centred on k = 0."""
+    def probe_modes_fourier(self) -> torch.Tensor:
+        """The mixed-state probe (modes, kH, kW), complex, Fourier space, centred on k = 0;
+        the diffraction pattern is the sum of the modes' intensities."""
         return torch.view_as_complex(self.probe_fourier_ri)
+
+    @property
+    def probe_fourier(self) -> torch.Tensor:
+        """The first (dominant) probe mode (kH, kW); with one mode, the probe."""
+        return self.probe_modes_fourier[0]
 
     def probe_wave(self) -> torch.Tensor:
         """Real-space probe (kH, kW) at the window centre (for display)."""
@@ -313,21 +376,24 @@ class MultislicePtychography(ForwardModel):
             t = bandlimit(t, self.object_aperture.to(_real_of(x.dtype)))
         return t
 
-    def exit_waves(self, x: torch.Tensor, scan_indices: torch.Tensor | None = None) -> torch.Tensor:
-        """Exit waves (B, n, kH, kW) for the selected scan positions."""
+    def exit_waves(self, x: torch.Tensor, scan_indices: torch.Tensor | None = None,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Exit waves (B, n, modes, kH, kW) for the selected scan positions (or for
+        ``positions`` (n, 2) in Å, given directly)."""
         self.check_input(x)
         real = _real_of(x.dtype)
         cplx = _complex_of(real)
         t = self.transmission(x).to(cplx)
-        positions = self.positions_angstrom
-        if scan_indices is not None:
-            scan_indices = torch.as_tensor(scan_indices, dtype=torch.long, device=positions.device)
-            positions = positions[scan_indices]
-        probe = self.probe_fourier.to(cplx)
+        if positions is None:
+            positions = self.positions_angstrom
+            if scan_indices is not None:
+                scan_indices = torch.as_tensor(scan_indices, dtype=torch.long, device=positions.device)
+                positions = positions[scan_indices]
+        probe = self.probe_modes_fourier.to(cplx)
         s = self.sampling_angstrom
         if self.periodic:
-            waves = shifted_probes(probe, positions.to(real), s)[None]  # (1, n, H, W)
-            slices = t.unsqueeze(2)  # (B, D, 1, H, W)
+            waves = _shifted_modes(probe, positions.to(real), s)[None]  # (1, n, M, H, W)
+            slices = t[:, :, None, None]  # (B, D, 1, 1, H, W)
         else:
             corner = self._window_corner(positions)
             kh, kw = self.probe_gpts
@@ -340,10 +406,10 @@ class MultislicePtychography(ForwardModel):
                     "lower positions_learning_rate or enlarge object_shape"
                 )
             shifts = positions.to(real) - corner.to(real) * s
-            waves = shifted_probes(probe, shifts, s)[None]  # (1, n, kH, kW)
+            waves = _shifted_modes(probe, shifts, s)[None]  # (1, n, M, kH, kW)
             rows = corner[:, 0, None] + torch.arange(kh, device=corner.device)  # (n, kH)
             cols = corner[:, 1, None] + torch.arange(kw, device=corner.device)  # (n, kW)
-            slices = t[:, :, rows[:, :, None], cols[:, None, :]]  # (B, D, n, kH, kW)
+            slices = t[:, :, rows[:, :, None], cols[:, None, :]][:, :, :, None]  # (B, D, n, 1, kH, kW)
         propagator = self.propagator.to(cplx)
         return multislice(
             waves,
@@ -362,13 +428,31 @@ class MultislicePtychography(ForwardModel):
         chunk = self.positions_per_pass
         n = self.n_scan if scan_indices is None else len(scan_indices)
         if chunk is None or torch.is_grad_enabled() or n <= chunk:
-            return far_field_intensity(self.exit_waves(x, scan_indices))
+            return self._intensities(x, scan_indices)
         indices = (
             torch.arange(self.n_scan) if scan_indices is None else torch.as_tensor(scan_indices).cpu()
         )
-        return torch.cat(
-            [far_field_intensity(self.exit_waves(x, part)) for part in indices.split(chunk)], dim=1
-        )
+        return torch.cat([self._intensities(x, part) for part in indices.split(chunk)], dim=1)
+
+    def _intensities(self, x: torch.Tensor, scan_indices) -> torch.Tensor:
+        """Σ over probe modes (and source points) of the far-field intensity, then the
+        detector's blur: (B, n, kH, kW)."""
+        if self.source_size_angstrom == 0:
+            intensity = far_field_intensity(self.exit_waves(x, scan_indices)).sum(dim=2)
+        else:
+            positions = self.positions_angstrom
+            if scan_indices is not None:
+                positions = positions[torch.as_tensor(scan_indices, dtype=torch.long, device=positions.device)]
+            n, k = positions.shape[0], self.source_offsets.shape[0]
+            spread = (positions[:, None, :] + self.source_offsets[None]).reshape(n * k, 2)
+            waves = self.exit_waves(x, positions=spread)
+            intensity = far_field_intensity(waves).sum(dim=2).unflatten(1, (n, k))
+            intensity = (intensity * self.source_weights.to(intensity.dtype)[:, None, None]).sum(dim=2)
+        if self.detector_blur_px > 0:
+            # a circular convolution commutes with the fftshift: blur the shifted pattern directly
+            transfer = self.detector_transfer.to(intensity.dtype)
+            intensity = torch.fft.ifft2(torch.fft.fft2(intensity) * transfer).real
+        return intensity
 
     # --------------------------------------------------------------- utilities
     def example_input(self, batch: int, generator: torch.Generator | None = None, dtype=torch.float64):
@@ -386,8 +470,16 @@ class MultislicePtychography(ForwardModel):
             f"voltage_kv={self.voltage_kv}, semiangle_mrad={self.semiangle_mrad}, "
             f"object_shape={self.object_shape}, probe_gpts={self.probe_gpts}, "
             f"n_scan={self.n_scan}, sampling_angstrom={self.sampling_angstrom}, "
-            f"slice_thickness_angstrom={self.slice_thickness_angstrom}, propagator={self.propagator_kind!r}"
+            f"slice_thickness_angstrom={self.slice_thickness_angstrom}, propagator={self.propagator_kind!r}, "
+            f"probe_modes={self.probe_modes}"
         )
+
+
+def _shifted_modes(modes: torch.Tensor, shifts: torch.Tensor, sampling: float) -> torch.Tensor:
+    """Real-space probe modes (n, M, H, W) at each shift (n, 2) Å from Fourier modes (M, H, W)."""
+    gpts = tuple(modes.shape[-2:])
+    ramp = phase_ramp(shifts, gpts, sampling)  # (n, H, W)
+    return torch.fft.ifft2(modes[None] * ramp[:, None], norm="ortho")
 
 
 _EXAMPLES = {

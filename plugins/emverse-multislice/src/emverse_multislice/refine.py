@@ -39,7 +39,23 @@ from emverse.interfaces import RefinementResult, Refiner
 _AMPLITUDE_EPS = 1e-12
 
 
-def _as_stack(model, observation) -> torch.Tensor:
+def _rows(y, indices) -> torch.Tensor:
+    """The observed patterns of ``indices`` (B, n, kH, kW): from a tensor, or read on demand
+    from a lazy stack (e.g. :class:`emverse_multislice.measured.PatternStack` over Zarr)."""
+    if isinstance(y, torch.Tensor):
+        return y[:, indices]
+    return y.rows(indices)
+
+
+def _as_stack(model, observation):
+    if hasattr(observation, "rows") and hasattr(observation, "shape"):  # a lazy, streamed stack
+        expected = (1, *model.observation_shape)
+        if tuple(observation.shape) != expected:
+            raise EmverseError(
+                f"observation has shape {tuple(observation.shape)} but the model predicts {expected} "
+                "= (B, n_scan, kH, kW); read the data with the model's scan and detector"
+            )
+        return observation
     if not isinstance(observation, torch.Tensor):
         raise EmverseError(
             f"observation must be a torch.Tensor diffraction stack, got {type(observation).__name__}"
@@ -56,7 +72,7 @@ def _as_stack(model, observation) -> torch.Tensor:
         )
     if not torch.isfinite(y).all():
         raise EmverseError("observation holds NaN or infinite values; clean the data first")
-    return y
+    return y.detach()
 
 
 def data_misfit(model, y_pred: torch.Tensor, y_obs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -102,12 +118,17 @@ class _GradientReconstruction(Refiner):
             )
         return initial.clone()
 
+    absorption: torch.Tensor | None = None  # optimised −ln|t| when the amplitude is refined
+
     def _objective(self, model, x, y, indices) -> torch.Tensor:
-        x = self._volume(model, x)
-        y_pred = model(x, scan_indices=indices)
-        loss = data_misfit(model, y_pred, y[:, indices], self.loss)
+        phase = self._volume(model, x)
+        obj = phase
+        if self.absorption is not None:
+            obj = torch.polar(torch.exp(-self._volume(model, self.absorption)), phase)
+        y_pred = model(obj, scan_indices=indices)
+        loss = data_misfit(model, y_pred, _rows(y, indices), self.loss)
         if self.l1_weight > 0:
-            loss = loss + self.l1_weight * x.abs().mean()
+            loss = loss + self.l1_weight * phase.abs().mean()
         return loss
 
     def _volume(self, model, x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +142,27 @@ class _GradientReconstruction(Refiner):
 
     @torch.no_grad()
     def _project(self, model, x: torch.Tensor):
-        """Positivity (a projection after each step)."""
+        """Projections after each step: phase positivity; amplitude ≤ 1 (absorption ≥ 0); a refined
+        probe keeps no amplitude outside the bright-field disc (``probe_support``: the measured
+        aperture pins the detector's scale, which a freely deforming probe would trade against a
+        distorted scan and object); the
+        position corrections keep zero mean (a common shift is a shift of the object, invisible
+        in the data) and, while the scan affine is refined, no linear part (that is the
+        affine's)."""
         if self.positivity:
             x.clamp_(min=0.0)
+        if self.absorption is not None:
+            self.absorption.clamp_(min=0.0)
+        probe = getattr(model, "probe_fourier_ri", None)
+        if isinstance(probe, torch.nn.Parameter) and getattr(self, "probe_support", False):
+            probe *= model.probe_support.to(probe.dtype)[None, :, :, None]
+        offsets = getattr(model, "position_offsets", None)
+        if isinstance(offsets, torch.nn.Parameter) and getattr(self, "refine_positions", False):
+            offsets -= offsets.mean(dim=0)
+            if getattr(self, "refine_affine", False):
+                relative = model.nominal_positions - model.scan_centre
+                linear = torch.linalg.lstsq(relative, offsets).solution
+                offsets -= relative @ linear
 
     def _chunks(self, n: int, generator: torch.Generator | None, shuffle: bool):
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -132,8 +171,12 @@ class _GradientReconstruction(Refiner):
 
     def _result(self, model, x, history, converged, iterations, message, extra):
         parameters = {"object": self._volume(model, x.detach()).clone()}
+        if self.absorption is not None:
+            parameters["amplitude"] = torch.exp(-self._volume(model, self.absorption.detach()))
         for name in extra:
             parameters[name] = getattr(model, name).detach().clone()
+        if {"position_offsets", "scan_affine"} & set(extra):
+            parameters["positions_angstrom"] = model.positions_angstrom.detach().clone()
         return RefinementResult(
             parameters=parameters,
             history=history,
@@ -165,6 +208,11 @@ class AdamReconstruction(_GradientReconstruction):
         tolerance: float = 0.0,
         patience: int = 10,
         schedule: str = "constant",
+        refine_affine: bool = False,
+        affine_learning_rate: float = 1e-3,
+        refine_amplitude: bool = False,
+        correction_start_epoch: int = 0,
+        probe_support: bool = True,
     ):
         if int(epochs) <= 0:
             raise EmverseError(f"epochs must be a positive integer, got {epochs!r}")
@@ -185,8 +233,15 @@ class AdamReconstruction(_GradientReconstruction):
         self.object_bandlimit = bool(object_bandlimit)
         self.refine_probe = bool(refine_probe)
         self.refine_positions = bool(refine_positions)
+        self.refine_affine = bool(refine_affine)
+        self.refine_amplitude = bool(refine_amplitude)
         self.probe_learning_rate = float(probe_learning_rate)
         self.positions_learning_rate = float(positions_learning_rate)
+        self.affine_learning_rate = float(affine_learning_rate)
+        if int(correction_start_epoch) < 0:
+            raise EmverseError(f"correction_start_epoch must be >= 0, got {correction_start_epoch!r}")
+        self.correction_start_epoch = int(correction_start_epoch)
+        self.probe_support = bool(probe_support)
         self.tolerance = float(tolerance)
         self.patience = int(patience)
         if schedule not in ("constant", "cosine"):
@@ -195,17 +250,17 @@ class AdamReconstruction(_GradientReconstruction):
 
     def _model_groups(self, model):
         groups, names = [], []
-        for flag, name, lr, field in (
-            (self.refine_probe, "probe_fourier_ri", self.probe_learning_rate, "learn_probe"),
-            (self.refine_positions, "positions_angstrom", self.positions_learning_rate, "learn_positions"),
+        for flag, name, lr, what in (
+            (self.refine_probe, "probe_fourier_ri", self.probe_learning_rate, "probe"),
+            (self.refine_positions, "position_offsets", self.positions_learning_rate, "positions"),
+            (self.refine_affine, "scan_affine", self.affine_learning_rate, "affine"),
         ):
             if not flag:
                 continue
             param = getattr(model, name, None)
             if not isinstance(param, torch.nn.Parameter):
                 raise EmverseError(
-                    f"refine_{'probe' if 'probe' in name else 'positions'} = true needs a model "
-                    f"built with {field} = true"
+                    f"refine_{what} = true needs a model built with learn_{what} = true"
                 )
             groups.append({"params": [param], "lr": lr})
             names.append(name)
@@ -214,16 +269,23 @@ class AdamReconstruction(_GradientReconstruction):
     def refine(self, model, observation, *, generator=None, callback=None, initial=None, resume=None):
         """Reconstruct; ``initial`` (B, depth, H, W) or (depth, H, W) starts from a given volume
         (default zeros). Returns parameters {"object", + refined model tensors}."""
-        y = _as_stack(model, observation).detach()
+        y = _as_stack(model, observation)
         x = self._initial(model, y, initial).requires_grad_(True)
         groups, extra = self._model_groups(model)
-        optimiser = torch.optim.Adam([{"params": [x], "lr": self.learning_rate}, *groups])
+        object_groups = [{"params": [x], "lr": self.learning_rate}]
+        self.absorption = None
+        if self.refine_amplitude:
+            self.absorption = torch.zeros_like(x, requires_grad=True)
+            object_groups.append({"params": [self.absorption], "lr": self.learning_rate})
+        optimiser = torch.optim.Adam([*object_groups, *groups])
         scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=self.epochs)
             if self.schedule == "cosine"
             else None
         )
         state = {"object": x, **{name: getattr(model, name) for name in extra}}
+        if self.absorption is not None:
+            state["absorption"] = self.absorption
         aux: dict[str, torch.Tensor] = {}
         first, saved, facts = start_from(resume, state, optimiser, aux)
         if "generator" in aux and generator is not None:
@@ -252,6 +314,9 @@ class AdamReconstruction(_GradientReconstruction):
                 optimiser.zero_grad(set_to_none=True)
                 loss = self._objective(model, x, y, indices)
                 loss.backward()
+                if epoch < self.correction_start_epoch:  # the object settles before the corrections move
+                    for group in groups:
+                        group["params"][0].grad = None
                 optimiser.step()
                 self._project(model, x)
                 total += float(loss.detach()) * len(indices)
@@ -323,7 +388,7 @@ class LbfgsReconstruction(_GradientReconstruction):
 
     def refine(self, model, observation, *, generator=None, callback=None, initial=None, resume=None):
         """Reconstruct; see :class:`AdamReconstruction.refine`."""
-        y = _as_stack(model, observation).detach()
+        y = _as_stack(model, observation)
         x = self._initial(model, y, initial).requires_grad_(True)
         n_scan = model.n_scan
         chunks = self._chunks(n_scan, generator, shuffle=False)
