@@ -130,10 +130,24 @@ def run(recipe: str | os.PathLike | dict | Recipe, overrides: dict[str, Any] | N
     """Validate and run ``recipe`` (path, ready-recipe name, dict or Recipe) and return its
     :class:`RunOutput`. Overrides are dotted keys: ``overrides={"options.n_samples": 50}`` or
     ``**{"options.n_samples": 50}``. ``out`` is the run directory (default
-    ``runs/<name>-<time>-<random>``), ``force`` replaces an existing one."""
+    ``runs/<name>-<time>-<random>``), ``force`` replaces an existing one.
+
+    Where a recipe takes a data file, an in-memory measurement may be given instead (a
+    hyperspy signal, a py4DSTEM DataCube): it is written once with its calibration as
+    ``inputs/<content hash>.zarr`` beside the run directory (``runs/inputs`` by default) and the
+    recipe names that path, so the run stays reproducible and resumable."""
     from emverse.run import execute
 
-    validated = load(recipe, {**(overrides or {}), **more_overrides})
+    values = {**(overrides or {}), **more_overrides}
+    signals = []
+    if any(hasattr(value, "data") for value in values.values()):  # readers (numpy) only when needed
+        from emverse.readers import is_signal, materialise_signal
+
+        signals = [key for key, value in values.items() if is_signal(value)]
+    if signals:  # a hyperspy signal / py4DSTEM DataCube where a path goes: written once, then named
+        inputs = (Path(out).parent if out is not None else Path("runs")) / "inputs"
+        values = {k: str(materialise_signal(v, inputs).resolve()) if k in signals else v for k, v in values.items()}
+    validated = load(recipe, values)
     run_dir = execute(validated, Path(out) if out is not None else None, progress=progress, force=force)
     return RunOutput.open(run_dir)
 

@@ -337,6 +337,45 @@ def check_pattern(path) -> None:
     read_pattern(path)
 
 
+def is_signal(value) -> bool:
+    """Whether ``value`` is an in-memory measurement :func:`read` accepts (a hyperspy signal or a
+    py4DSTEM DataCube, or a duck-typed stand-in)."""
+    return hasattr(value, "data") and (hasattr(value, "axes_manager")
+                                       or hasattr(getattr(value, "calibration", None), "get_Q_pixel_size"))
+
+
+def write_zarr(path, data, calibration: Calibration) -> Path:
+    """Write an array with its calibration (the fields as attributes) as a Zarr store that
+    :func:`read` gives back the same: data chunked by the first axis, so a lazy reader reads
+    only what it indexes."""
+    import zarr
+
+    path = Path(path)
+    data = np.asarray(data)
+    chunks = (1, *data.shape[1:]) if data.ndim > 2 else data.shape
+    array = zarr.open_array(str(path), mode="w", shape=data.shape, dtype=data.dtype, chunks=chunks)
+    array[...] = data
+    array.attrs.update({k: v["value"] for k, v in calibration.report().items()})
+    return path
+
+
+def materialise_signal(signal, directory) -> Path:
+    """An in-memory signal written once as ``directory/<content hash>.zarr`` (data and
+    calibration), so that a recipe can name it by path: a run records where its input came from
+    and can be resumed."""
+    import hashlib
+
+    measurement = read(signal)
+    data = np.ascontiguousarray(measurement.data)
+    digest = hashlib.sha256(data.tobytes() + repr((data.shape, data.dtype.str,
+                                                    sorted(measurement.calibration.report().items()))).encode())
+    path = Path(directory) / f"{digest.hexdigest()[:16]}.zarr"
+    if not (path / "zarr.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_zarr(path, data, measurement.calibration)
+    return path
+
+
 def check_4dstem(path) -> None:
     """Content check for a recipe's 4D-STEM file: it opens (lazily) as (scan_y, scan_x, k_y, k_x),
     else one error naming the file and its shape."""

@@ -263,3 +263,32 @@ def test_refine_amplitude_recovers_an_absorbing_object():
     assert float(recovered[8:16, 18:26].mean()) == pytest.approx(0.7, abs=0.06)  # measured 0.730
     assert float(recovered.mean()) > 0.95  # the rest stays transparent (measured 0.977)
     assert "amplitude" not in runs[False].parameters
+
+
+def test_a_signal_or_datacube_from_python_gives_the_file_result(tmp_path):
+    """A hyperspy-like signal and a py4DSTEM-like DataCube (stand-ins: neither library is
+    installed here) holding the file's data and calibration, passed to emverse.run where the
+    recipe takes a path, give the same reconstruction as the file; the signal is written once
+    as a content-addressed Zarr store beside the run and the recipe names it."""
+    from types import SimpleNamespace
+
+    import emverse
+
+    measured = read(DATA / "srtio3-4dstem.emd", ndim=4)
+    quick = {"refiner.epochs": 4, "options.truth": str(DATA / "srtio3-4dstem-truth.npy")}
+    from_file = emverse.run(RECIPE, out=tmp_path / "file", **quick,
+                            **{"options.observation": str(DATA / "srtio3-4dstem.emd")})
+    units = [(0.6, "Å", True), (0.6, "Å", True), (1 / 12, "1/Å", False), (1 / 12, "1/Å", False)]
+    axes = [SimpleNamespace(index_in_array=i, scale=s, units=u, navigate=n) for i, (s, u, n) in enumerate(units)]
+    signal = SimpleNamespace(data=measured.data, axes_manager=SimpleNamespace(_axes=axes), metadata={})
+    calibration = SimpleNamespace(get_Q_pixel_size=lambda: 1 / 12, get_Q_pixel_units=lambda: "A^-1",
+                                  get_R_pixel_size=lambda: 0.6, get_R_pixel_units=lambda: "A",
+                                  get_QR_rotation_degrees=lambda: None)
+    cube = SimpleNamespace(data=measured.data, calibration=calibration, name="cube")
+    for name, source in (("signal", signal), ("cube", cube)):
+        result = emverse.run(RECIPE, out=tmp_path / name, **quick, **{"options.observation": source})
+        # equal up to float rounding (reductions may round differently with memory alignment)
+        assert result.metrics == pytest.approx(from_file.metrics, rel=1e-9, abs=1e-12), name
+        recorded = (tmp_path / name / "recipe.toml").read_text()
+        assert str(tmp_path / "inputs") in recorded and ".zarr" in recorded
+    assert len(list((tmp_path / "inputs").glob("*.zarr"))) == 1  # same content, one store

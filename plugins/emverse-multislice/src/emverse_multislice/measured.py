@@ -275,12 +275,9 @@ def write_4dstem(path, counts: np.ndarray, calibration) -> None:
                                 "original_metadata": {}},
                     chunks=(int(counts.shape[1]), 1, int(counts.shape[2]), int(counts.shape[3])))
     elif suffix == ".zarr":
-        import zarr
+        from emverse.readers import write_zarr
 
-        array = zarr.open_array(str(path), mode="w", shape=counts.shape, dtype=counts.dtype,
-                                chunks=(1, counts.shape[1], *counts.shape[2:]))
-        array[...] = _integer_counts(counts)
-        array.attrs.update({k: v["value"] for k, v in fields.items()})
+        write_zarr(path, _integer_counts(counts), calibration)
     elif suffix == ".npy":
         np.save(path, _integer_counts(counts))
         lines = [f"{k} = {v['value']!r}" for k, v in fields.items()]
