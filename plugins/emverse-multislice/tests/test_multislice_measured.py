@@ -292,3 +292,19 @@ def test_a_signal_or_datacube_from_python_gives_the_file_result(tmp_path):
         recorded = (tmp_path / name / "recipe.toml").read_text()
         assert str(tmp_path / "inputs") in recorded and ".zarr" in recorded
     assert len(list((tmp_path / "inputs").glob("*.zarr"))) == 1  # same content, one store
+
+
+def test_object_lowpass_is_a_gaussian_blur_of_the_stated_width():
+    """σ_k = 0.5 Å⁻¹ in Fourier space is a real-space Gaussian of σ = 1/(2π·0.5) Å: against
+    scipy's periodic Gaussian filter of the same width in pixels (0.25 Å pixels)."""
+    from scipy.ndimage import gaussian_filter
+
+    model = _small(object_shape=(1, 64, 64), probe_gpts=None, antialias=False)
+    x = torch.randn((1, 1, 64, 64), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    blurred = AdamReconstruction(object_lowpass=0.5)._volume(model, x)
+    sigma_px = 1 / (2 * np.pi * 0.5) / 0.25
+    reference = gaussian_filter(x[0, 0].numpy(), sigma_px, mode="wrap", truncate=10.0)
+    assert np.abs(blurred[0, 0].numpy() - reference).max() < 1e-3 * np.abs(reference).max()
+    assert torch.equal(AdamReconstruction()._volume(model, x), x)
+    with pytest.raises(EmverseError, match="object_lowpass"):
+        AdamReconstruction(object_lowpass=-1.0)

@@ -190,7 +190,9 @@ class AdamParams:
     * ``correction_start_epoch`` probe, position and affine corrections start
       at this epoch (the object settles first);
     * ``probe_support`` a refined probe keeps no amplitude outside the
-      bright-field disc (the aperture plus one pixel).
+      bright-field disc (the aperture plus one pixel);
+    * ``object_lowpass`` σ_k (Å⁻¹) of a Gaussian low-pass on the object
+      (a real-space blur of 1/(2π σ_k) Å; regularises low-dose data; 0 = off).
     """
 
     epochs: int = attrs.field(default=200, validator=positive)
@@ -212,6 +214,7 @@ class AdamParams:
     refine_amplitude: bool = False
     correction_start_epoch: int = attrs.field(default=0, validator=non_negative)
     probe_support: bool = True
+    object_lowpass: float = attrs.field(default=0.0, validator=non_negative)
 
 
 @attrs.frozen

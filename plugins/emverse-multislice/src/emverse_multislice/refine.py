@@ -131,14 +131,26 @@ class _GradientReconstruction(Refiner):
             loss = loss + self.l1_weight * phase.abs().mean()
         return loss
 
+    object_lowpass: float = 0.0
+
     def _volume(self, model, x: torch.Tensor) -> torch.Tensor:
         """The volume the optimised variable stands for: with ``object_bandlimit`` the
         variable low-passed to the model's antialias band (a reparametrisation, so the
-        optimiser sees a smooth objective and leaves the band's null space at zero)."""
+        optimiser sees a smooth objective and leaves the band's null space at zero); with
+        ``object_lowpass`` σ_k (Å⁻¹) > 0 also a Gaussian low-pass exp(−k²/2σ_k²), i.e. a real-space
+        Gaussian blur of σ = 1/(2π σ_k) Å (regularisation for noisy, low-dose data)."""
+        transfer = None
         if self.object_bandlimit and getattr(model, "antialias", False):
-            aperture = model.object_aperture.to(x.dtype)
-            return torch.fft.ifft2(torch.fft.fft2(x) * aperture).real
-        return x
+            transfer = model.object_aperture.to(x.dtype)
+        if self.object_lowpass > 0:
+            from emverse_multislice.propagation import spatial_frequencies
+
+            kx, ky = spatial_frequencies(x.shape[-2:], model.sampling_angstrom, dtype=x.dtype, device=x.device)
+            gaussian = torch.exp(-(kx**2 + ky**2) / (2 * self.object_lowpass**2))
+            transfer = gaussian if transfer is None else transfer * gaussian
+        if transfer is None:
+            return x
+        return torch.fft.ifft2(torch.fft.fft2(x) * transfer).real
 
     @torch.no_grad()
     def _project(self, model, x: torch.Tensor):
@@ -213,6 +225,7 @@ class AdamReconstruction(_GradientReconstruction):
         refine_amplitude: bool = False,
         correction_start_epoch: int = 0,
         probe_support: bool = True,
+        object_lowpass: float = 0.0,
     ):
         if int(epochs) <= 0:
             raise EmverseError(f"epochs must be a positive integer, got {epochs!r}")
@@ -242,6 +255,9 @@ class AdamReconstruction(_GradientReconstruction):
             raise EmverseError(f"correction_start_epoch must be >= 0, got {correction_start_epoch!r}")
         self.correction_start_epoch = int(correction_start_epoch)
         self.probe_support = bool(probe_support)
+        if not (math.isfinite(object_lowpass) and object_lowpass >= 0):
+            raise EmverseError(f"object_lowpass must be >= 0 (Å⁻¹; 0 = off), got {object_lowpass!r}")
+        self.object_lowpass = float(object_lowpass)
         self.tolerance = float(tolerance)
         self.patience = int(patience)
         if schedule not in ("constant", "cosine"):
