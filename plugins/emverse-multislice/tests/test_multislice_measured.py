@@ -115,7 +115,10 @@ def test_committed_dataset_is_what_the_script_writes(tmp_path):
     fresh = read(tmp_path / "srtio3-4dstem.emd", ndim=4)
     committed = read(DATA / "srtio3-4dstem.emd", ndim=4)
     assert fresh.data.shape == (12, 12, 48, 48)
-    assert np.array_equal(fresh.data, committed.data)
+    # Poisson draws from the same generator: equal counts, except where a last-bit difference in
+    # a rate (another CPU's FFT) flips a draw
+    assert np.mean(fresh.data != committed.data) < 1e-3
+    assert abs(float(fresh.data.sum()) / float(committed.data.sum()) - 1) < 1e-4
     assert committed.calibration.reciprocal_pixel_size == pytest.approx(1 / 12)
     assert committed.calibration.scan_step_angstrom == pytest.approx(0.6)
     assert np.allclose(np.load(tmp_path / "srtio3-4dstem-truth.npy"), np.load(DATA / "srtio3-4dstem-truth.npy"))
