@@ -94,11 +94,13 @@ class PatternStack:
     the detector pixel sizes (Å⁻¹); ``window`` (kH, kW) model pixels. ``shape``
     is (1, n_scan, kH, kW) like an in-memory observation; ``rows(indices)`` the
     selected patterns (1, n, kH, kW) divided by ``scale`` (the mean counts per
-    pattern on the window, computed in one streamed pass).
+    pattern on the window, computed in one streamed pass). ``transpose`` swaps the detector
+    axes of every pattern (k_y ↔ k_x), for detectors mounted mirrored relative to the scan.
     """
 
     def __init__(self, data, measured_pixel: float, model_pixel: float, window: tuple[int, int], *,
-                 source: str = "observation", dtype=torch.float32, device="cpu", chunk: int = 256):
+                 source: str = "observation", dtype=torch.float32, device="cpu", chunk: int = 256,
+                 transpose: bool = False):
         if data.ndim != 4:
             raise EmverseError(f"{source}: 4D (scan_y, scan_x, k_y, k_x) data needed, got shape {tuple(data.shape)}")
         self.data = data
@@ -107,6 +109,7 @@ class PatternStack:
         self.measured_pixel = float(measured_pixel)
         self.model_pixel = float(model_pixel)
         self.window = tuple(int(n) for n in window)
+        self.transpose = bool(transpose)
         self.dtype = dtype
         self.device = torch.device(device)
         self.shape = (1, self.n_scan, *self.window)
@@ -133,6 +136,8 @@ class PatternStack:
         sorted_indices = np.asarray(indices)[order]
         rows, cols = np.divmod(sorted_indices, self.data.shape[1])
         raw = np.stack([np.asarray(self.data[int(r), int(c)], dtype=np.float64) for r, c in zip(rows, cols, strict=True)])
+        if self.transpose:  # detector axes swapped relative to the scan's (a mirror no rotation undoes)
+            raw = raw.transpose(0, 2, 1)
         out = np.empty((len(indices), *self.window))
         for k, pattern in enumerate(raw):
             if self.model_pixel == self.measured_pixel:

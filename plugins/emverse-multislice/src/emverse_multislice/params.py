@@ -278,7 +278,10 @@ class ReconstructParams:
     * ``stream`` read patterns from disk a mini-batch at a time (datasets
       larger than memory; use with the refiner's ``batch_size``);
     * ``truth`` optional phase volume (.npy, depth × H × W on the model's
-      grid, rad) of simulated "measured" data, for SSIM in the scanned area.
+      grid, rad) of simulated "measured" data, for SSIM in the scanned area;
+    * ``detector_transpose`` swap the detector axes (k_y ↔ k_x) of every
+      pattern: a detector mirrored relative to the scan, which no scan
+      rotation undoes.
     """
 
     structure: str = path_field("file", default="builtin:srtio3")
@@ -297,6 +300,7 @@ class ReconstructParams:
     object_padding_px: int = attrs.field(default=8, validator=non_negative)
     stream: bool = False
     truth: str = path_field("file", default="")
+    detector_transpose: bool = False
 
 
 __all__ = [

@@ -63,6 +63,7 @@ class Reconstruct(Task):
         object_padding_px: int = 8,
         stream: bool = False,
         truth: str = "",
+        detector_transpose: bool = False,
     ):
         self.structure = structure
         self.zone_axis = tuple(zone_axis)
@@ -82,6 +83,7 @@ class Reconstruct(Task):
         self.object_padding_px = int(object_padding_px)
         self.stream = bool(stream)
         self.truth = truth
+        self.detector_transpose = bool(detector_transpose)
 
     def run(self, ctx):
         if self.observation:
@@ -202,7 +204,8 @@ class Reconstruct(Task):
                                   padding_px=self.object_padding_px, scan_affine=params.scan_affine)
         model_pixel = geometry.pop("model_pixel")
         stack = PatternStack(measurement.data, cal.reciprocal_pixel_size, model_pixel, window,
-                             source=str(path), dtype=ctx.dtype, device=ctx.device)
+                             source=str(path), dtype=ctx.dtype, device=ctx.device,
+                             transpose=self.detector_transpose)
         step = geometry["scan_step_angstrom"]
         geometry["dose_e_per_angstrom2"] = stack.scale / step**2  # counts per position ÷ its area
         model = MultislicePtychography.from_params(attrs.evolve(params, **geometry), ctx).to(ctx.device)
@@ -232,7 +235,8 @@ class Reconstruct(Task):
             f"{measurement.source}: {tuple(measurement.data.shape)} (scan_y, scan_x, k_y, k_x), calibration "
             f"{cal.report()}; model: {geometry['object_shape']} voxels at {geometry['sampling_angstrom']:.5g} Å, "
             f"detector {geometry['probe_gpts']} px (binning {self.detector_binning:g}), scan affine "
-            f"{[list(r) for r in geometry['scan_affine']]}, mean counts per pattern {stack.scale:.5g} "
+            f"{[list(r) for r in geometry['scan_affine']]}, detector axes "
+            f"{'transposed' if self.detector_transpose else 'as stored'}, mean counts per pattern {stack.scale:.5g} "
             f"({geometry['dose_e_per_angstrom2']:.5g} e/Å²){', streamed from disk' if self.stream else ''}",
         )
         bar = ctx.progress(total=getattr(refiner, "epochs", getattr(refiner, "iterations", None)),
