@@ -177,6 +177,8 @@ def test_streamed_zarr_gives_the_in_memory_result(tmp_path):
     stream = PatternStack(lazy.data, 1 / 12, pixel, (32, 32), dtype=torch.float64)
     memory = stream.to_tensor()
     assert memory.shape == (1, 16, 32, 32)
+    kept = PatternStack(lazy.data, 1 / 12, pixel, (32, 32), dtype=torch.float64, keep=True)
+    assert torch.equal(kept.to_tensor(), memory)  # held after the scale pass, not read again
     # resampling keeps the counts of the area it covers
     assert float(memory.sum(dim=(-2, -1)).mean()) == pytest.approx(1.0, rel=1e-9)
 

@@ -496,7 +496,6 @@ def frame_intensities(
         beam_int[..., 0] = 0.0
         beam_int = _integrate(beam_int, plan)
     else:
-
         if plan.solve_precision == "float32":  # the assembly and the eigen-solves in single precision
             u, s, metric, thickness = (u.to(torch.complex64), s.to(torch.float32), metric.to(torch.float32),
                                        thickness.to(torch.float32))

@@ -96,11 +96,13 @@ class PatternStack:
     selected patterns (1, n, kH, kW) divided by ``scale`` (the mean counts per
     pattern on the window, computed in one streamed pass). ``transpose`` swaps the detector
     axes of every pattern (k_y ↔ k_x), for detectors mounted mirrored relative to the scan.
+    ``keep`` holds the patterns in memory after the scale pass instead of reading them again
+    (for data that fit in memory).
     """
 
     def __init__(self, data, measured_pixel: float, model_pixel: float, window: tuple[int, int], *,
                  source: str = "observation", dtype=torch.float32, device="cpu", chunk: int = 256,
-                 transpose: bool = False):
+                 transpose: bool = False, keep: bool = False):
         if data.ndim != 4:
             raise EmverseError(f"{source}: 4D (scan_y, scan_x, k_y, k_x) data needed, got shape {tuple(data.shape)}")
         self.data = data
@@ -114,9 +116,12 @@ class PatternStack:
         self.device = torch.device(device)
         self.shape = (1, self.n_scan, *self.window)
         self.scale = 1.0
-        total, count = 0.0, 0
+        self._kept = None
+        total, count, kept = 0.0, 0, []
         for part in np.array_split(np.arange(self.n_scan), max(1, math.ceil(self.n_scan / chunk))):
             counts = self._counts(part)
+            if keep:
+                kept.append(counts)
             bad = ~np.isfinite(counts)
             if bad.any():
                 raise EmverseError(f"{source}: NaN or infinite counts in scan position {int(part[np.argwhere(bad)[0, 0]])}; "
@@ -126,12 +131,16 @@ class PatternStack:
                                    "so that counts are >= 0")
             total += float(counts.sum())
             count += len(part)
+        if keep:  # the pass that finds the scale read every pattern: hold them, do not read again
+            self._kept = np.concatenate(kept)
         self.scale = total / count
         if not self.scale > 0:
             raise EmverseError(f"{source}: the patterns hold no counts inside the model's detector window")
 
     def _counts(self, indices: np.ndarray) -> np.ndarray:
         """Patterns of flat scan ``indices`` (n, kH, kW) in counts on the model's detector."""
+        if self._kept is not None:
+            return self._kept[indices]
         order = np.argsort(indices)
         sorted_indices = np.asarray(indices)[order]
         rows, cols = np.divmod(sorted_indices, self.data.shape[1])
@@ -265,7 +274,6 @@ def write_4dstem(path, counts: np.ndarray, calibration) -> None:
 
     path = Path(path)
     suffix = path.suffix.lower()
-    fields = {k: v for k, v in calibration.report().items()}
     if suffix == ".emd":
         from rsciio.emd import file_writer
 
@@ -285,7 +293,7 @@ def write_4dstem(path, counts: np.ndarray, calibration) -> None:
         write_zarr(path, _integer_counts(counts), calibration)
     elif suffix == ".npy":
         np.save(path, _integer_counts(counts))
-        lines = [f"{k} = {v['value']!r}" for k, v in fields.items()]
+        lines = [f"{k} = {v['value']!r}" for k, v in calibration.report().items()]
         path.with_name(path.name + ".toml").write_text("\n".join(lines) + "\n")
     else:
         raise EmverseError(f"{path}: write .emd, .zarr or .npy")

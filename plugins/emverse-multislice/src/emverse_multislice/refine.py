@@ -36,6 +36,8 @@ from emverse.checkpoint import start_from
 from emverse.errors import EmverseError
 from emverse.interfaces import RefinementResult, Refiner
 
+from emverse_multislice.propagation import bandlimit, spatial_frequencies
+
 _AMPLITUDE_EPS = 1e-12
 
 
@@ -143,14 +145,12 @@ class _GradientReconstruction(Refiner):
         if self.object_bandlimit and getattr(model, "antialias", False):
             transfer = model.object_aperture.to(x.dtype)
         if self.object_lowpass > 0:
-            from emverse_multislice.propagation import spatial_frequencies
-
             kx, ky = spatial_frequencies(x.shape[-2:], model.sampling_angstrom, dtype=x.dtype, device=x.device)
             gaussian = torch.exp(-(kx**2 + ky**2) / (2 * self.object_lowpass**2))
             transfer = gaussian if transfer is None else transfer * gaussian
         if transfer is None:
             return x
-        return torch.fft.ifft2(torch.fft.fft2(x) * transfer).real
+        return bandlimit(x, transfer).real
 
     @torch.no_grad()
     def _project(self, model, x: torch.Tensor):

@@ -35,13 +35,44 @@ from emverse.run import RunResult
 
 from emverse_multislice.figures import depth_sum_figure, loss_figure
 from emverse_multislice.metrics import volume_metrics
-from emverse_multislice.propagation import antialias_aperture
+from emverse_multislice.propagation import antialias_aperture, bandlimit
 from emverse_multislice.render import render_phase_volume
 
 
 def _bandlimited(volume: torch.Tensor, sampling: float) -> torch.Tensor:
-    aperture = antialias_aperture(volume.shape[-2:], sampling).to(volume.dtype)
-    return torch.fft.ifft2(torch.fft.fft2(volume) * aperture).real
+    return bandlimit(volume, antialias_aperture(volume.shape[-2:], sampling).to(volume.dtype)).real
+
+
+def _reconstruct(ctx, model, refiner, observation):
+    """The recipe's refiner on ``observation`` with a progress bar, resumable (``emverse run
+    --resume`` prepares the same data again, deterministically, and the reconstruction continues
+    from its last resume file)."""
+    bar = ctx.progress(total=getattr(refiner, "epochs", getattr(refiner, "iterations", None)),
+                       desc="reconstruct")
+
+    def callback(iteration, _model, loss):
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3g}")
+
+    result = refiner.refine(model, observation, generator=ctx.generator("refiner"), callback=callback,
+                            **ctx.resume_for(refiner, "reconstruct"))
+    bar.close()
+    return result
+
+
+def _loss_metrics(result) -> dict[str, float]:
+    losses = result.history["loss"]
+    return {"initial_loss": losses[0], "final_loss": losses[-1],
+            "loss_reduction": losses[0] / max(losses[-1], 1e-300), "iterations": float(result.iterations)}
+
+
+def _recipe_metrics(ctx, reconstruction: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """The recipe's ``[[metrics]]`` of the reconstruction against the truth, named ``type.key``."""
+    out = {}
+    for spec, metric in zip(ctx.recipe.components.get("metrics", []), ctx.build("metrics"), strict=True):
+        for key, value in metric(reconstruction, truth).items():
+            out[f"{spec.type}.{key}"] = float(value)
+    return out
 
 
 class Reconstruct(Task):
@@ -111,18 +142,7 @@ class Reconstruct(Task):
             else:
                 observation = model(truth)
 
-        bar = ctx.progress(total=getattr(refiner, "epochs", getattr(refiner, "iterations", None)),
-                           desc="reconstruct")
-
-        def callback(iteration, _model, loss):
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3g}")
-
-        # resumable: `emverse run --resume` renders and simulates again (deterministic) and the
-        # reconstruction continues from its last resume file
-        result = refiner.refine(model, observation, generator=ctx.generator("refiner"), callback=callback,
-                                **ctx.resume_for(refiner, "reconstruct"))
-        bar.close()
+        result = _reconstruct(ctx, model, refiner, observation)
         reconstruction = result.parameters["object"]
 
         metrics = volume_metrics(reconstruction, truth)
@@ -133,15 +153,8 @@ class Reconstruct(Task):
         ceiling = volume_metrics(band_truth, truth)["depth_sum_ssim"]
         metrics["bandlimited_truth_depth_sum_ssim"] = ceiling
         losses = result.history["loss"]
-        metrics.update(
-            initial_loss=losses[0],
-            final_loss=losses[-1],
-            loss_reduction=losses[0] / max(losses[-1], 1e-300),
-            iterations=float(result.iterations),
-        )
-        for spec, metric in zip(ctx.recipe.components.get("metrics", []), ctx.build("metrics"), strict=True):
-            for key, value in metric(reconstruction, truth).items():
-                metrics[f"{spec.type}.{key}"] = float(value)
+        metrics.update(_loss_metrics(result))
+        metrics.update(_recipe_metrics(ctx, reconstruction, truth))
 
         ctx.save_figure("loss", loss_figure(losses))
         ctx.save_figure("volumes", depth_sum_figure(reconstruction[0], truth[0]))
@@ -165,7 +178,6 @@ class Reconstruct(Task):
                  "loss": torch.tensor(losses, dtype=torch.float64)},
             )
         return RunResult(metrics)
-
 
     # ------------------------------------------------------------------ measured data
     def _measured_model(self, ctx):
@@ -205,7 +217,7 @@ class Reconstruct(Task):
         model_pixel = geometry.pop("model_pixel")
         stack = PatternStack(measurement.data, cal.reciprocal_pixel_size, model_pixel, window,
                              source=str(path), dtype=ctx.dtype, device=ctx.device,
-                             transpose=self.detector_transpose)
+                             transpose=self.detector_transpose, keep=not self.stream)
         step = geometry["scan_step_angstrom"]
         geometry["dose_e_per_angstrom2"] = stack.scale / step**2  # counts per position ÷ its area
         model = MultislicePtychography.from_params(attrs.evolve(params, **geometry), ctx).to(ctx.device)
@@ -239,22 +251,11 @@ class Reconstruct(Task):
             f"{'transposed' if self.detector_transpose else 'as stored'}, mean counts per pattern {stack.scale:.5g} "
             f"({geometry['dose_e_per_angstrom2']:.5g} e/Å²){', streamed from disk' if self.stream else ''}",
         )
-        bar = ctx.progress(total=getattr(refiner, "epochs", getattr(refiner, "iterations", None)),
-                           desc="reconstruct")
-
-        def callback(iteration, _model, loss):
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3g}")
-
         nominal = model.positions_angstrom.detach().clone()
-        result = refiner.refine(model, observation, generator=ctx.generator("refiner"), callback=callback,
-                                **ctx.resume_for(refiner, "reconstruct"))
-        bar.close()
+        result = _reconstruct(ctx, model, refiner, observation)
         reconstruction = result.parameters["object"]
         losses = result.history["loss"]
-        metrics = {"initial_loss": losses[0], "final_loss": losses[-1],
-                   "loss_reduction": losses[0] / max(losses[-1], 1e-300), "iterations": float(result.iterations),
-                   "mean_counts_per_pattern": stack.scale}
+        metrics = {**_loss_metrics(result), "mean_counts_per_pattern": stack.scale}
         affine = model.scan_affine.detach().cpu()
         for i in range(2):
             for j in range(2):
@@ -267,9 +268,7 @@ class Reconstruct(Task):
             metrics[f"probe_mode_{m}_power"] = fraction
         if truth is not None:
             metrics.update(scanned_area_metrics(reconstruction, truth, model))
-            for spec, metric in zip(ctx.recipe.components.get("metrics", []), ctx.build("metrics"), strict=True):
-                for key, value in metric(reconstruction, truth).items():
-                    metrics[f"{spec.type}.{key}"] = float(value)
+            metrics.update(_recipe_metrics(ctx, reconstruction, truth))
         ctx.save_figure("loss", loss_figure(losses))
         ctx.save_figure("volumes", depth_sum_figure(reconstruction[0], truth[0] if truth is not None else None))
         ctx.save_figure("probe", probe_figure(modes, fractions, model.positions_angstrom.detach().cpu(), nominal.cpu()))
