@@ -308,7 +308,8 @@ def test_cspbbr3_experimental_recipe_fast_physics_with_absorption(tmp_path):
 def test_refined_absorption(tmp_path):
     """options.refine_absorption: κ (as log κ) is refined with everything else from the recipe's
     start and reported; without a start value (forward_model.absorption = 0) the recipe is refused
-    at validation, before any run directory."""
+    at validation, before any run directory. Evaluating the finished run (continue_from +
+    evaluate_only) restores the refined κ, not the recipe's start, and reproduces its wR(all)."""
     from emverse.errors import RecipeError
     from emverse.recipe import load_recipe
     from emverse.run import run_recipe
@@ -324,3 +325,9 @@ def test_refined_absorption(tmp_path):
     assert metrics["absorption_kappa"] != pytest.approx(0.1, abs=1e-3)  # it moved (4 Adam steps of 0.05 in log κ)
     assert 0.05 < metrics["absorption_kappa"] < 0.2
     assert metrics["wr_all"] < metrics["start_wr_all"]
+    again = Path(run_recipe(recipe, tmp_path / "again", overrides=[
+        "options.frame_stride=10", "forward_model.g_max=0.7", "forward_model.n_tilts=7", "options.rocking_check=false",
+        f"options.continue_from={run}", "options.evaluate_only=true"]))
+    scored = json.loads((again / "metrics.json").read_text())
+    assert scored["absorption_kappa"] == pytest.approx(metrics["absorption_kappa"], rel=1e-9)
+    assert scored["wr_all"] == pytest.approx(metrics["wr_all"], rel=1e-3)

@@ -28,7 +28,8 @@ class RefineParams:
     structure: str = path_field("cif", default="shared:ed3d_pets/quartz/quartz_refined_P3221.cif")
     start_structure: str = path_field("cif", default="")
     # a finished ed3d.refine run directory: start from its refined.cif, its thickness profile (the
-    # network is first fitted to it) and its per-frame orientation corrections (matched by frame id)
+    # network is first fitted to it), its per-frame orientation corrections (matched by frame id) and
+    # its absorption κ (where forward_model.absorption > 0)
     continue_from: str = path_field("directory", default="")
     evaluate_only: bool = False  # no epochs: report the start model's R values (e.g. under other rules)
     # with continue_from: "same" keeps the run's refined reflections (its reflections.csv) when the

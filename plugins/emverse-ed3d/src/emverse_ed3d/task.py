@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import attrs
@@ -107,6 +108,7 @@ class Ed3dRefineTask(OptionsTask):
         forward_model.bind(model.physics, t_min=o.t_min_angstrom, t_max=o.t_max_angstrom)
         if previous:
             fit_thickness_to(model, previous)
+            _continue_absorption(ctx, model, previous)
         st = model.structure
         if not (o.start_structure or o.continue_from) and o.perturbation_angstrom > 0:
             st.perturb(o.perturbation_angstrom, ctx.generator("perturbation"))
@@ -282,7 +284,8 @@ class Ed3dRefineTask(OptionsTask):
         write_json(ctx.out_dir / "thickness.json", {
             "frame_id": [int(f) for f in used.frames.frame_id], "theta_deg": theta_deg.tolist(),
             "thickness_angstrom": thickness_now.tolist(),
-            "orientation_correction": model.orientation_correction().detach().numpy().tolist()})
+            "orientation_correction": model.orientation_correction().detach().numpy().tolist(),
+            **({} if model.absorption() is None else {"absorption_kappa": float(model.absorption().detach())})})
         ctx.add_table(
             "refinement", ["quantity", "start", "final"],
             [["wR(all)", f"{start_wr:.4f}", f"{wr['wr_all']:.4f}"],
@@ -398,7 +401,22 @@ def load_previous_run(run_dir, data) -> dict:
     corrections = np.array([by_id[int(f)][1] if int(f) in by_id else np.eye(3) for f in data.frames.frame_id])
     return {"crystal": Crystal.from_cif(run_dir / "refined.cif"), "corrections": corrections,
             "theta_deg": np.asarray(saved["theta_deg"]), "thickness": np.asarray(saved["thickness_angstrom"]),
-            "reflections": reflections, "rules": rules}
+            "reflections": reflections, "rules": rules, "absorption": saved.get("absorption_kappa")}
+
+
+def _continue_absorption(ctx, model, previous) -> None:
+    """The run's absorption κ (refined or not) replaces the recipe's start where this model has
+    absorption; a run with κ continued without absorption is said in the log."""
+    kappa = previous.get("absorption")
+    if kappa is None:
+        return
+    if model.log_absorption is None:
+        ctx.log.warning("continue_from: the run had absorption κ = %.4g but forward_model.absorption = 0 "
+                        "here; continuing without absorption", kappa)
+        return
+    with torch.no_grad():
+        model.log_absorption.fill_(math.log(kappa))
+    ctx.log.info("continue_from: absorption κ = %.4g from the run", kappa)
 
 
 def restrict_to_reflections(data, reflections):
