@@ -26,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import pin_threads  # noqa: E402
+from harness import cbed_physics_run, pin_threads  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,7 +46,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pin_threads(args.threads)
 
-    import emverse
     import torch
     from emverse.api import load
     from emverse.likelihoods import PoissonLikelihood
@@ -55,14 +53,7 @@ def main(argv=None) -> int:
     from emverse_bloch.cbed import BlochCBED
     from safetensors.torch import load_file
 
-    if args.run is None:
-        started = time.perf_counter()
-        output = emverse.run(str(ROOT / "recipes" / "cbed-mgb2-physics.toml"),
-                             {"seed": args.seed, "options.n_observations": args.patterns, "options.n_ppc": 0})
-        run_dir = output.path
-        print(f"corrected posteriors: {run_dir} ({time.perf_counter() - started:.0f} s)")
-    else:
-        run_dir = args.run
+    run_dir = cbed_physics_run(args.run, seed=args.seed, patterns=args.patterns)
     recipe = load(str(run_dir / "recipe.toml")).to_dict()
     model = BlochCBED(**{k: v for k, v in recipe["forward_model"].items() if k != "type"})
     likelihood = PoissonLikelihood(recipe["likelihood"]["dose"])

@@ -147,3 +147,19 @@ def peak_memory(fn: Callable[[], object]) -> float:
         text = pipe.read()
     os.waitpid(pid, 0)
     return float(text)
+
+
+def cbed_physics_run(run_dir=None, *, seed: int, patterns: int):
+    """A finished run of ``recipes/cbed-mgb2-physics.toml`` (CDI draws + corrected posterior
+    of ``patterns`` simulated patterns): ``run_dir`` when given, else a new run with ``seed``."""
+    from pathlib import Path
+
+    if run_dir is not None:
+        return Path(run_dir)
+    import emverse
+
+    started = time.perf_counter()
+    output = emverse.run(str(Path(__file__).resolve().parents[1] / "recipes" / "cbed-mgb2-physics.toml"),
+                         {"seed": seed, "options.n_observations": patterns, "options.n_ppc": 0})
+    print(f"corrected posteriors: {output.run_dir} ({time.perf_counter() - started:.0f} s)")
+    return output.run_dir

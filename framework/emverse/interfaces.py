@@ -89,6 +89,29 @@ class ForwardModel(nn.Module, Configurable, abc.ABC):
         out = self(grid.reshape(-1, x.shape[-1]))
         return out.reshape(x.shape[0], len(values), *out.shape[1:])
 
+    def jacobian(self, x: torch.Tensor, step: float = 1e-6, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prediction (B, ...) of ``x`` (B, P) and its Jacobian (B, P, ...) with respect to x.
+
+        This default takes one-sided differences of ``step`` × the half-range of each
+        parameter of :attr:`parameter_space` (inwards at a box face, so every point stays in
+        the box), in forward passes of ``chunk`` rows; a model with an analytic or
+        forward-mode Jacobian overrides it."""
+        if self.parameter_space is None:
+            raise NotImplementedError(f"{type(self).__name__} has no parameter_space; override jacobian()")
+        b, p = x.shape
+        low, high = self.parameter_space.bounds(x.dtype)
+        half = ((high - low) / 2.0).to(x.device)
+        steps = torch.where(x >= high.to(x.device) - step * half, -step * half, step * half)  # (B, P)
+        stacked = x[:, None, :].repeat(1, p + 1, 1)
+        idx = torch.arange(p, device=x.device)
+        stacked[:, 1 + idx, idx] += steps
+        flat = stacked.reshape(b * (p + 1), p)
+        with torch.no_grad():
+            y = torch.cat([self(flat[i:i + chunk]) for i in range(0, flat.shape[0], chunk)])
+        y = y.reshape(b, p + 1, *y.shape[1:])
+        shape = (b, p) + (1,) * (y.ndim - 2)
+        return y[:, 0], (y[:, 1:] - y[:, :1]) / steps.reshape(shape)
+
     def example_input(
         self, batch: int, generator: torch.Generator | None = None, dtype=torch.float64
     ) -> Any:

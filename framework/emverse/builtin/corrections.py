@@ -15,7 +15,8 @@ log-likelihood of the observation (nats).
    draws of lowest ℓ, taken greedily at least ``separation`` apart (normalised units).
 2. *Refine* every start at once by Levenberg–Marquardt on the Fisher-scoring curvature
    H = Jᵀ diag(F) J and gradient g = Jᵀ ∂ℓ/∂ŷ (J the forward model's Jacobian in normalised
-   units, by one-sided differences of step ``jacobian_step``; F the likelihood's Fisher
+   units, ``ForwardModel.jacobian``: one-sided differences of step ``jacobian_step`` unless the
+   model has its own, as bloch.cbed's perturbation theory; F the likelihood's Fisher
    diagonal); steps are projected onto the box; every ``scan_every`` iterations the cheap
    scans run again (a jump to a better alias); a start stops when ℓ falls by less than
    ``tolerance`` nats in an accepted step, or is frozen once it is far behind the best.
@@ -124,22 +125,16 @@ class LaplaceMixture(Correction):
         return u, nll
 
     def _linearise(self, forward_model, likelihood, observation, space, u: torch.Tensor):
-        """Prediction, ℓ, gradient g (K, P) and Fisher curvature H (K, P, P) at each row of u."""
+        """Prediction, ℓ, gradient g (K, P) and Fisher curvature H (K, P, P) at each row of u.
+        The Jacobian is the forward model's (:meth:`ForwardModel.jacobian`: one-sided
+        differences of ``jacobian_step`` half-ranges unless the model has its own), taken to
+        normalised units."""
         k, p = u.shape
-        h = self.jacobian_step
-        stacked = u[:, None, :].repeat(1, p + 1, 1)
-        # step inwards at the upper face so every point stays inside the box
-        steps = torch.where(u >= 1.0 - h, -h, h)  # (K, P)
-        idx = torch.arange(p)
-        stacked[:, 1 + idx, idx] += steps
-        x = space.denormalise(stacked.reshape(k * (p + 1), p))
-        with torch.no_grad():
-            y = torch.cat([forward_model(x[i:i + self.chunk]) for i in range(0, x.shape[0], self.chunk)])
-        shape = y.shape[1:]
-        y = y.reshape(k, p + 1, -1)
-        y0 = y[:, 0]
-        jac = (y[:, 1:] - y0[:, None]) / steps[:, :, None]  # (K, P, O)
-        pred = y0.reshape(k, *shape).detach().requires_grad_(True)
+        low, high = space.bounds(u.dtype)
+        y0, jac = forward_model.jacobian(space.denormalise(u), step=self.jacobian_step, chunk=self.chunk)
+        shape = y0.shape[1:]
+        jac = jac.detach().reshape(k, p, -1) * ((high - low) / 2.0)[None, :, None]  # (K, P, O)
+        pred = y0.detach().reshape(k, *shape).requires_grad_(True)
         nll = likelihood.negative_log_likelihood(pred, observation)
         (dnll,) = torch.autograd.grad(nll.sum(), pred)
         fisher = likelihood.fisher_diagonal(pred.detach(), observation).reshape(k, -1)
@@ -158,7 +153,7 @@ class LaplaceMixture(Correction):
         frozen = torch.zeros(k, dtype=torch.bool)
         iterations = torch.zeros(k, dtype=torch.long)
         nll, grad, curv = self._linearise(forward_model, likelihood, observation, space, u)
-        evaluations = k * (p + 1)
+        evaluations, jacobians = 0, k  # forward passes of trial steps; rows linearised
         eye = torch.eye(p, dtype=u.dtype)
         for _ in steps(range(self.max_iterations), desc="correction (Levenberg-Marquardt)"):
             frozen |= (iterations >= MIN_ITERATIONS) & (nll > nll.min() + DROP_MARGIN) & ~converged
@@ -195,10 +190,10 @@ class LaplaceMixture(Correction):
                 small = small & ~jumped[better]
             if len(accepted):
                 n2, g2, c2 = self._linearise(forward_model, likelihood, observation, space, u[accepted])
-                evaluations += len(accepted) * (p + 1)
+                jacobians += len(accepted)
                 nll[accepted], grad[accepted], curv[accepted] = n2, g2, c2
             converged[rows[better][small]] = True
-        return u, nll, curv, iterations, evaluations, converged
+        return u, nll, curv, iterations, (evaluations, jacobians), converged
 
     def _box_mass(self, mean, scale, generator, n: int = 16384) -> float:
         """The mass inside the box of N(mean, scale scaleᵀ), by sampling."""
@@ -299,7 +294,7 @@ class LaplaceMixture(Correction):
             refined = torch.cat([refined, r2])
             nll, curv = torch.cat([nll, n2]), torch.cat([curv, c2])
             iterations, converged = torch.cat([iterations, it2]), torch.cat([converged, conv2])
-            evaluations += ev2
+            evaluations = (evaluations[0] + ev2[0], evaluations[1] + ev2[1])
         modes = self._modes(refined, nll, curv, converged, generator)
         diagnostics = {
             "n_starts": float(len(starts)),
@@ -307,7 +302,8 @@ class LaplaceMixture(Correction):
             "iterations_mean": float(iterations.double().mean()),
             "iterations_max": float(iterations.max()),
             "converged_fraction": float(converged.double().mean()),
-            "forward_evaluations": float(evaluations + len(u)),
+            "forward_evaluations": float(evaluations[0] + len(u)),
+            "jacobian_evaluations": float(evaluations[1]),
             "n_modes": float(len(modes)),
             "seconds": time.perf_counter() - started,
         }

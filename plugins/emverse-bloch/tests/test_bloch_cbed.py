@@ -10,6 +10,7 @@ from emverse.testing import check_forward_model
 from emverse_bloch.cbed import BlochCBED
 from emverse_bloch.simulate import zone_axis_intensities
 
+REPO = Path(__file__).resolve().parents[3]
 SMALL = dict(detector_pixels=24, detector_pixel_size_um=100.0, camera_length_mm=100.0, g_max=0.8)
 
 
@@ -42,6 +43,51 @@ def test_gradients_per_parameter_match_finite_differences(small_model):
         xm[0, k] -= eps
         fd = ((small_model(xp) - small_model(xm)) * weights).sum() / (2 * eps)
         assert grad[0, k].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-8), k
+
+
+@pytest.mark.parametrize("crystal", ["MgB2", "Si"])
+def test_jacobian_matches_central_differences_and_autograd(small_model, crystal):
+    """bloch.cbed's perturbation-theory Jacobian, for the real-symmetric (MgB2 [010]) and the
+    complex Hermitian (Si [110], F(111) along its −45° phase) structure matrix: every column
+    against central differences of the forward pass (5e-6 relative: the differences' own error)
+    and Jᵀw against autograd's gradient of w·pattern (1e-8, the error of the potential table's
+    central differences inside the Jacobian); the pattern is the forward pass's;
+    U12 at [010] has no effect (a zero column). method = "expm" takes the base class's one-sided
+    differences, which agree to their own error (1e-4)."""
+
+    if crystal == "MgB2":
+        model = small_model
+    else:
+        model = BlochCBED(structure=str(REPO / "recipes" / "structures" / "Si.cif"), zone_axis=(1, 1, 0),
+                          parameter_table="symmetry", free_reflections=[[1, 1, 1], [2, 2, 0]], **SMALL)
+        assert not model.real_symmetric
+    space = model.parameter_space
+    gen = torch.Generator().manual_seed(3)
+    x = space.denormalise(torch.rand(3, len(space), generator=gen, dtype=torch.float64) * 1.8 - 0.9)
+    pattern, jac = model.jacobian(x)
+    assert jac.shape == (3, len(space), *model.shape)
+    torch.testing.assert_close(pattern, model(x), rtol=1e-12, atol=1e-15)
+    low, high = space.bounds(torch.float64)
+    for p, name in enumerate(space.names):
+        step = torch.zeros(len(space), dtype=torch.float64)
+        step[p] = 1e-5 * (high[p] - low[p]) / 2
+        central = (model(x + step) - model(x - step)) / (2 * step[p])
+        if name.endswith("U12"):
+            assert float(jac[:, p].abs().max()) == 0.0 and float(central.abs().max()) < 1e-12
+            continue
+        error = float((jac[:, p] - central).norm() / central.norm())
+        assert error < 5e-6, (name, error)
+    weights = torch.randn(pattern.shape, generator=gen, dtype=torch.float64)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((model(xg) * weights).sum(), xg)
+    torch.testing.assert_close(torch.einsum("bphw,bhw->bp", jac, weights), grad, rtol=1e-8, atol=1e-12)
+    if crystal == "MgB2":
+        expm = BlochCBED(method="expm", **SMALL)
+        expm_pattern, one_sided = expm.jacobian(x[:1])
+        torch.testing.assert_close(expm_pattern, expm(x[:1]), rtol=1e-12, atol=1e-15)
+        live = [p for p, name in enumerate(space.names) if not name.endswith("U12")]
+        error = (one_sided[:, live] - jac[:1, live]).flatten(2).norm(dim=2) / jac[:1, live].flatten(2).norm(dim=2)
+        assert float(error.max()) < 1e-4
 
 
 def test_central_pixel_is_the_zone_axis_solve(small_model):
