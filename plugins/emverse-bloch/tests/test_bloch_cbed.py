@@ -67,6 +67,7 @@ def test_jacobian_matches_central_differences_and_autograd(small_model, crystal)
     pattern, jac = model.jacobian(x)
     assert jac.shape == (3, len(space), *model.shape)
     torch.testing.assert_close(pattern, model(x), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(model.jacobian(x, chunk=2)[1], jac, rtol=1e-12, atol=1e-15)  # rows in chunks
     low, high = space.bounds(torch.float64)
     for p, name in enumerate(space.names):
         step = torch.zeros(len(space), dtype=torch.float64)

@@ -273,7 +273,11 @@ class BlochCBED(ForwardModel):
         if self.method != "eig" or self.absorption or self.bethe_strong_beams:
             return super().jacobian(x, step=step, chunk=chunk)
         self._check_input(x)
-        x = x.detach()
+        parts = [self._jacobian_rows(x[i:i + chunk].detach()) for i in range(0, x.shape[0], chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _jacobian_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`jacobian` of one chunk of rows (its (B, D, N, N) temporaries bound the memory)."""
         dtype, device = x.dtype, x.device
         batch, n_par = x.shape
         low, high = self.parameter_space.bounds(dtype)
