@@ -52,6 +52,31 @@ def _linear_problem(seed=0, sigma=0.05):
     return model, likelihood, y, mean, cov, gen
 
 
+def test_default_jacobian_is_exact_for_a_linear_model_and_stays_in_the_box():
+    """ForwardModel.jacobian's one-sided differences: the matrix of a linear model (to rounding),
+    with the step taken inwards at the upper face (a model that refuses points outside its box
+    still answers), in chunks of rows equal to one pass; x² gives 2x + its step at the face."""
+
+    class Boxed(Linear):
+        def forward(self, x):
+            low, high = self.parameter_space.bounds(x.dtype)
+            assert bool(((x >= low) & (x <= high)).all()), "a point outside the box"
+            return super().forward(x)
+
+    matrix = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = Boxed(matrix)
+    x = torch.tensor([[0.3, -1.0, 5.0], [5.0, 5.0, -5.0]], dtype=torch.float64)  # upper faces included
+    y, jac = model.jacobian(x, chunk=3)
+    torch.testing.assert_close(y, model(x))
+    torch.testing.assert_close(jac, matrix.T.expand(2, 3, 5), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(model.jacobian(x)[1], jac, rtol=0, atol=0)
+    square = Square()
+    _, slope = square.jacobian(torch.tensor([[0.5], [2.0]], dtype=torch.float64), step=1e-6)
+    half = 2.0  # the box is [-2, 2]
+    torch.testing.assert_close(slope[:, 0, 0], torch.tensor([1.0 + 1e-6 * half, 4.0 - 1e-6 * half],
+                                                             dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
 def test_laplace_is_exact_for_a_linear_gaussian_problem():
     model, likelihood, y, mean, cov, gen = _linear_problem()
     # approximate draws: deliberately off (shifted, too broad)
