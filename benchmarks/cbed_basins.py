@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import cbed_physics_run, pin_threads  # noqa: E402
+from harness import add_physics_run_arguments, cbed_physics_run, pin_threads  # noqa: E402
 
 #: normalised-unit displacements tried per parameter group
 DELTAS = {"F": (0.1, 0.25, 0.5), "U": (0.25, 0.5, 1.0), "tilt": (0.02, 0.05, 0.1)}
@@ -41,10 +41,7 @@ REACHED_NATS = 20.0
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=None, help="a run of recipes/cbed-mgb2-physics.toml "
-                        "(default: a new one of --patterns patterns, seed --run-seed)")
-    parser.add_argument("--patterns", type=int, default=10)
-    parser.add_argument("--run-seed", type=int, default=1021)
+    add_physics_run_arguments(parser)
     parser.add_argument("--indices", type=str, default="", help="patterns to probe, e.g. 0,3 (default: all)")
     parser.add_argument("--starts", type=int, default=24)
     parser.add_argument("--no-freeze", action="store_true")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import cbed_physics_run, pin_threads  # noqa: E402
+from harness import add_physics_run_arguments, cbed_physics_run, pin_threads  # noqa: E402
 
 #: the training set of the shipped CDI model (recipes/cbed-mgb2-cpu.toml)
 CDI_TRAINING = {"seed": 7, "stream": "cdi.dataset.train", "n": 40000, "chunk_size": 250}
@@ -89,10 +89,7 @@ def summary(space, draws, truth, means, model, likelihood, observations):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=None, help="a run of recipes/cbed-mgb2-physics.toml "
-                        "(default: a new one of --patterns patterns, seed --run-seed)")
-    parser.add_argument("--patterns", type=int, default=10)
-    parser.add_argument("--run-seed", type=int, default=1021)
+    add_physics_run_arguments(parser)
     parser.add_argument("--store", type=Path, default=Path("/tmp/emverse-cbed-mgb2-train.zarr"),
                         help="the training set (simulated when absent)")
     parser.add_argument("--fresh", type=int, default=0, help="also score NPE and regression on N fresh patterns")

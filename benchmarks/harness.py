@@ -149,6 +149,17 @@ def peak_memory(fn: Callable[[], object]) -> float:
     return float(text)
 
 
+def add_physics_run_arguments(parser) -> None:
+    """--run / --patterns / --run-seed: the run of ``recipes/cbed-mgb2-physics.toml`` a CBED
+    posterior benchmark reads (:func:`cbed_physics_run`)."""
+    from pathlib import Path
+
+    parser.add_argument("--run", type=Path, default=None, help="a run of recipes/cbed-mgb2-physics.toml "
+                        "(default: a new one of --patterns patterns, seed --run-seed)")
+    parser.add_argument("--patterns", type=int, default=10)
+    parser.add_argument("--run-seed", type=int, default=1021)
+
+
 def cbed_physics_run(run_dir=None, *, seed: int, patterns: int):
     """A finished run of ``recipes/cbed-mgb2-physics.toml`` (CDI draws + corrected posterior
     of ``patterns`` simulated patterns): ``run_dir`` when given, else a new run with ``seed``."""
