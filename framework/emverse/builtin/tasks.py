@@ -221,14 +221,16 @@ class InferTask(Task):
         ctx.save_checkpoint("posterior", saved)
         names = list(space.names) if space is not None else [f"x{i}" for i in range(draws.shape[-1])]
         units = list(space.units) if space is not None else [""] * draws.shape[-1]
+        chi2_metrics, reduced = _chi2_metrics(ctx, model, likelihood, y, draws, len(names), self.n_ppc)
         if truth is not None:
             ctx.save_figure("posterior", posterior_figure(draws, truth, names))
             metrics.update(_metrics_of(ctx, draws, truth))
             metrics["posterior_mean_rmse"] = float((draws.mean(dim=1) - truth).pow(2).mean().sqrt())
             if space is not None:
+                explained = None if reduced is None else (reduced < CHI2_WARNING).cpu()
                 metrics.update(_posterior_summary(ctx, space, draws, approximate, truth,
-                                                  correction is not None))
-        metrics.update(_chi2_metrics(ctx, model, likelihood, y, draws, len(names), self.n_ppc))
+                                                  correction is not None, explained))
+        metrics.update(chi2_metrics)
         if len(y) == 1:
             _single_observation_report(ctx, names, units, None if truth is None else truth[0], draws[0],
                                        approximate[0], corrected[0] if corrected else None, metrics)
@@ -251,17 +253,18 @@ class _InPriorUnits(torch.nn.Module):
 CHI2_WARNING = 2.0
 
 
-def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc) -> dict[str, float]:
+def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc):
     """Reduced χ² of each observation's posterior-mean prediction (where the likelihood
-    defines χ²) and the posterior-predictive figures of the first ``n_ppc`` observations."""
+    defines χ²) and the posterior-predictive figures of the first ``n_ppc`` observations:
+    (metrics, the reduced χ² per observation or None)."""
     if likelihood is None:
-        return {}
+        return {}, None
     with torch.no_grad():
         prediction = torch.cat([model(draws[i].mean(dim=0, keepdim=True)) for i in range(len(y))])
     try:
         chi2, count = likelihood.chi2(prediction, y)
     except NotImplementedError:
-        return {}
+        return {}, None
     reduced = chi2 / (count - n_parameters).clamp_min(1)
     poor = [i for i in range(len(y)) if not float(reduced[i]) < CHI2_WARNING]
     if poor:
@@ -281,7 +284,7 @@ def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc) -> dict
     for i in range(min(n_ppc, len(y))):
         if prediction[i].ndim == 2:
             ctx.save_figure(f"ppc_{i}", _ppc_figure(likelihood, y[i], prediction[i], float(reduced[i])))
-    return out
+    return out, reduced
 
 
 def _ppc_figure(likelihood, observed, predicted, reduced):
@@ -301,20 +304,32 @@ def _ppc_figure(likelihood, observed, predicted, reduced):
     return fig
 
 
-def _posterior_summary(ctx, space, draws, approximate, truth, corrected: bool) -> dict[str, float]:
+def _posterior_summary(ctx, space, draws, approximate, truth, corrected: bool,
+                       explained: torch.Tensor | None = None) -> dict[str, float]:
     """Per-parameter NRMSE of the posterior mean, calibration error and 90 % coverage
-    (:mod:`emverse.statistics`), for the final and, when corrected, the approximate draws."""
+    (:mod:`emverse.statistics`), for the final and, when corrected, the approximate draws.
+
+    With ``explained`` (per observation: the posterior-mean prediction's reduced χ² is below
+    ``CHI2_WARNING``) the final draws are also scored on the explained observations alone
+    ("explained/…", with ``explained_fraction``): the accuracy where the data say the posterior
+    sits on the right mode, beside its share — never instead of the whole set."""
     from emverse import statistics as st
 
     low, high = space.bounds(torch.float64)
     out: dict[str, float] = {}
     if len(truth) < 2:
         return out
-    sets = {"posterior": draws, "approximate": approximate} if corrected else {"posterior": draws}
+    sets = {"posterior": (draws, truth), "approximate": (approximate, truth)} if corrected else \
+        {"posterior": (draws, truth)}
+    if explained is not None:
+        out["explained_fraction"] = float(explained.double().mean())
+        keep = explained.to(draws.device)
+        if 2 <= int(keep.sum()) < len(truth):
+            sets["explained"] = (draws[keep], truth[keep])
     rows = []
-    for label, samples in sets.items():
-        nrmse = st.nrmse(samples, truth, low, high)
-        levels, coverage = st.calibration_curve(samples, truth)
+    for label, (samples, target) in sets.items():
+        nrmse = st.nrmse(samples, target, low, high)
+        levels, coverage = st.calibration_curve(samples, target)
         error = (coverage - levels[:, None]).abs().mean(dim=0)
         i90 = int(torch.argmin((levels - 0.9).abs()))
         for p, name in enumerate(space.names):
@@ -324,7 +339,8 @@ def _posterior_summary(ctx, space, draws, approximate, truth, corrected: bool) -
             rows.append([label, name, float(nrmse[p]), float(error[p]), float(coverage[i90, p])])
         out[f"{label}/calibration_error_mean"] = float(error.mean())
         out[f"{label}/coverage90_mean"] = float(coverage[i90].mean())
-    ctx.add_table(f"posterior quality over {len(truth)} observations (NRMSE: RMSE of the mean / range)",
+    ctx.add_table(f"posterior quality over {len(draws)} observations (NRMSE: RMSE of the mean / range; "
+                  f"explained: the observations whose posterior-mean prediction has reduced χ² < {CHI2_WARNING:g})",
                   ["draws", "parameter", "NRMSE", "calibration error", "coverage @90%"], rows)
     return out
 

@@ -9,6 +9,9 @@ from emverse.recipe import load_recipe
 from emverse.run import run_recipe
 
 RECIPES = Path(__file__).parents[3] / "recipes"
+#: the [prior] table swapped to the shipped regression baseline, as one --set
+REGRESSION_PRIOR = ('prior={type = "cdi.regression", checkpoint = "builtin:regression-mgb2-small.safetensors", '
+                    'depth = 10, width = 8, stem = "small", crop_size = 28, input_size = 28}')
 NAMES = ("cbed-mgb2-cpu.toml", "cbed-mgb2-paper.toml", "cbed-mgb2-infer.toml", "cbed-mgb2-physics.toml")
 
 
@@ -84,12 +87,32 @@ def test_physics_corrected_posterior_reproduces_the_pattern(tmp_path):
 def test_cbed_prior_swaps_to_the_regression_baseline_by_set_alone(tmp_path):
     """CBED inference's prior (CDI diffusion -> regression ResNet) is swapped by one --set of
     the [prior] table; the correction then starts from the regression's point estimate."""
-    regression = ('prior={type = "cdi.regression", checkpoint = "builtin:regression-mgb2-small.safetensors", '
-                  'depth = 10, width = 8, stem = "small", crop_size = 28, input_size = 28}')
     run = run_recipe(RECIPES / "cbed-mgb2-physics.toml", tmp_path / "run", overrides=[
-        regression, "options.n_samples=8", "correction.n_starts=1", "correction.proposals=64",
+        REGRESSION_PRIOR, "options.n_samples=8", "correction.n_starts=1", "correction.proposals=64",
         "correction.max_iterations=5", "correction.scan_points=32"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["approximate_std/thickness"] == 0.0  # a point estimate, repeated
     assert metrics["correction/n_starts"] == 1.0
     assert "posterior_mean_chi2_reduced" in metrics
+
+
+def test_many_observations_report_the_explained_share(tmp_path):
+    """Three patterns through the physics recipe (regression proposal, a short correction): the
+    summary scores the whole set and says which share the posterior-mean patterns explain
+    (reduced χ² < 2), the same share the per-pattern χ² metrics give."""
+    run = run_recipe(RECIPES / "cbed-mgb2-physics.toml", tmp_path / "run", overrides=[
+        REGRESSION_PRIOR, "options.n_observations=3", "options.n_samples=8", "options.n_ppc=0",
+        "correction.n_starts=1", "correction.proposals=64", "correction.max_iterations=5",
+        "correction.scan_points=32"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "posterior/nrmse/thickness" in metrics and "posterior_mean_chi2_reduced_median" in metrics
+    from emverse.likelihoods import PoissonLikelihood
+    from emverse_bloch.cbed import BlochCBED
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "posterior.safetensors")
+    model = BlochCBED(structure="MgB2", detector_pixels=32, g_max=0.8)
+    chi2, count = PoissonLikelihood(1000.0).chi2(model(saved["samples"].mean(1)), saved["observation"])
+    share = float(((chi2 / (count - 13)) < 2.0).double().mean())
+    assert metrics["explained_fraction"] == pytest.approx(share)
+
