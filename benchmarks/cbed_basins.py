@@ -2,7 +2,7 @@
 start from the amortized (CDI) draws lands in it.
 
     python benchmarks/cbed_basins.py [--run RUN_DIR] [--indices 0,3] [--starts 24] [--no-freeze]
-        [--iterations 40] [--space-filling F]
+        [--iterations 40] [--space-filling F] [--regression-start] [--no-basins]
 
 RUN_DIR is a finished run of ``recipes/cbed-mgb2-physics.toml`` (its posterior.safetensors holds
 each pattern's observation, truth and CDI draws); without it the recipe is run on --patterns
@@ -14,7 +14,8 @@ normalised units u ∈ [−1, 1] (the prior box):
    when it ends within 20 nats of ℓ(truth). ``--no-freeze`` keeps every start iterating to the
    end (the correction freezes a start 100 nats behind the best after 8 iterations).
    ``--space-filling F`` replaces that group's values in the starts by a scrambled Sobol design
-   over the box (a global search in that group, the others from the CDI draws).
+   over the box (a global search in that group, the others from the CDI draws);
+   ``--regression-start`` starts once from the shipped regression baseline's prediction instead.
 2. *Basin radius*: starts at the truth with one group of parameters displaced by δ in random
    directions (4 per δ), thickness scanned, then refined: the fraction reaching the truth per
    group (structure factors F, ADPs U, tilts) and δ.
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-freeze", action="store_true")
     parser.add_argument("--iterations", type=int, default=40, help="Levenberg–Marquardt iterations per start")
     parser.add_argument("--space-filling", choices=("F", "U", "tilt"), default=None)
+    parser.add_argument("--regression-start", action="store_true")
+    parser.add_argument("--no-basins", action="store_true", help="skip the basin-radius probes (2.)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
@@ -71,6 +74,11 @@ def main(argv=None) -> int:
     if args.no_freeze:
         corrections.MIN_ITERATIONS = 10**9
     correction = LaplaceMixture(n_starts=args.starts, max_iterations=args.iterations)
+    if args.regression_start:
+        from emverse_cdi.prior import RegressionPrior, resolve_checkpoint
+
+        regression = RegressionPrior(checkpoint=str(resolve_checkpoint("builtin:regression-mgb2-small.safetensors")),
+                                     depth=10, width=8, stem="small", crop_size=28, input_size=28)
     saved = load_file(args.run / "posterior.safetensors")
     observations, truths, draws = saved["observation"], saved["truth"], saved["approximate"]
     indices = [int(v) for v in args.indices.split(",")] if args.indices else range(len(observations))
@@ -88,7 +96,9 @@ def main(argv=None) -> int:
         truth_nll = float(_nll(model, likelihood, y, truths[i:i + 1], 64))
         started = time.perf_counter()
         u = space.normalise(draws[i]).clamp(-1.0, 1.0)
-        if args.space_filling:
+        if args.regression_start:
+            u = space.normalise(regression.predict_physical(y.float())).clamp(-1.0, 1.0)
+        elif args.space_filling:
             columns = groups[args.space_filling]
             u = u[:args.starts].clone()
             design = torch.quasirandom.SobolEngine(len(columns), scramble=True, seed=i).draw(len(u))
@@ -99,11 +109,12 @@ def main(argv=None) -> int:
         _, final, *_ = correction._refine(model, likelihood, y, space, u[starts].clone())
         excess = (final - truth_nll).tolist()
         reached = sum(e < REACHED_NATS for e in excess)
-        how = f"CDI starts ({args.space_filling} space-filling)" if args.space_filling else "CDI starts"
+        how = ("regression start" if args.regression_start else
+               f"CDI starts ({args.space_filling} space-filling)" if args.space_filling else "CDI starts")
         print(f"pattern {i}: {reached} of {len(excess)} {how} reach the truth "
               f"({time.perf_counter() - started:.0f} s); ℓ − ℓ(truth) of the others, nats: "
               f"{sorted(round(e) for e in excess if e >= REACHED_NATS)}")
-        for group, columns in groups.items():
+        for group, columns in ({} if args.no_basins else groups).items():
             row = []
             for delta in DELTAS[group]:
                 u = u_true.repeat(4, 1)
