@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     train_seconds = time.perf_counter() - started
     epochs = len(inference.summary["training_loss"])
     print(f"NPE trained on {len(u)} patterns: {epochs} epochs, {train_seconds:.0f} s, best validation "
-          f"log-probability {inference.summary['best_validation_loss'][-1]:.3f}")
+          f"loss (−log q per pattern) {inference.summary['best_validation_loss'][-1]:.3f}")
     posterior = inference.build_posterior(estimator)
 
     def npe_draws(ys):
