@@ -297,14 +297,8 @@ class BlochCBED(ForwardModel):
             d_tilt = central(torch.deg2rad(self.table.tilt_deg(flat)))  # (B, P, 2)
             d_thickness = central(self.table.thickness(flat))  # (B, P)
             tilt = torch.deg2rad(self.table.tilt_deg(x))
-            g_lab = self.g_lab.to(dtype)
-            normal = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
-            metric = metric_diagonal(g_lab, normal, self.wavenumber)  # (N,)
-
-            def excitation(t):  # (B, 2) tilts (rad) -> (B, D, N)
-                angle = self.pair_angle.to(dtype)[None] + t[:, None, :]
-                return excitation_errors(g_lab, incident_direction(angle[..., 0], angle[..., 1]), self.wavenumber)
-
+            metric = self._metric(dtype, device)  # (N,)
+            excitation = self._excitation_errors  # (B, 2) tilts (rad) -> (B, D, N)
             n = self.n_beams
             matrix = structure_matrix(self.couplings.gather(table)[:, None], excitation(tilt), self.wavenumber, metric)
             # derivatives of A: couplings (B, P, N, N), the same for every direction; excitation
@@ -354,6 +348,18 @@ class BlochCBED(ForwardModel):
                 f"thickness {thickness.detach().min().item():.4g} Å is negative; give thicknesses >= 0 Å"
             )
 
+    def _excitation_errors(self, tilt_rad: torch.Tensor) -> torch.Tensor:
+        """Excitation errors (B, P, N) in Å⁻¹ of every disc pixel's incident direction for crystal
+        tilts (B, 2) in rad."""
+        angle = self.pair_angle.to(tilt_rad.dtype)[None] + tilt_rad[:, None, :]  # (B,P,2)
+        direction = incident_direction(angle[..., 0], angle[..., 1])  # (B,P,3)
+        return excitation_errors(self.g_lab.to(tilt_rad.dtype), direction, self.wavenumber)
+
+    def _metric(self, dtype, device) -> torch.Tensor:
+        """The metric diagonal (N,) of the beams (surface normal along the optic axis)."""
+        normal = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
+        return metric_diagonal(self.g_lab.to(dtype), normal, self.wavenumber)
+
     def _patterns(self, x: torch.Tensor, thickness: torch.Tensor) -> torch.Tensor:
         """(B, T, H, W) patterns of ``x`` at the thicknesses (B, T) in Å."""
         dtype = x.dtype
@@ -362,13 +368,8 @@ class BlochCBED(ForwardModel):
         if self.real_symmetric:
             table = table.real
         couplings = self.couplings.gather(table)[:, None]  # (B,1,N,N)
-        tilt = torch.deg2rad(self.table.tilt_deg(x))  # (B,2)
-        angle = self.pair_angle.to(dtype)[None] + tilt[:, None, :]  # (B,P,2)
-        direction = incident_direction(angle[..., 0], angle[..., 1])  # (B,P,3)
-        g_lab = self.g_lab.to(dtype)
-        s = excitation_errors(g_lab, direction, self.wavenumber)  # (B,P,N)
-        normal = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=x.device)
-        metric = metric_diagonal(g_lab, normal, self.wavenumber)  # (N,)
+        s = self._excitation_errors(torch.deg2rad(self.table.tilt_deg(x)))  # (B,P,N)
+        metric = self._metric(dtype, x.device)  # (N,)
         absorption0 = None
         if self.absorption:
             absorption0 = torch.tensor(self.absorption * self.u0, dtype=dtype, device=x.device)
