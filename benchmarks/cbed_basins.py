@@ -32,7 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import add_physics_run_arguments, cbed_physics_run, pin_threads  # noqa: E402
+from harness import (  # noqa: E402
+    add_physics_run_arguments,
+    cbed_physics_run,
+    physics_run_parts,
+    pin_threads,
+    shipped_regression,
+)
 
 #: normalised-unit displacements tried per parameter group
 DELTAS = {"F": (0.1, 0.25, 0.5), "U": (0.25, 0.5, 1.0), "tilt": (0.02, 0.05, 0.1)}
@@ -55,17 +61,11 @@ def main(argv=None) -> int:
     pin_threads(args.threads)
 
     import torch
-    from emverse.api import load
     from emverse.builtin import corrections
     from emverse.builtin.corrections import LaplaceMixture, _nll
-    from emverse.likelihoods import PoissonLikelihood
-    from emverse_bloch.cbed import BlochCBED
-    from safetensors.torch import load_file
 
-    args.run = cbed_physics_run(args.run, seed=args.run_seed, patterns=args.patterns)
-    recipe = load(str(args.run / "recipe.toml")).to_dict()
-    model = BlochCBED(**{k: v for k, v in recipe["forward_model"].items() if k != "type"})
-    likelihood = PoissonLikelihood(recipe["likelihood"]["dose"])
+    model, likelihood, saved, _ = physics_run_parts(
+        cbed_physics_run(args.run, seed=args.run_seed, patterns=args.patterns))
     space = model.parameter_space
     names = list(space.names)
     groups = {"F": [j for j, n in enumerate(names) if n.startswith("F_")],
@@ -74,19 +74,18 @@ def main(argv=None) -> int:
     if args.no_freeze:
         corrections.MIN_ITERATIONS = 10**9
     correction = LaplaceMixture(n_starts=args.starts, max_iterations=args.iterations)
-    if args.regression_start:
-        from emverse_cdi.prior import RegressionPrior, resolve_checkpoint
-
-        regression = RegressionPrior(checkpoint=str(resolve_checkpoint("builtin:regression-mgb2-small.safetensors")),
-                                     depth=10, width=8, stem="small", crop_size=28, input_size=28)
-    saved = load_file(args.run / "posterior.safetensors")
+    regression = shipped_regression() if args.regression_start else None
     observations, truths, draws = saved["observation"], saved["truth"], saved["approximate"]
     indices = [int(v) for v in args.indices.split(",")] if args.indices else range(len(observations))
     generator = torch.Generator().manual_seed(1)
 
-    def refine(y, u, truth_nll):
+    def refine(y, u, truth_nll, select_starts=False):
+        """ℓ − ℓ(truth) after the correction's thickness scan and Levenberg–Marquardt from the
+        rows of u (from its ``n_starts`` best-screened rows with ``select_starts``)."""
         nll = _nll(model, likelihood, y, space.denormalise(u), 64)
         u, nll = correction._scan(model, likelihood, y, space, u, nll)
+        if select_starts:
+            u = u[correction._starts(u, nll)]
         _, final, *_ = correction._refine(model, likelihood, y, space, u.clone())
         return final - truth_nll
 
@@ -103,11 +102,7 @@ def main(argv=None) -> int:
             u = u[:args.starts].clone()
             design = torch.quasirandom.SobolEngine(len(columns), scramble=True, seed=i).draw(len(u))
             u[:, columns] = 2.0 * design.to(u.dtype) - 1.0
-        nll = _nll(model, likelihood, y, space.denormalise(u), 64)
-        u, nll = correction._scan(model, likelihood, y, space, u, nll)
-        starts = correction._starts(u, nll)
-        _, final, *_ = correction._refine(model, likelihood, y, space, u[starts].clone())
-        excess = (final - truth_nll).tolist()
+        excess = refine(y, u, truth_nll, select_starts=True).tolist()
         reached = sum(e < REACHED_NATS for e in excess)
         how = ("regression start" if args.regression_start else
                f"CDI starts ({args.space_filling} space-filling)" if args.space_filling else "CDI starts")

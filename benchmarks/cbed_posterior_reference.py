@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import cbed_physics_run, pin_threads  # noqa: E402
+from harness import cbed_physics_run, physics_run_parts, pin_threads  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,18 +47,10 @@ def main(argv=None) -> int:
     pin_threads(args.threads)
 
     import torch
-    from emverse.api import load
-    from emverse.likelihoods import PoissonLikelihood
     from emverse.reference import nuts_reference
-    from emverse_bloch.cbed import BlochCBED
-    from safetensors.torch import load_file
 
     run_dir = cbed_physics_run(args.run, seed=args.seed, patterns=args.patterns)
-    recipe = load(str(run_dir / "recipe.toml")).to_dict()
-    model = BlochCBED(**{k: v for k, v in recipe["forward_model"].items() if k != "type"})
-    likelihood = PoissonLikelihood(recipe["likelihood"]["dose"])
-    saved = load_file(run_dir / "posterior.safetensors")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model, likelihood, saved, metrics = physics_run_parts(run_dir)
     samples, truth, observations = saved["samples"], saved["truth"], saved["observation"]
     names = model.parameter_space.names
     rows, worst = [], []

@@ -33,12 +33,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import add_physics_run_arguments, cbed_physics_run, pin_threads  # noqa: E402
+from harness import (  # noqa: E402
+    add_physics_run_arguments,
+    cbed_physics_run,
+    physics_run_parts,
+    pin_threads,
+    shipped_regression,
+)
 
 #: the training set of the shipped CDI model (recipes/cbed-mgb2-cpu.toml)
 CDI_TRAINING = {"seed": 7, "stream": "cdi.dataset.train", "n": 40000, "chunk_size": 250}
-REGRESSION = dict(checkpoint="builtin:regression-mgb2-small.safetensors", depth=10, width=8, stem="small",
-                  crop_size=28, input_size=28)
 
 
 def training_set(store: Path, table: dict, model, workers: int):
@@ -68,20 +72,18 @@ def stabilised(patterns, dose: float):
 
 def summary(space, draws, truth, means, model, likelihood, observations):
     """NRMSE per parameter, calibration, coverage and χ² of the posterior-mean pattern."""
+    import numpy as np
     import torch
     from emverse import statistics as st
 
     low, high = space.bounds(torch.float64)
     out = {"nrmse": dict(zip(space.names, st.nrmse(draws, truth, low, high).tolist(), strict=True))}
     if draws.shape[1] > 1:
-        levels, coverage = st.calibration_curve(draws, truth)
-        out["calibration_error"] = float((coverage - levels[:, None]).abs().mean())
-        out["coverage90"] = float(coverage[int(torch.argmin((levels - 0.9).abs()))].mean())
+        out["calibration_error"] = float(st.calibration_error(draws, truth).mean())
+        out["coverage90"] = float(st.central_interval_coverage(draws, truth, torch.tensor([0.9])).mean())
     with torch.no_grad():
         chi2, n = likelihood.chi2(model(means), observations)
     reduced = (chi2 / (n - len(space))).numpy()
-    import numpy as np
-
     out["chi2_reduced_median"] = float(np.median(reduced))
     out["chi2_fraction_0.8_1.3"] = float(((reduced >= 0.8) & (reduced <= 1.3)).mean())
     return out
@@ -104,24 +106,16 @@ def main(argv=None) -> int:
 
     import torch
     from emverse.api import load
-    from emverse.likelihoods import PoissonLikelihood
-    from emverse_bloch.cbed import BlochCBED
-    from emverse_cdi.prior import RegressionPrior, resolve_checkpoint
-    from safetensors.torch import load_file
     from sbi.inference import NPE
     from sbi.neural_nets import posterior_nn
     from sbi.neural_nets.embedding_nets import CNNEmbedding
     from sbi.utils import BoxUniform
 
     args.run = cbed_physics_run(args.run, seed=args.run_seed, patterns=args.patterns)
-    recipe = load(str(args.run / "recipe.toml")).to_dict()
-    table = recipe["forward_model"]
-    model = BlochCBED(**{k: v for k, v in table.items() if k != "type"})
+    model, likelihood, saved, run_metrics = physics_run_parts(args.run)
+    table = load(str(args.run / "recipe.toml")).to_dict()["forward_model"]  # written into the store
     space = model.parameter_space
-    dose = float(recipe["likelihood"]["dose"])
-    likelihood = PoissonLikelihood(dose)
-    saved = load_file(args.run / "posterior.safetensors")
-    run_metrics = json.loads((args.run / "metrics.json").read_text())
+    dose = likelihood.dose
     observations, truth = saved["observation"], saved["truth"]
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)  # sbi's own draws (initialisation, batches, validation split)
@@ -166,7 +160,7 @@ def main(argv=None) -> int:
             draws.append(space.denormalise(z.double()))
         return torch.stack(draws), seconds / len(ys)
 
-    regression = RegressionPrior(**{**REGRESSION, "checkpoint": str(resolve_checkpoint(REGRESSION["checkpoint"]))})
+    regression = shipped_regression()
 
     def regression_draws(ys):
         t0 = time.perf_counter()

@@ -174,3 +174,31 @@ def cbed_physics_run(run_dir=None, *, seed: int, patterns: int):
                          {"seed": seed, "options.n_observations": patterns, "options.n_ppc": 0})
     print(f"corrected posteriors: {output.run_dir} ({time.perf_counter() - started:.0f} s)")
     return output.run_dir
+
+
+def physics_run_parts(run_dir):
+    """The forward model (``bloch.cbed`` from the run's recipe), its Poisson likelihood (the
+    recipe's dose), the run's posterior.safetensors and metrics.json."""
+    import json
+    from pathlib import Path
+
+    from emverse.api import load
+    from emverse.likelihoods import PoissonLikelihood
+    from emverse_bloch.cbed import BlochCBED
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    recipe = load(str(run_dir / "recipe.toml")).to_dict()
+    model = BlochCBED(**{k: v for k, v in recipe["forward_model"].items() if k != "type"})
+    likelihood = PoissonLikelihood(recipe["likelihood"]["dose"])
+    return (model, likelihood, load_file(run_dir / "posterior.safetensors"),
+            json.loads((run_dir / "metrics.json").read_text()))
+
+
+def shipped_regression():
+    """The regression baseline shipped with emverse-cdi (``builtin:regression-mgb2-small``)."""
+    from emverse_cdi.prior import RegressionPrior, resolve_checkpoint
+
+    return RegressionPrior(checkpoint=str(resolve_checkpoint("builtin:regression-mgb2-small.safetensors")),
+                           depth=10, width=8, stem="small", crop_size=28, input_size=28)
+
