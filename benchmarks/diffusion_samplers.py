@@ -66,7 +66,7 @@ def quality(prior, sampler, y, exact_mean, exact_std, n_samples, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short training and fewer observations")
-    parser.add_argument("--checkpoint", default="", help="model.safetensors from diffusion.train")
+    parser.add_argument("--checkpoint", default="", help="model.safetensors from the train task (recipes/diffusion-linear-gaussian.toml)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--target", type=float, default=0.10)
     args = parser.parse_args()

@@ -239,15 +239,19 @@ THIRD_PARTY_TRAIN = """
     schema_version = 1
     name = "third-party-prior"
     seed = 4
-    task = "diffusion.train"
+    task = "train"
     dtype = "float32"
     [options]
     steps = 400
     batch_size = 128
     learning_rate = 3e-3
+    lr_decay = "cosine"
+    ema_decay = 0.995
     validate_every = 0
     checkpoint_every = 0
-    n_observations = 0
+    checkpoint_name = "model"
+    [objective]
+    type = "diffusion.denoising"
     [forward_model]
     type = "thirdparty.scaled"
     factor = 2.0

@@ -158,7 +158,7 @@ def one_thread():
 
 
 def test_sigterm_then_resume_gives_bit_identical_weights(tmp_path, one_thread):
-    """diffusion.train stopped by SIGTERM after its first checkpoint, then resumed in place,
+    """A train run stopped by SIGTERM after its first checkpoint, then resumed in place,
     ends with exactly the weights of an uninterrupted run (in-process: fast)."""
     recipe = load_recipe(TINY_TRAIN)
     stopped = tmp_path / "stopped"
@@ -194,7 +194,7 @@ def test_a_run_whose_process_is_gone_is_reported_dead(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path, one_thread):
-    """A diffusion.train run killed with SIGKILL is reported dead, and `emverse run --resume`
+    """A train run killed with SIGKILL is reported dead, and `emverse run --resume`
     finishes it with exactly the weights of an uninterrupted run."""
     killed = tmp_path / "killed"
     proc = _emverse("run", str(TINY_TRAIN), "--out", str(killed), "--no-progress",

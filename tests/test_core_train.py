@@ -47,31 +47,33 @@ checkpoint_every = 25
 """
 
 
-def test_core_train_equals_diffusion_train_and_reloads(tmp_path):
-    """The core task and diffusion.train run the same loop and objective: identical EMA weights
-    (the core task keeps them), validation losses, and a checkpoint the prior loads back."""
+def test_core_train_equals_the_python_api_and_reloads(tmp_path):
+    """The core task and the plugin's Python API (``emverse_diffusion.training.train``, the
+    documented way to train in a script) run the same loop and objective from the same data and
+    seed: identical EMA weights and validation loss, and a checkpoint the prior loads back."""
+    from emverse.run import RunContext, stable_seed
+    from emverse_diffusion.training import TrainConfig, train
+
     core = tmp_path / "core.toml"
     core.write_text(COMMON.format(task="train") + '[options]\n' + OPTIONS + 'amp = false\ncheckpoint_name = "model"\n'
-                    + '[objective]\ntype = "diffusion.denoising"\nweighting = "sigmoid"\nweighting_bias = 2.0\n'
-                    + 'time_sampler = "adaptive"\nadaptive_bins = 10\n')
-    plugin = tmp_path / "plugin.toml"
-    plugin.write_text(COMMON.format(task="diffusion.train") + '[options]\n' + OPTIONS + 'amp = false\n'
-                      + '[objective]\ntype = "diffusion.denoising"\nweighting = "sigmoid"\nweighting_bias = 2.0\n'
-                      + 'time_sampler = "adaptive"\nadaptive_bins = 10\n')
+                    + '[objective]\ntype = "diffusion.denoising"\n')
     a = run_recipe(core, tmp_path / "a", progress=False)
-    b = run_recipe(plugin, tmp_path / "b", progress=False)
-    ta, tb = load_checkpoint(a / "model.safetensors").tensors, load_checkpoint(b / "model.safetensors").tensors
-    for name, value in tb.items():
-        if name.startswith("ema."):
-            assert torch.equal(ta[name], value), name
-    ma, mb = read_metrics(a), read_metrics(b)
-    assert ma["validation_loss"] == mb["validation_loss"] and ma["steps"] == 60
+    torch.manual_seed(3)  # the network's initialisation, as a run seeds it
+    ctx = RunContext(load_recipe(core), tmp_path / "api-ctx")
+    prior, dataset = ctx.build("prior"), ctx.build("dataset")
+    train_data, validation = dataset.splits(ctx.generator("data"), dtype=ctx.dtype)
+    config = TrainConfig(steps=60, batch_size=32, learning_rate=2e-3, lr_decay="cosine", ema_decay=0.9,
+                         validate_every=20, checkpoint_every=25, amp=False,
+                         seed=stable_seed(3, "train") % (2**62))
+    api = train(prior, train_data, config, out_dir=tmp_path / "b", validation=validation, progress=False)
+    ta = load_checkpoint(a / "model.safetensors").tensors
+    for name, value in api.ema.items():
+        assert torch.equal(ta[f"ema.{name}"], value), name
+    ma = read_metrics(a)
+    assert ma["validation_loss"] == api.history["val_loss"][-1] and ma["steps"] == 60
     # the saved prior loads back through its own checkpoint field
     recipe = load_recipe(core, overrides=[f"prior.checkpoint={a / 'model.safetensors'}"])
-    from emverse.run import RunContext
-
-    ctx = RunContext(recipe, tmp_path / "ctx")
-    prior = ctx.build("prior")
+    prior = RunContext(recipe, tmp_path / "ctx").build("prior")
     for name, value in prior.network.state_dict().items():
         assert torch.equal(value, ta[f"ema.{name}"]), name
 
@@ -320,3 +322,23 @@ def test_a_simulated_store_trains_a_conditional_prior(tmp_path):
     assert metrics["steps"] == 20 and metrics["train_loss"] > 0
     saved = load_checkpoint(run / "model.safetensors").tensors
     assert saved and all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_a_posterior_check_without_a_sampler_is_refused_at_validation(tmp_path):
+    """train with options.n_observations > 0 but no [sampler]: refused by `emverse recipe
+    validate`, naming the option and the missing table, before any run directory; and an infer
+    recipe whose [dataset] would contradict a fixed truth is refused the same way."""
+    from emverse.cli import main
+
+    recipe = tmp_path / "check.toml"
+    recipe.write_text(COMMON.format(task="train") + '[options]\nsteps = 5\nbatch_size = 8\nn_observations = 3\n'
+                      '[objective]\ntype = "diffusion.denoising"\n')
+    with pytest.raises(EmverseError, match=r"\$\.options\.n_observations.*needs \[sampler\]"):
+        load_recipe(recipe)
+    assert main(["recipe", "validate", str(recipe)]) == 2
+    infer = tmp_path / "infer.toml"
+    infer.write_text(COMMON.format(task="infer") + '[options]\nn_observations = 1\ntruth = [0.1, 0.2]\n'
+                     '[sampler]\ntype = "diffusion.ddim"\nsteps = 4\n')
+    with pytest.raises(EmverseError, match=r"\$\.options\.truth.*the \[dataset\] draws the truths"):
+        load_recipe(infer)
+    assert not (tmp_path / "runs").exists()

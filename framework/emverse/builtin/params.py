@@ -60,6 +60,19 @@ class InferParams:
     #: Å⁻¹ per pixel of the measured pattern; 0: from the file's metadata
     observation_reciprocal_pixel_size: float = attrs.field(default=0.0, validator=in_range(0.0, 1e6))
 
+    def incompatible_with(self, components) -> list[tuple[str, str]]:
+        """A ``[dataset]`` gives the truths and observations; a measured pattern or a fixed truth
+        would contradict it (checked at recipe validation, before any run directory)."""
+        if components.get("dataset") is None:
+            return []
+        if self.observation:
+            return [("$.options.observation", "a measured pattern and a [dataset] both give the observation; "
+                                               "remove the [dataset] table or options.observation")]
+        if self.truth:
+            return [("$.options.truth", "the [dataset] draws the truths; remove options.truth or the "
+                                         "[dataset] table")]
+        return []
+
 
 @attrs.frozen
 class TrainParams:
@@ -92,6 +105,22 @@ class TrainParams:
     checkpoint_every: int = attrs.field(default=500, validator=in_range(0, 10**9))
     log_every: int = attrs.field(default=0, validator=in_range(0, 10**9))
     checkpoint_name: str = "prior"
+    #: after training: posterior draws (``[sampler]``, and ``[guidance]`` when given) for this many
+    #: held-out observations drawn from the ``[dataset]``, scored as the ``infer`` task scores them
+    #: (0: no check)
+    n_observations: int = attrs.field(default=0, validator=in_range(0, 10**9))
+    n_samples: int = attrs.field(default=200, validator=positive)
+
+    def incompatible_with(self, components) -> list[tuple[str, str]]:
+        """The posterior check needs a sampler and the forward model that made the observations."""
+        if not self.n_observations:
+            return []
+        missing = [table for table in ("sampler", "forward_model") if components.get(table) is None]
+        if missing:
+            return [("$.options.n_observations", (
+                f"= {self.n_observations} checks posteriors after training, which needs "
+                f"{' and '.join(f'[{t}]' for t in missing)}; add the table(s) or set n_observations = 0"))]
+        return []
 
 
 @attrs.frozen

@@ -174,12 +174,29 @@ class InferTask(Task):
                             for i in ctx.progress(range(len(y)), desc="approximate posterior")]).to(y.device)
 
     def run(self, ctx):
-        import time
-
         model = ctx.build("forward_model")
         for p in model.parameters():
             p.requires_grad_(False)
-        prior = ctx.build("prior")
+        return self.posterior(ctx, model, ctx.build("prior"),
+                              ctx.build("dataset") if ctx.has("dataset") else None)
+
+    def _from_dataset(self, ctx, dataset):
+        """Truths and observations drawn by the ``[dataset]`` (its data prior and noise)."""
+        if not callable(getattr(dataset, "draw", None)):
+            raise EmverseError(f"[dataset] {ctx.spec('dataset').type!r} cannot draw held-out observations "
+                               "(no draw(n, generator, dtype)); remove the table to draw truths from the "
+                               "forward model's parameter space")
+        truth, y = dataset.draw(self.n_observations, ctx.generator("truth"), dtype=ctx.dtype)
+        if y is None:
+            raise EmverseError(f"[dataset] {ctx.spec('dataset').type!r} gives no observations: it needs a "
+                               "[forward_model] table")
+        return truth.to(ctx.device), y.to(ctx.device)
+
+    def posterior(self, ctx, model, prior, dataset=None) -> RunResult:
+        """Posterior draws for the observations and their scores, with ``prior`` as given (the
+        ``train`` task checks the prior it has just trained through here)."""
+        import time
+
         sampler = ctx.build("sampler") if ctx.has("sampler") else None
         guidance = ctx.build("guidance") if ctx.has("guidance") else None
         likelihood = ctx.build("likelihood") if ctx.has("likelihood") else None
@@ -192,6 +209,8 @@ class InferTask(Task):
             prior.use_parameter_space(space)
         if self.observation:
             y, truth = self._measured(ctx, model, likelihood), None
+        elif dataset is not None:
+            truth, y = self._from_dataset(ctx, dataset)
         else:
             truth = self._truths(ctx, model)
             noise_gen = ctx.generator("noise", device=ctx.device)
@@ -231,10 +250,37 @@ class InferTask(Task):
                 metrics.update(_posterior_summary(ctx, space, draws, approximate, truth,
                                                   correction is not None, explained))
         metrics.update(chi2_metrics)
+        if dataset is not None:
+            metrics.update(_exact_posterior_errors(ctx, dataset, model, y, draws))
         if len(y) == 1:
             _single_observation_report(ctx, names, units, None if truth is None else truth[0], draws[0],
                                        approximate[0], corrected[0] if corrected else None, metrics)
         return RunResult(metrics)
+
+
+def _exact_posterior_errors(ctx, dataset, model, y, draws) -> dict[str, float]:
+    """The draws against the exact posterior, where the ``[dataset]``'s data prior has one
+    (``data_prior.exact_posterior(model, y)``, e.g. a Gaussian prior through a linear model):
+    the error of the mean in exact standard deviations and the relative error of the std, each
+    the largest over parameters, averaged over observations. The known-answer check a prior
+    passes before it is trusted on physics data."""
+    data_prior = getattr(dataset, "data_prior", None)
+    if not callable(getattr(data_prior, "exact_posterior", None)):
+        return {}
+    mean_error, std_error = [], []
+    for i in range(len(y)):
+        exact = data_prior.exact_posterior(model, y[i])
+        std = exact.covariance_matrix.diagonal().sqrt()
+        mean_error.append(((draws[i].double().mean(0).cpu() - exact.mean) / std).abs().max())
+        std_error.append((draws[i].double().std(0).cpu() / std - 1).abs().max())
+    out = {"exact.mean_error_in_std": float(torch.stack(mean_error).mean()),
+           "exact.std_relative_error": float(torch.stack(std_error).mean())}
+    ctx.add_table("posterior vs exact", ["quantity", "value"],
+                  [["mean error / exact std (mean over observations, max over parameters)",
+                    out["exact.mean_error_in_std"]],
+                   ["|std / exact std − 1| (mean over observations, max over parameters)",
+                    out["exact.std_relative_error"]]])
+    return out
 
 
 class _InPriorUnits(torch.nn.Module):
@@ -379,13 +425,16 @@ def _single_observation_report(ctx, names, units, truth, draws, approximate, cor
 
 
 class TrainTask(Task):
-    """Train the ``[prior]``'s network on the ``[dataset]`` with the ``[objective]``.
+    """Train the ``[prior]``'s network on the ``[dataset]`` with the ``[objective]``, then,
+    with ``n_observations``, check its posteriors.
 
     The loop is :func:`emverse.training.fit` (data order, AdamW, EMA, clipping, resume
     checkpoints, DDP); the dataset gives ``splits(generator, dtype) -> (train, validation)``,
     the objective binds to the prior and the data, and the prior writes its trained weights
     with ``save(path, recipe=...)``. ``emverse run --resume`` continues an interrupted run
-    from its last checkpoint, bit-identically.
+    from its last checkpoint, bit-identically. The check is the ``infer`` task's, on held-out
+    truths and observations drawn by the dataset (``draw``), against the exact posterior
+    where the dataset's data prior has one.
     """
 
     def __init__(self, options=None):
@@ -449,6 +498,12 @@ class TrainTask(Task):
         if min(losses) > 0:
             axes[0, 0].set_yscale("log")
         ctx.save_figure("training_loss", fig)
+        if o.n_observations:
+            model = ctx.build("forward_model")
+            for p in model.parameters():
+                p.requires_grad_(False)
+            check = InferTask(n_observations=o.n_observations, n_samples=o.n_samples)
+            metrics.update(check.posterior(ctx, model, prior, dataset).metrics)
         return RunResult(metrics)
 
 

@@ -1,4 +1,5 @@
-"""End to end through the recipe runner: train + posterior check, reuse of the checkpoint, mismatch error."""
+"""End to end through the recipe runner: the core train task + its posterior check, the checkpoint
+reused by the core infer task, mismatch error."""
 
 import json
 from pathlib import Path
@@ -29,48 +30,63 @@ def test_small_train_recipe_runs_end_to_end(trained_run):
         assert key in metrics, key
     assert metrics["steps"] == 60
     assert (trained_run / "model.safetensors").exists() and (trained_run / "model-resume.safetensors").exists()
-    assert (trained_run / "figures" / "loss.png").exists()
+    assert (trained_run / "figures" / "training_loss.png").exists()
     assert (trained_run / "report.html").exists()
 
 
 def _posterior_recipe(tmp_path, checkpoint, hidden):
+    """The core infer task on the trained checkpoint, with the train recipe's seed, forward model,
+    dataset, sampler and check sizes (SMALL)."""
     text = f"""
 schema_version = 1
 name = "diffusion-posterior-from-checkpoint"
-seed = 3
-task = "diffusion.posterior"
+seed = 7
+task = "infer"
+dtype = "float32"
 [options]
-n_observations = 4
-n_samples = 30
+n_observations = 6
+n_samples = 40
 [forward_model]
 type = "example.linear_gaussian"
+dim_x = 4
+dim_y = 6
+noise_sigma = 0.3
 [dataset]
 type = "diffusion.simulated"
 n_train = 1
 n_validation = 0
 [dataset.prior]
 type = "example.gaussian"
+dim = 4
 [prior]
 type = "diffusion.mlp"
 dim = 4
 condition_dim = 6
 hidden = {hidden}
 depth = 1
+prediction = "v"
 checkpoint = "{checkpoint}"
+[prior.schedule]
+type = "diffusion.cosine"
+offset = 0.008
 [sampler]
-type = "diffusion.ddim"
-steps = 10
+type = "diffusion.dpmpp_2m"
+steps = 8
 """
     path = tmp_path / f"posterior-{hidden}.toml"
     path.write_text(text)
     return path
 
 
-def test_checkpoint_reused_by_posterior_task(trained_run, tmp_path):
+def test_checkpoint_reused_by_infer_reproduces_the_check(trained_run, tmp_path):
+    """The infer task on the saved weights, with the same seed and [dataset], draws the same
+    held-out observations and posterior samples as the train task's check: equal exact errors."""
     recipe = _posterior_recipe(tmp_path, trained_run / "model.safetensors", hidden=32)
     run = run_recipe(recipe, tmp_path / "post")
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["exact.std_relative_error"] < 10  # finite, sensible numbers from the loaded weights
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    for key in ("exact.mean_error_in_std", "exact.std_relative_error", "posterior_mean_rmse"):
+        assert metrics[key] == pytest.approx(trained[key], rel=1e-6), key
 
 
 def test_checkpoint_recipe_mismatch_is_a_clear_error(trained_run, tmp_path):

@@ -62,7 +62,7 @@ class MLPDiffusionPrior(NetworkDiffusionPrior):
         return prior
 
     def load(self, path, *, use_ema: bool = True) -> dict:
-        """Load weights written by ``diffusion.train``; the checkpoint's [prior] must match."""
+        """Load weights written by the core ``train`` task; the checkpoint's [prior] must match."""
         ckpt = load_checkpoint(path)
         saved = (ckpt.recipe or {}).get("prior")
         if self.config:

@@ -38,7 +38,7 @@ def emverse_components():
     # guidance
     yield Component("guidance", "diffusion.dps", "emverse_diffusion.guidance.dps:DPSGuidance",
                     _P + "DPSParams", "DPS: correct x̂₀ with a likelihood gradient through any forward model")
-    # prior, data, tasks
+    # prior, data, objective
     yield Component("prior", "diffusion.mlp", "emverse_diffusion.components:MLPDiffusionPrior",
                     _P + "MLPPriorParams", "Diffusion prior over vectors with an MLP denoiser (optionally conditional)")
     yield Component("dataset", "diffusion.simulated", "emverse_diffusion.components:SimulatedData",
@@ -48,10 +48,6 @@ def emverse_components():
     yield Component("objective", "diffusion.denoising", "emverse_diffusion.training:DiffusionTraining",
                     _P + "DenoisingParams",
                     "Diffusion loss of a network prior: eps/x0/v target, logSNR weighting, uniform or adaptive t")
-    yield Component("task", "diffusion.train", "emverse_diffusion.tasks:TrainTask",
-                    _P + "TrainTaskParams", "Train a diffusion prior (EMA, checkpoints, resume, DDP); optional posterior check")
-    yield Component("task", "diffusion.posterior", "emverse_diffusion.tasks:PosteriorTask",
-                    _P + "PosteriorTaskParams", "Posterior draws from a trained diffusion prior (conditional or DPS-guided)")
     # metrics
     yield Component("metric", "uq.nrmse", "emverse_diffusion.metrics.uq:NRMSE", _P + "NRMSEParams",
                     "NRMSE per parameter normalised by range (references 1/√12, 1/√6)")

@@ -173,7 +173,7 @@ class MLPPriorParams:
     """A diffusion prior over flat vectors of size ``dim`` with an MLP denoiser.
 
     ``condition_dim`` = 0 makes it unconditional. ``checkpoint`` (a path,
-    relative to the recipe) loads weights written by ``diffusion.train``;
+    relative to the recipe) loads weights written by the core ``train`` task;
     its recipe must agree on the architecture fields.
     """
 
@@ -238,43 +238,6 @@ class DenoisingParams:
     time_sampler: str = attrs.field(default="uniform", validator=one_of("uniform", "adaptive"))
     adaptive_bins: int = attrs.field(default=100, validator=_positive_int)
     norm: str = attrs.field(default="l2", validator=one_of("l2", "l1"))
-
-
-# ----------------------------------------------------------------------------- tasks
-@attrs.frozen
-class TrainTaskParams:
-    """Train the recipe's [prior] on its [dataset]; optionally sample posteriors afterwards.
-
-    The loss is the recipe's ``[objective]`` (``diffusion.denoising``; its defaults when the
-    table is absent).
-    """
-
-    steps: int = attrs.field(default=2000, validator=_positive_int)
-    batch_size: int = attrs.field(default=256, validator=_positive_int)
-    learning_rate: float = attrs.field(default=2e-3, validator=positive)
-    weight_decay: float = attrs.field(default=0.0, validator=non_negative)
-    warmup_steps: int = attrs.field(default=0, validator=non_negative)
-    lr_decay: str = attrs.field(default="cosine", validator=one_of("none", "cosine"))
-    ema_decay: float = attrs.field(default=0.995, validator=in_range(0.0, 1.0))
-    ema_start: int = attrs.field(default=0, validator=non_negative)
-    grad_clip: float | None = attrs.field(default=1.0, validator=_optional_positive)
-    amp: bool = True
-    validate_every: int = attrs.field(default=500, validator=non_negative)
-    checkpoint_every: int = attrs.field(default=500, validator=non_negative)
-    #: continue an interrupted run: path to its model-resume.safetensors
-    resume_from: str = path_field("checkpoint", default="")
-    #: after training: posterior draws for this many held-out observations (0: none)
-    n_observations: int = attrs.field(default=0, validator=non_negative)
-    n_samples: int = attrs.field(default=200, validator=_positive_int)
-
-
-@attrs.frozen
-class PosteriorTaskParams:
-    """Sample the [prior] (conditional, or guided by [guidance] + [forward_model]) for
-    ``n_observations`` observations whose truths come from the [dataset]'s prior."""
-
-    n_observations: int = attrs.field(default=32, validator=_positive_int)
-    n_samples: int = attrs.field(default=200, validator=_positive_int)
 
 
 # ----------------------------------------------------------------------------- metrics

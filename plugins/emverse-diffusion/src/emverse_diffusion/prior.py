@@ -254,7 +254,7 @@ def load_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix:
     if not state:
         raise EmverseError(
             f"checkpoint {checkpoint} holds no tensors under {prefix!r}; "
-            "was it written by diffusion.train?"
+            "was it written by the train task (checkpoint_name.safetensors)?"
         )
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
