@@ -1,7 +1,7 @@
 """A fresh virtual environment with only the core and emverse-pdf (slow: it installs packages).
 
 It must fit a cluster cut from a CIF to a measured .gr with no ModuleNotFoundError, and a recipe
-that names a component of a plugin it lacks (cdi.infer) must say which distribution provides it.
+that names a component of a plugin it lacks (cdi.transformer) must say which distribution provides it.
 CI runs this after the default suite (``.ci/run``).
 """
 

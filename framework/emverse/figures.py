@@ -82,10 +82,12 @@ def observations_figure(y, max_items: int = 8, title: str = "observations", unit
     return fig
 
 
-def posterior_figure(samples, truth, names=()):
-    """Histograms of posterior samples of the first observation beside the truth."""
+def posterior_figure(samples, truth=None, names=(), marks=None):
+    """Histograms of posterior samples of the first observation beside the truth (when known)
+    and ``marks``: {label: point estimates (n_observations, d)} drawn as dashed lines."""
     samples = np.asarray(samples.detach().cpu())
-    truth = np.asarray(truth.detach().cpu())
+    truth = None if truth is None else np.asarray(truth.detach().cpu())
+    marks = {label: np.asarray(point.detach().cpu()) for label, point in (marks or {}).items()}
     d = samples.shape[-1]
     cols = min(d, 6)
     rows = int(np.ceil(d / cols))
@@ -95,8 +97,13 @@ def posterior_figure(samples, truth, names=()):
         if j >= d:
             ax.set_axis_off()
             continue
-        ax.hist(samples[0, :, j], bins=30, color="tab:blue", alpha=0.7)
-        ax.axvline(truth[0, j], color="k", lw=2)
+        ax.hist(samples[0, :, j], bins=30, color="tab:blue", alpha=0.7, label="posterior")
+        if truth is not None:
+            ax.axvline(truth[0, j], color="k", lw=2, label="truth")
+        for k, (label, point) in enumerate(marks.items()):
+            ax.axvline(point[0, j], color=f"C{k + 1}", lw=1.5, ls="--", label=label)
         ax.set_title(names[j] if j < len(names) else f"x{j}", fontsize=8)
+    if marks:
+        axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     return fig

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import attrs
 import torch
+
+from emverse.errors import EmverseError
 
 
 @attrs.frozen
@@ -117,6 +120,22 @@ def _to_unit(z: torch.Tensor, target: str) -> torch.Tensor:
     if target == "[0,1]":
         return z
     raise ValueError(f"normalisation target {target!r} is unknown; use '[-1,1]' or '[0,1]'")
+
+
+def check_same_space(expected: ParameterSpace, found: ParameterSpace, source: str) -> None:
+    """Raise when a checkpoint/dataset was made for another parameter space."""
+    if expected.names != found.names:
+        raise EmverseError(
+            f"{source} was made for parameters {list(found.names)}, but this model infers "
+            f"{list(expected.names)}; use a checkpoint/dataset of the same parameter space or retrain"
+        )
+    for a, b in zip(expected.parameters, found.parameters, strict=True):
+        if not (math.isclose(a.low, b.low, rel_tol=1e-6, abs_tol=1e-9)
+                and math.isclose(a.high, b.high, rel_tol=1e-6, abs_tol=1e-9)):
+            raise EmverseError(
+                f"{source}: parameter {a.name!r} has range [{b.low}, {b.high}] there but "
+                f"[{a.low}, {a.high}] here; normalisation would be wrong — retrain for this range"
+            )
 
 
 def space_to_metadata(space: ParameterSpace) -> dict:

@@ -16,6 +16,7 @@ import torch
 
 from emverse.builtin.parametrizations import ParameterVector
 from emverse.likelihoods import ModelLikelihood
+from emverse.parameter_space import check_same_space
 
 
 @attrs.define
@@ -52,6 +53,46 @@ class RefineMethod:
         return Estimate(parametrization().detach())
 
 
+class InPriorUnits(torch.nn.Module):
+    """The forward model seen from the prior's coordinates: x ↦ model(prior.physical(x))."""
+
+    def __init__(self, model, prior):
+        super().__init__()
+        self.model, self.prior = model, prior
+        self.noise = model.noise
+
+    def forward(self, x):
+        return self.model(self.prior.physical(x))
+
+
+def prior_meets_model(prior, model, source: str = "[prior]") -> None:
+    """Fit a prior to the forward model's parameter space: a prior that takes the space is given
+    it (``use_parameter_space``); one trained on its own space (e.g. a CDI checkpoint) must
+    have the model's names and bounds, or its draws would be mapped to the wrong units."""
+    space = model.parameter_space
+    if hasattr(prior, "use_parameter_space"):
+        prior.use_parameter_space(space)
+    elif space is not None and getattr(prior, "parameter_space", None) is not None:
+        check_same_space(space, prior.parameter_space, f"{source} {type(prior).__name__}")
+
+
+def posterior_draws(prior, sampler, guidance, model, likelihood, y, n_samples: int, generator) -> torch.Tensor:
+    """``n_samples`` draws (n_samples, P) of the posterior of one observation ``y`` (1, ...), in
+    the forward model's units (``prior.physical``). Three ways, chosen by what is given: a
+    prior with an exact posterior and no sampler; a prior + sampler + guidance bound to the
+    forward model (seen from the prior's coordinates) and ``likelihood``; or a conditional
+    prior + sampler (condition = the observation). The ``infer`` task and the ``core.infer``
+    method both draw through here."""
+    if sampler is None and hasattr(prior, "exact_posterior"):
+        return prior.exact_posterior(model, y[0]).sample((n_samples,))
+    if guidance is not None:
+        bound = guidance.bind(InPriorUnits(model, prior), y.expand(n_samples, *y.shape[1:]), likelihood)
+        draws = prior.sample(n_samples, condition=y if getattr(prior, "conditional", False) else None,
+                             sampler=sampler, generator=generator, guidance=bound)
+        return prior.physical(draws.reshape(n_samples, -1))
+    return prior.physical(prior.sample(n_samples, condition=y, sampler=sampler, generator=generator))[0]
+
+
 class InferMethod:
     def __init__(self, label: str, prior, sampler=None, guidance=None, n_samples: int = 100):
         self.label, self.prior, self.sampler, self.guidance = label, prior, sampler, guidance
@@ -68,13 +109,7 @@ class InferMethod:
         )
 
     def estimate(self, ctx, model, likelihood, y, start, generator) -> Estimate:
-        n = self.n_samples
-        if self.sampler is None and hasattr(self.prior, "exact_posterior"):
-            draws = self.prior.exact_posterior(model, y[0]).sample((n,))
-        elif self.guidance is not None:
-            bound = self.guidance.bind(model, y.expand(n, *y.shape[1:]), likelihood)
-            draws = self.prior.sample(n, sampler=self.sampler, guidance=bound, generator=generator)
-        else:
-            draws = self.prior.sample(n, condition=y, sampler=self.sampler, generator=generator)[0]
-        draws = draws.reshape(n, -1).detach()
+        prior_meets_model(self.prior, model, f"[[compare]] {self.label!r} prior")
+        draws = posterior_draws(self.prior, self.sampler, self.guidance, model, likelihood, y,
+                                self.n_samples, generator).reshape(self.n_samples, -1).detach()
         return Estimate(draws.mean(dim=0, keepdim=True), draws)

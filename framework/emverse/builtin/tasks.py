@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from emverse.builtin.methods import posterior_draws, prior_meets_model
 from emverse.builtin.parametrizations import ParameterVector
 from emverse.errors import EmverseError
 from emverse.figures import observations_figure, posterior_figure
@@ -76,7 +77,9 @@ class InferTask(Task):
     A ``[correction]`` then turns each observation's draws into the posterior under the
     exact likelihood (:mod:`emverse.builtin.corrections`): its modes and weights are
     reported, and the reduced χ² of the posterior-mean prediction where the likelihood
-    defines χ².
+    defines χ². ``[[compare]]`` methods (those ``evaluate`` compares: a regression baseline
+    as ``core.infer`` with its prior, a refiner as ``core.refine`` starting at the posterior
+    mean) estimate the same observations; their points are reported beside the posterior.
     """
 
     def __init__(self, n_observations: int = 4, n_samples: int = 200, truth=(), n_ppc: int = 3,
@@ -152,23 +155,9 @@ class InferTask(Task):
 
     def _approximate(self, ctx, model, prior, sampler, guidance, likelihood, y, gen):
         """(n_observations, n_samples, P) draws of the approximate posterior, physical units."""
-        if sampler is None and hasattr(prior, "exact_posterior"):
-            return torch.stack([prior.exact_posterior(model, y[i]).sample((self.n_samples,))
-                                for i in range(len(y))])
-        if guidance is not None:
-            # guidance differentiates the forward model at the prior's own coordinates
-            target = _InPriorUnits(model, prior)
-            conditional = getattr(prior, "conditional", False)
+        def one(i):
+            return posterior_draws(prior, sampler, guidance, model, likelihood, y[i:i + 1], self.n_samples, gen)[None]
 
-            def one(i):
-                bound = guidance.bind(target, y[i:i + 1].expand(self.n_samples, *y.shape[1:]), likelihood)
-                draws = prior.sample(self.n_samples, condition=y[i:i + 1] if conditional else None,
-                                     sampler=sampler, generator=gen, guidance=bound)
-                return prior.physical(draws.reshape(self.n_samples, -1))[None]
-        else:
-            def one(i):
-                return prior.physical(prior.sample(self.n_samples, condition=y[i:i + 1], sampler=sampler,
-                                                   generator=gen))
         # each observation's draws are kept as they finish: `emverse run --resume` goes on from there
         return torch.cat([ctx.stage(f"approximate-{i}", lambda i=i: {"draws": one(i)}, (gen,))["draws"]
                             for i in ctx.progress(range(len(y)), desc="approximate posterior")]).to(y.device)
@@ -205,8 +194,7 @@ class InferTask(Task):
         if correction is not None and likelihood is None:
             raise EmverseError("[correction] needs a [likelihood] table: the correction targets the "
                                "posterior under that likelihood (e.g. type = \"core.poisson\")")
-        if hasattr(prior, "use_parameter_space"):
-            prior.use_parameter_space(space)
+        prior_meets_model(prior, model)
         if self.observation:
             y, truth = self._measured(ctx, model, likelihood), None
         elif dataset is not None:
@@ -232,7 +220,12 @@ class InferTask(Task):
                 for i in ctx.progress(range(len(y)), desc="correction")]
             draws = torch.stack([c.samples.to(ctx.device, ctx.dtype) for c in corrected])
             metrics["correction_seconds_per_observation"] = (time.perf_counter() - started) / len(y)
+        # [[compare]]: other methods' point estimates of the same observations (refiners start
+        # at the posterior mean)
+        compared = {method.label: _estimates(ctx, m_index, method, model, likelihood, y, draws.mean(dim=1))
+                    for m_index, method in enumerate(ctx.build("compare") if ctx.has("compare") else [])}
         saved = {"samples": draws, "observation": y}
+        saved.update({f"compare/{label}": point for label, point in compared.items()})
         if truth is not None:
             saved["truth"] = truth
         if correction is not None:
@@ -241,20 +234,22 @@ class InferTask(Task):
         names = list(space.names) if space is not None else [f"x{i}" for i in range(draws.shape[-1])]
         units = list(space.units) if space is not None else [""] * draws.shape[-1]
         chi2_metrics, reduced = _chi2_metrics(ctx, model, likelihood, y, draws, len(names), self.n_ppc)
+        if truth is not None or compared:
+            ctx.save_figure("posterior", posterior_figure(draws, truth, names, compared))
         if truth is not None:
-            ctx.save_figure("posterior", posterior_figure(draws, truth, names))
             metrics.update(_metrics_of(ctx, draws, truth))
             metrics["posterior_mean_rmse"] = float((draws.mean(dim=1) - truth).pow(2).mean().sqrt())
             if space is not None:
                 explained = None if reduced is None else (reduced < CHI2_WARNING).cpu()
                 metrics.update(_posterior_summary(ctx, space, draws, approximate, truth,
-                                                  correction is not None, explained))
+                                                  correction is not None, explained, compared))
         metrics.update(chi2_metrics)
         if dataset is not None:
             metrics.update(_exact_posterior_errors(ctx, dataset, model, y, draws))
         if len(y) == 1:
             _single_observation_report(ctx, names, units, None if truth is None else truth[0], draws[0],
-                                       approximate[0], corrected[0] if corrected else None, metrics)
+                                       approximate[0], corrected[0] if corrected else None, metrics,
+                                       {label: point[0] for label, point in compared.items()})
         return RunResult(metrics)
 
 
@@ -281,18 +276,6 @@ def _exact_posterior_errors(ctx, dataset, model, y, draws) -> dict[str, float]:
                    ["|std / exact std − 1| (mean over observations, max over parameters)",
                     out["exact.std_relative_error"]]])
     return out
-
-
-class _InPriorUnits(torch.nn.Module):
-    """The forward model seen from the prior's coordinates: x ↦ model(prior.physical(x))."""
-
-    def __init__(self, model, prior):
-        super().__init__()
-        self.model, self.prior = model, prior
-        self.noise = model.noise
-
-    def forward(self, x):
-        return self.model(self.prior.physical(x))
 
 
 #: a reduced χ² above this says the posterior-mean prediction does not fit the data
@@ -351,14 +334,16 @@ def _ppc_figure(likelihood, observed, predicted, reduced):
 
 
 def _posterior_summary(ctx, space, draws, approximate, truth, corrected: bool,
-                       explained: torch.Tensor | None = None) -> dict[str, float]:
+                       explained: torch.Tensor | None = None, compared=None) -> dict[str, float]:
     """Per-parameter NRMSE of the posterior mean, calibration error and 90 % coverage
     (:mod:`emverse.statistics`), for the final and, when corrected, the approximate draws.
 
     With ``explained`` (per observation: the posterior-mean prediction's reduced χ² is below
     ``CHI2_WARNING``) the final draws are also scored on the explained observations alone
     ("explained/…", with ``explained_fraction``): the accuracy where the data say the posterior
-    sits on the right mode, beside its share — never instead of the whole set."""
+    sits on the right mode, beside its share — never instead of the whole set.
+    ``compared`` ({label: point estimates (n, P)}, the ``[[compare]]`` methods) get their NRMSE
+    beside the posterior mean's ("compare/<label>/nrmse/…")."""
     from emverse import statistics as st
 
     low, high = space.bounds(torch.float64)
@@ -385,17 +370,24 @@ def _posterior_summary(ctx, space, draws, approximate, truth, corrected: bool,
             rows.append([label, name, float(nrmse[p]), float(error[p]), float(coverage[i90, p])])
         out[f"{label}/calibration_error_mean"] = float(error.mean())
         out[f"{label}/coverage90_mean"] = float(coverage[i90].mean())
+    for label, point in (compared or {}).items():
+        nrmse = st.nrmse(point, truth, low, high)
+        for p, name in enumerate(space.names):
+            out[f"compare/{label}/nrmse/{name}"] = float(nrmse[p])
+            rows.append([f"{label} (point estimate)", name, float(nrmse[p]), "", ""])
     ctx.add_table(f"posterior quality over {len(draws)} observations (NRMSE: RMSE of the mean / range; "
                   f"explained: the observations whose posterior-mean prediction has reduced χ² < {CHI2_WARNING:g})",
                   ["draws", "parameter", "NRMSE", "calibration error", "coverage @90%"], rows)
     return out
 
 
-def _single_observation_report(ctx, names, units, truth, draws, approximate, corrected, metrics):
+def _single_observation_report(ctx, names, units, truth, draws, approximate, corrected, metrics, compared):
     mean, std = draws.mean(dim=0), draws.std(dim=0)
     a_mean, a_std = approximate.mean(dim=0), approximate.std(dim=0)
     rows = []
     for p, name in enumerate(names):
+        for label, point in compared.items():
+            metrics[f"compare/{label}/{name}"] = float(point[p])
         metrics[f"posterior_mean/{name}"] = float(mean[p])
         metrics[f"posterior_std/{name}"] = float(std[p])
         if truth is not None:
@@ -404,9 +396,10 @@ def _single_observation_report(ctx, names, units, truth, draws, approximate, cor
             metrics[f"approximate_mean/{name}"] = float(a_mean[p])
             metrics[f"approximate_std/{name}"] = float(a_std[p])
         rows.append([name, units[p], "" if truth is None else float(truth[p]), float(a_mean[p]), float(a_std[p]),
-                     float(mean[p]), float(std[p])])
+                     float(mean[p]), float(std[p])] + [float(point[p]) for point in compared.values()])
     ctx.add_table("posterior of the observation", ["parameter", "unit", "truth", "approximate mean",
-                                                   "approximate std", "posterior mean", "posterior std"], rows)
+                                                   "approximate std", "posterior mean", "posterior std",
+                                                   *compared], rows)
     if corrected is None:
         return
     for key, value in corrected.diagnostics.items():
@@ -562,6 +555,16 @@ class RefineTask(Task):
         return RunResult(metrics)
 
 
+def _estimates(ctx, m_index, method, model, likelihood, observations, starts) -> torch.Tensor:
+    """A ``[[compare]]`` method's point estimate (n, P) of each observation from its start; each
+    is kept as it finishes (``emverse run --resume`` goes on from there)."""
+    gen = ctx.generator(f"method{m_index}", device=ctx.device)
+    return torch.cat([ctx.stage(
+        f"{method.label}-{i}", lambda i=i: {"point": method.estimate(
+            ctx, model, likelihood, observations[i:i + 1], starts[i:i + 1], gen).point}, (gen,))["point"]
+        for i in ctx.progress(range(len(observations)), desc=method.label)]).to(ctx.device)
+
+
 def _observe(model, likelihood, truth, generator):
     """A noisy observation of ``truth``: the likelihood's draw where it can make one."""
     if isinstance(likelihood, ModelLikelihood):
@@ -613,12 +616,7 @@ class EvaluateTask(Task):
         scores: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
         for m_index, method in enumerate(methods):
-            gen = ctx.generator(f"method{m_index}", device=ctx.device)
-            # each method's estimate of each observation is kept as it finishes (for --resume)
-            estimate = torch.cat([ctx.stage(
-                f"{method.label}-{i}", lambda i=i, method=method, gen=gen: {"point": method.estimate(
-                    ctx, model, likelihood, observations[i:i + 1], starts[i:i + 1], gen).point}, (gen,))["point"]
-                for i in ctx.progress(range(len(truth)), desc=method.label)]).to(ctx.device)
+            estimate = _estimates(ctx, m_index, method, model, likelihood, observations, starts)
             error = (space.normalise(estimate) - space.normalise(truth)).pow(2).mean(dim=1)
             scores[method.label] = error
             metrics[f"{method.label}.normalised_mse"] = float(error.mean())

@@ -24,7 +24,5 @@ def emverse_components():
                     "Loss of cdi.transformer (eps-MSE) or cdi.regression (MSE) on augmented patterns")
     yield Component("task", "cdi.evaluate", "emverse_cdi.tasks:EvaluateTask", _P + "EvaluateOptions",
                     "NRMSE, calibration, coverage-sharpness, histograms and posterior predictive check")
-    yield Component("task", "cdi.infer", "emverse_cdi.tasks:InferTask", _P + "InferOptions",
-                    "Posterior of one simulated pattern with a trained (or shipped) model")
     yield Component("task", "cdi.pipeline", "emverse_cdi.tasks:PipelineTask", _P + "PipelineOptions",
                     "Simulate, train CDI and regression, evaluate: one recipe end to end")

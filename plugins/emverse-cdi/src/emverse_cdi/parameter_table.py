@@ -14,12 +14,10 @@ refuses to run on another space.
 
 from __future__ import annotations
 
-import math
-
-from emverse.errors import EmverseError
 from emverse.parameter_space import (  # noqa: F401 (re-exported)
     Parameter,
     ParameterSpace,
+    check_same_space,
     space_from_metadata,
     space_to_metadata,
 )
@@ -44,19 +42,3 @@ NRMSE_UNIFORM_SAMPLER = NRMSE_RANDOM_PREDICTOR
 def mgb2_parameter_space() -> ParameterSpace:
     """The paper's table 2, as bloch.cbed's "paper" parameter table defines it (one definition)."""
     return paper_space()
-
-
-def check_same_space(expected: ParameterSpace, found: ParameterSpace, source: str) -> None:
-    """Raise when a checkpoint/dataset was made for another parameter space."""
-    if expected.names != found.names:
-        raise EmverseError(
-            f"{source} was made for parameters {list(found.names)}, but this model infers "
-            f"{list(expected.names)}; use a checkpoint/dataset of the same parameter space or retrain"
-        )
-    for a, b in zip(expected.parameters, found.parameters, strict=True):
-        if not (math.isclose(a.low, b.low, rel_tol=1e-6, abs_tol=1e-9)
-                and math.isclose(a.high, b.high, rel_tol=1e-6, abs_tol=1e-9)):
-            raise EmverseError(
-                f"{source}: parameter {a.name!r} has range [{b.low}, {b.high}] there but "
-                f"[{a.low}, {a.high}] here; normalisation would be wrong — retrain for this range"
-            )

@@ -127,20 +127,6 @@ class EvaluateOptions:
 
 
 @attrs.frozen
-class InferOptions:
-    """``cdi.infer``: simulate one pattern with ``[forward_model]`` at ``truth``
-    (physical units, table order; empty = a uniform draw from the recipe seed)
-    and draw ``n_samples`` posterior samples from ``[prior]``; the ``baseline``
-    regression prediction and a posterior predictive check are shown beside them.
-    """
-
-    truth: tuple[float, ...] = attrs.field(default=(), converter=tuple)
-    n_samples: int = attrs.field(default=200, validator=positive)
-    baseline: ComponentSpec = nested("prior", "cdi.regression")
-    n_ppc_samples: int = attrs.field(default=4, validator=non_negative)
-
-
-@attrs.frozen
 class PipelineOptions:
     """``cdi.pipeline``: simulate train and test sets, train the CDI prior and the
     regression baseline, evaluate both; one recipe from simulation to report.

@@ -185,13 +185,6 @@ def _build_baseline(ctx, spec):
     return baseline
 
 
-def _table_text(header, rows) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = [" | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------- tasks
 class EvaluateTask(OptionsTask):
     """``cdi.evaluate``: posteriors of a trained ``[prior]`` on a held-out Zarr test set."""
@@ -214,70 +207,6 @@ class EvaluateTask(OptionsTask):
             n_samples=opts.n_samples, batch_size=opts.batch_size,
             n_histogram_patterns=opts.n_histogram_patterns, n_ppc_patterns=opts.n_ppc_patterns,
             n_ppc_samples=opts.n_ppc_samples)
-        return RunResult(metrics)
-
-
-class InferTask(OptionsTask):
-    """``cdi.infer``: posterior of one simulated pattern with a trained (e.g. shipped) model."""
-
-    def run(self, ctx) -> RunResult:
-        opts = ctx.options
-        forward_model = ctx.build("forward_model")
-        prior = ctx.build("prior")
-        sampler = ctx.build("sampler")
-        space = prior.parameter_space
-        check_same_space(space, _forward_space(forward_model), "[forward_model]")
-        if opts.truth:
-            if len(opts.truth) != len(space):
-                raise EmverseError(
-                    f"options.truth has {len(opts.truth)} values; give {len(space)} in the order "
-                    f"{list(space.names)} (physical units), or leave it out for a random draw"
-                )
-            truth = torch.tensor(opts.truth, dtype=torch.float64)[None]
-            outside = ~space.contains(truth)
-            if bool(outside.any()):
-                raise EmverseError(
-                    f"options.truth {list(opts.truth)} lies outside the trained parameter box; "
-                    "the posterior is only defined inside it"
-                )
-        else:
-            truth = space.sample_uniform(1, generator=ctx.generator("cdi.truth"))
-        device = next((b.device for b in forward_model.buffers()), torch.device("cpu"))
-        pattern = forward_model.simulate(truth.to(device, ctx.dtype),
-                                         ctx.generator("cdi.noise")).float().cpu()
-        prior.eval()
-        started = time.perf_counter()
-        samples = prior.sample_physical(pattern, opts.n_samples, sampler,
-                                        ctx.generator("cdi.infer"))[0].cpu()
-        seconds = time.perf_counter() - started
-        baseline = None
-        if opts.baseline.params.checkpoint:
-            baseline = _build_baseline(ctx, opts.baseline)
-            regression = baseline.predict_physical(pattern)[0].cpu()
-        else:
-            regression = None
-        mean, std = samples.mean(dim=0), samples.std(dim=0)
-        header = ["parameter", "unit", "truth", "posterior mean", "posterior std",
-                  "regression", "|mean−truth|/std"]
-        rows, metrics = [], {"sampling_seconds": seconds}
-        for p, name in enumerate(space.names):
-            z = abs(float(mean[p] - truth[0, p])) / max(float(std[p]), 1e-12)
-            rows.append([name, space.units[p], f"{float(truth[0, p]):.4g}", f"{float(mean[p]):.4g}",
-                         f"{float(std[p]):.3g}",
-                         f"{float(regression[p]):.4g}" if regression is not None else "", f"{z:.2f}"])
-            metrics[f"posterior_mean/{name}"] = float(mean[p])
-            metrics[f"posterior_std/{name}"] = float(std[p])
-            metrics[f"truth/{name}"] = float(truth[0, p])
-        ctx.add_table("posterior of the simulated pattern", header, rows)
-        ctx.add_text("posterior", _table_text(header, rows))
-        ctx.save_figure("posterior", ev.histogram_figure(samples, truth[0], space, regression,
-                                                         title="CDI posterior vs regression"))
-        if opts.n_ppc_samples > 0:
-            metrics.update(posterior_predictive(ctx, forward_model, pattern, samples[None],
-                                                opts.n_ppc_samples, space))
-        ctx.save_checkpoint("posterior_samples", {"samples": samples, "truth": truth[0],
-                                                  "pattern": pattern[0]},
-                            metadata={"names": list(space.names), "units": list(space.units)})
         return RunResult(metrics)
 
 
