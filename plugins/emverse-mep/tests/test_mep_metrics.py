@@ -1,44 +1,9 @@
-"""Volume metrics against hand-computed values."""
+"""Volume metrics against hand-computed values (PSNR and SSIM themselves: tests/test_core_image_quality.py)."""
 
 import numpy as np
 import pytest
 from emverse.errors import EmverseError
 from emverse_mep import metrics as M
-
-
-def test_instance_normalise_and_psnr():
-    rng = np.random.default_rng(0)
-    x = rng.random((3, 4, 8, 8))
-    n = M.instance_normalise(5.0 * x + 2.0)
-    np.testing.assert_allclose(n.reshape(3, -1).min(1), 0.0)
-    np.testing.assert_allclose(n.reshape(3, -1).max(1), 1.0)
-    np.testing.assert_allclose(n, M.instance_normalise(x))
-    # uniform offset δ: MSE = δ², PSNR = −10 log10 δ² (data range 1)
-    assert M.psnr(n[0] + 0.1, n[0]) == pytest.approx(20.0, abs=1e-9)
-
-
-def test_ssim_limits():
-    rng = np.random.default_rng(1)
-    truth = rng.random((4, 24, 24))
-    assert M.ssim(truth, truth) == pytest.approx(1.0, abs=1e-12)
-    noisy = [M.ssim(np.clip(truth + s * rng.standard_normal(truth.shape), 0, 1), truth) for s in (0.05, 0.2, 0.5)]
-    assert noisy[0] > noisy[1] > noisy[2]
-    # a constant prediction has no structure: SSIM ≈ luminance term × c2/(σ_y² + c2) ≪ 1
-    assert M.ssim(np.full_like(truth, truth.mean()), truth) < 0.05
-    # anti-correlated image: negative SSIM
-    assert M.ssim(1.0 - truth, truth) < -0.5
-    with pytest.raises(ValueError, match="shapes"):
-        M.ssim(truth, truth[:2])
-
-
-def test_ssim_of_uniform_images_by_hand():
-    """Two constant images a, b: SSIM = (2ab + c1)/(a² + b² + c1) (variances vanish)."""
-    a, b = 0.3, 0.6
-    c1, c2 = 1e-4, 9e-4
-    x = np.full((4, 16, 16), a)
-    y = np.full((4, 16, 16), b)
-    expected = (2 * a * b + c1) / (a * a + b * b + c1) * (c2 / c2)
-    assert M.ssim(x, y) == pytest.approx(expected, rel=1e-9)
 
 
 def test_interslice_correlation():
@@ -73,13 +38,13 @@ def test_paired_bootstrap():
         M.paired_bootstrap(b, b[:5], 10, np.random.default_rng(0))
 
 
-def test_psnr_agrees_with_emverse_diffusion():
-    """Same definition in the shared toolkit (instance-normalised, data range 1)."""
-    torch = pytest.importorskip("torch")
-    image = pytest.importorskip("emverse_diffusion.metrics.image")
+def test_volume_scores_ignore_offset_and_scale():
+    """Each volume and depth sum is instance-normalised first: 5x + 2 scores as x itself."""
     rng = np.random.default_rng(5)
     truth = rng.random((3, 4, 16, 16))
-    pred = truth + 0.1 * rng.standard_normal(truth.shape)
-    ours = M.volume_scores(pred, truth)["psnr"]
-    theirs = image.psnr(torch.as_tensor(pred), torch.as_tensor(truth), spatial_dims=3)  # per instance, dB
-    np.testing.assert_allclose(theirs.numpy(), ours, rtol=1e-9)
+    same = M.volume_scores(5.0 * truth + 2.0, truth)
+    np.testing.assert_allclose(same["ssim"], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(same["ssim_depth_sum"], 1.0, rtol=1e-12)
+    assert np.all(same["psnr"] > 150)
+    noisy = M.volume_scores(truth + 0.2 * rng.standard_normal(truth.shape), truth)
+    assert np.all(noisy["ssim"] < 0.9) and np.all(noisy["psnr"] < 30)

@@ -269,11 +269,12 @@ class SBCParams:
 
 @attrs.frozen
 class ImageParams:
-    """PSNR/SSIM on instances normalised to [0, 1] (``normalize``); ``spatial_dims`` 2 or 3."""
+    """PSNR/SSIM on instances normalised to [0, 1] (``normalize``); ``spatial_dims`` 2 or 3;
+    ``sigma``: the SSIM's Gaussian window (px, truncated at 3.5 σ; PSNR ignores it)."""
 
     spatial_dims: int = attrs.field(default=2, validator=one_of(2, 3))
     normalize: bool = True
-    window: int = attrs.field(default=7, validator=_positive_int)
+    sigma: float = attrs.field(default=1.5, validator=positive)
 
 
 @attrs.frozen

@@ -1,13 +1,10 @@
-"""Reconstruction quality for volumes (numpy, float64).
+"""Reconstruction quality for volumes (numpy in and out, float64).
 
-* :func:`instance_normalise`: min–max to [0, 1] per instance (the paper's
-  normalisation: ptychography recovers phase only up to scale and offset);
-* :func:`psnr` with data range 1 on normalised inputs (dB);
-* :func:`ssim`: SSIM (Wang et al. 2004) in any dimension with a Gaussian
-  window (σ = 1.5 voxels, truncated at 3.5σ, reflect boundary), K1 = 0.01,
-  K2 = 0.03, data range 1; the mean is taken over voxels at least the window
-  radius from the border along axes long enough to have such voxels (skimage's
-  convention), over all voxels along short axes (a 4-slice depth axis);
+* :func:`volume_scores`: per-instance PSNR/SSIM of whole volumes and of depth sums, each
+  instance-normalised to [0, 1] (the paper's normalisation: ptychography recovers phase only
+  up to scale and offset), through the core's one definition (:mod:`emverse.image_quality`:
+  Gaussian-window SSIM, σ = 1.5 voxels, scikit-image's convention; along the 4-slice depth
+  axis every voxel is kept);
 * :func:`interslice_correlation`: mean Pearson correlation of all pairs of
   depth slices (1 = every slice the same: the depth collapse of the baselines);
 * :func:`paired_bootstrap`: one-sided p-value that method A's mean score is
@@ -17,62 +14,21 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5
-
-
-def instance_normalise(x: np.ndarray) -> np.ndarray:
-    """Each instance (leading axis) min–max scaled to [0, 1]; constant → 0."""
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.reshape(x.shape[0], -1)
-    low = flat.min(axis=1)
-    span = flat.max(axis=1) - low
-    span[span == 0] = 1.0
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    return (x - low.reshape(shape)) / span.reshape(shape)
-
-
-def psnr(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(truth, np.float64)) ** 2))
-    if mse == 0:
-        return float("inf")
-    return float(10.0 * np.log10(data_range**2 / mse))
-
-
-def ssim(pred: np.ndarray, truth: np.ndarray, data_range: float = 1.0) -> float:
-    """SSIM of two arrays of the same shape (one instance, any dimension)."""
-    x = np.asarray(pred, np.float64)
-    y = np.asarray(truth, np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"ssim: shapes differ, {x.shape} vs {y.shape}")
-
-    def blur(a):
-        return ndimage.gaussian_filter(a, SSIM_SIGMA, mode="reflect", truncate=SSIM_TRUNCATE)
-
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
-    ssim_map = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    index = tuple(slice(radius, n - radius) if n > 2 * radius else slice(None) for n in x.shape)
-    return float(ssim_map[index].mean())
+import torch
+from emverse import image_quality as quality
 
 
 def volume_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per-instance PSNR/SSIM on the full volume and on the depth sum,
     each after instance normalisation. ``pred``/``truth``: (N, D, H, W)."""
-    p, t = instance_normalise(pred), instance_normalise(truth)
-    ps, ts = instance_normalise(np.asarray(pred).sum(1)), instance_normalise(np.asarray(truth).sum(1))
+    pred, truth = torch.as_tensor(np.asarray(pred, np.float64)), torch.as_tensor(np.asarray(truth, np.float64))
+    p, t = quality.instance_normalise(pred), quality.instance_normalise(truth)
+    ps, ts = quality.instance_normalise(pred.sum(1)), quality.instance_normalise(truth.sum(1))
     return {
-        "psnr": np.array([psnr(a, b) for a, b in zip(p, t, strict=True)]),
-        "ssim": np.array([ssim(a, b) for a, b in zip(p, t, strict=True)]),
-        "psnr_depth_sum": np.array([psnr(a, b) for a, b in zip(ps, ts, strict=True)]),
-        "ssim_depth_sum": np.array([ssim(a, b) for a, b in zip(ps, ts, strict=True)]),
+        "psnr": quality.psnr(p, t).numpy(),
+        "ssim": quality.ssim(p, t, spatial_dims=3).numpy(),
+        "psnr_depth_sum": quality.psnr(ps, ts).numpy(),
+        "ssim_depth_sum": quality.ssim(ps, ts, spatial_dims=2).numpy(),
     }
 
 
