@@ -100,13 +100,11 @@ def _stalled(losses: list[float], tolerance: float, patience: int) -> bool:
     return abs(old - new) <= tolerance * max(abs(old), 1e-300)
 
 
-class AdamRefiner(Refiner):
-    """Adam; ``lr`` is the base learning rate, scaled per parameter group by ``lr_scale``."""
+class _LoopRefiner(Refiner):
+    """Both contracts onto one ``_loop(problem, callback, resume)``: ``run`` (a parametrization,
+    a forward model, a likelihood, an observation) and ``refine`` (a model with ``loss``)."""
 
     resumable = True
-
-    def __init__(self, steps: int = 500, lr: float = 1e-2, tolerance: float = 0.0, patience: int = 20):
-        self.steps, self.lr, self.tolerance, self.patience = steps, lr, tolerance, patience
 
     def run(self, parametrization, forward_model, likelihood, observation, *, callback=None,
             generator=None, resume=None):
@@ -115,6 +113,16 @@ class AdamRefiner(Refiner):
 
     def refine(self, model, observation, *, generator=None, callback=None, resume=None):
         return self._loop(_model_problem(model, observation), callback, resume)
+
+    def _loop(self, problem: _Problem, callback, resume) -> RefinementResult:
+        raise NotImplementedError
+
+
+class AdamRefiner(_LoopRefiner):
+    """Adam; ``lr`` is the base learning rate, scaled per parameter group by ``lr_scale``."""
+
+    def __init__(self, steps: int = 500, lr: float = 1e-2, tolerance: float = 0.0, patience: int = 20):
+        self.steps, self.lr, self.tolerance, self.patience = steps, lr, tolerance, patience
 
     def _loop(self, problem: _Problem, callback, resume) -> RefinementResult:
         groups = _optimiser_groups(problem.groups, self.lr)
@@ -147,7 +155,7 @@ class AdamRefiner(Refiner):
                                 message="loss stalled" if stalled else "step budget used")
 
 
-class LBFGSRefiner(Refiner):
+class LBFGSRefiner(_LoopRefiner):
     """L-BFGS with a strong-Wolfe line search; ``steps`` bounds the iterations.
 
     ``history["loss"]`` holds one entry per function evaluation (line-search trials
@@ -162,18 +170,8 @@ class LBFGSRefiner(Refiner):
     at each block's end.
     """
 
-    resumable = True
-
     def __init__(self, steps: int = 50, lr: float = 1.0, history_size: int = 20, tolerance: float = 1e-14):
         self.steps, self.lr, self.history_size, self.tolerance = steps, lr, history_size, tolerance
-
-    def run(self, parametrization, forward_model, likelihood, observation, *, callback=None,
-            generator=None, resume=None):
-        problem = _parametrization_problem(parametrization, forward_model, likelihood, observation)
-        return self._loop(problem, callback, resume)
-
-    def refine(self, model, observation, *, generator=None, callback=None, resume=None):
-        return self._loop(_model_problem(model, observation), callback, resume)
 
     def _loop(self, problem: _Problem, callback, resume) -> RefinementResult:
         params = [p for group in problem.groups for p in group["params"]]

@@ -106,13 +106,19 @@ class Ed3dAdam(Refiner):
                 break
             if resume is not None and resume.due(epoch):
                 resume.save(model, opt, epoch, history)
-        if resume is not None:  # a finished refinement is restored, not rerun
-            resume.save(model, opt, epoch, history, {"finished": True, "converged": converged})
-        with torch.no_grad():
-            final = model.loss().item()
-        _record(history, "final_loss", final)
-        return RefinementResult(parameters=_snapshot(model), history=history, converged=converged,
-                                iterations=epoch, message=f"Adam {epoch} epochs, wR(all) {final:.4f}")
+        return _finished(model, opt, epoch, history, converged, resume, f"Adam {epoch} epochs")
+
+
+def _finished(model, opt, epoch, history, converged, resume, what: str) -> RefinementResult:
+    """The end of a refinement: the resume file marked finished (a rerun restores it), the final
+    wR(all) recorded, the result."""
+    if resume is not None:  # a finished refinement is restored, not rerun
+        resume.save(model, opt, epoch, history, {"finished": True, "converged": converged})
+    with torch.no_grad():
+        final = model.loss().item()
+    _record(history, "final_loss", final)
+    return RefinementResult(parameters=_snapshot(model), history=history, converged=converged,
+                            iterations=epoch, message=f"{what}, wR(all) {final:.4f}")
 
 
 class Ed3dLBFGS(Refiner):
@@ -160,13 +166,7 @@ class Ed3dLBFGS(Refiner):
                 break
             if resume is not None and resume.due(epoch):
                 resume.save(model, opt, epoch, history)
-        if resume is not None:  # a finished refinement is restored, not rerun
-            resume.save(model, opt, epoch, history, {"finished": True, "converged": converged})
-        with torch.no_grad():
-            final = model.loss().item()
-        _record(history, "final_loss", final)
-        return RefinementResult(parameters=_snapshot(model), history=history, converged=converged,
-                                iterations=epoch, message=f"L-BFGS {epoch} steps, wR(all) {final:.4f}")
+        return _finished(model, opt, epoch, history, converged, resume, f"L-BFGS {epoch} steps")
 
 
 def small_rotation(angles_rad) -> torch.Tensor:

@@ -47,6 +47,26 @@ class DiffusionSampler(Sampler):
         """The (s, t) pairs of ``grid``, reported as the run's progress when sampling takes a while."""
         return steps(list(zip(grid[:-1], grid[1:], strict=True)), desc=f"sampling ({type(self).__name__})")
 
+    def sample(self, prior, shape, condition=None, guidance=None, generator=None):
+        """The walk every VP sampler here shares: x ~ N(0, I) at t = 1, then at each (s, t) the
+        (guided) clean estimate x̂₀ at s and the sampler's own :meth:`step` to t; the last step
+        (t = 0) returns x̂₀."""
+        device, dtype = device_dtype(prior, condition)
+        x = start_noise(shape, generator, device, dtype)
+        state: dict = {}
+        for s, t in self.intervals(self.times(prior).tolist()):
+            x0 = clean_estimate(prior, x, s, condition, guidance)
+            if t == 0.0:
+                return x0
+            x = self.step(x, x0, alpha_sigma_logsnr(prior.schedule, s), alpha_sigma_logsnr(prior.schedule, t),
+                          generator, state)
+        return x
+
+    def step(self, x, x0, at_s, at_t, generator, state: dict):
+        """x at t from x at s and x̂₀; ``at_s``/``at_t``: (α, σ, λ) there; ``state`` carries what
+        a multistep method keeps between steps."""
+        raise NotImplementedError
+
 
 def device_dtype(prior, condition):
     """Where and in which dtype to sample: the prior's parameters, else the condition's."""

@@ -17,14 +17,7 @@ import math
 
 from emverse.errors import EmverseError
 
-from .base import (
-    DiffusionSampler,
-    alpha_sigma_logsnr,
-    clean_estimate,
-    device_dtype,
-    fresh_noise,
-    start_noise,
-)
+from .base import DiffusionSampler, fresh_noise
 
 
 class DDIMSampler(DiffusionSampler):
@@ -34,19 +27,11 @@ class DDIMSampler(DiffusionSampler):
             raise EmverseError(f"DDIM eta = {eta!r} must be >= 0 (0: deterministic, 1: DDPM-like)")
         self.eta = float(eta)
 
-    def sample(self, prior, shape, condition=None, guidance=None, generator=None):
-        device, dtype = device_dtype(prior, condition)
-        x = start_noise(shape, generator, device, dtype)
-        grid = self.times(prior).tolist()
-        for s, t in self.intervals(grid):
-            x0 = clean_estimate(prior, x, s, condition, guidance)
-            if t == 0.0:
-                return x0
-            a_s, s_s, lam_s = alpha_sigma_logsnr(prior.schedule, s)
-            a_t, s_t, lam_t = alpha_sigma_logsnr(prior.schedule, t)
-            eps = (x - a_s * x0) / s_s
-            c2 = min(self.eta**2 * s_t**2 * (1.0 - math.exp(lam_s - lam_t)), s_t**2)
-            x = a_t * x0 + math.sqrt(s_t**2 - c2) * eps
-            if c2 > 0:
-                x = x + math.sqrt(c2) * fresh_noise(x, generator)
+    def step(self, x, x0, at_s, at_t, generator, state):
+        (a_s, s_s, lam_s), (a_t, s_t, lam_t) = at_s, at_t
+        eps = (x - a_s * x0) / s_s
+        c2 = min(self.eta**2 * s_t**2 * (1.0 - math.exp(lam_s - lam_t)), s_t**2)
+        x = a_t * x0 + math.sqrt(s_t**2 - c2) * eps
+        if c2 > 0:
+            x = x + math.sqrt(c2) * fresh_noise(x, generator)
         return x

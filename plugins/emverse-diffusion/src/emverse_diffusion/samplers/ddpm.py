@@ -19,14 +19,7 @@ import math
 
 from emverse.errors import EmverseError
 
-from .base import (
-    DiffusionSampler,
-    alpha_sigma_logsnr,
-    clean_estimate,
-    device_dtype,
-    fresh_noise,
-    start_noise,
-)
+from .base import DiffusionSampler, fresh_noise
 
 
 class DDPMSampler(DiffusionSampler):
@@ -36,21 +29,12 @@ class DDPMSampler(DiffusionSampler):
             raise EmverseError(f"DDPM variance = {variance!r} is unknown; use 'posterior' or 'beta'")
         self.variance = variance
 
-    def sample(self, prior, shape, condition=None, guidance=None, generator=None):
-        device, dtype = device_dtype(prior, condition)
-        x = start_noise(shape, generator, device, dtype)
-        grid = self.times(prior).tolist()
-        for s, t in self.intervals(grid):
-            x0 = clean_estimate(prior, x, s, condition, guidance)
-            if t == 0.0:
-                return x0
-            a_s, s_s, lam_s = alpha_sigma_logsnr(prior.schedule, s)
-            a_t, s_t, lam_t = alpha_sigma_logsnr(prior.schedule, t)
-            r = math.exp(lam_s - lam_t)
-            mean = (a_t / a_s) * r * x + a_t * (1.0 - r) * x0
-            if self.variance == "posterior":
-                var = s_t**2 * (1.0 - r)
-            else:
-                var = max(1.0 - (a_s / a_t) ** 2, 0.0)
-            x = mean + math.sqrt(var) * fresh_noise(x, generator)
-        return x
+    def step(self, x, x0, at_s, at_t, generator, state):
+        (a_s, _, lam_s), (a_t, s_t, lam_t) = at_s, at_t
+        r = math.exp(lam_s - lam_t)
+        mean = (a_t / a_s) * r * x + a_t * (1.0 - r) * x0
+        if self.variance == "posterior":
+            var = s_t**2 * (1.0 - r)
+        else:
+            var = max(1.0 - (a_s / a_t) ** 2, 0.0)
+        return mean + math.sqrt(var) * fresh_noise(x, generator)
