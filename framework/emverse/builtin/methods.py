@@ -65,10 +65,14 @@ class InPriorUnits(torch.nn.Module):
         return self.model(self.prior.physical(x))
 
 
-def prior_meets_model(prior, model, source: str = "[prior]") -> None:
-    """Fit a prior to the forward model's parameter space: a prior that takes the space is given
-    it (``use_parameter_space``); one trained on its own space (e.g. a CDI checkpoint) must
-    have the model's names and bounds, or its draws would be mapped to the wrong units."""
+def prepare_prior(prior, model, source: str = "[prior]") -> None:
+    """Ready a prior to draw posteriors through ``model``: inference mode (BatchNorm running
+    statistics, no dropout), and the forward model's parameter space — a prior that takes the
+    space is given it (``use_parameter_space``); one trained on its own space (e.g. a CDI
+    checkpoint) must have the model's names and bounds, or its draws would be mapped to the
+    wrong units."""
+    if isinstance(prior, torch.nn.Module):
+        prior.eval()
     space = model.parameter_space
     if hasattr(prior, "use_parameter_space"):
         prior.use_parameter_space(space)
@@ -109,7 +113,7 @@ class InferMethod:
         )
 
     def estimate(self, ctx, model, likelihood, y, start, generator) -> Estimate:
-        prior_meets_model(self.prior, model, f"[[compare]] {self.label!r} prior")
+        prepare_prior(self.prior, model, f"[[compare]] {self.label!r} prior")
         draws = posterior_draws(self.prior, self.sampler, self.guidance, model, likelihood, y,
                                 self.n_samples, generator).reshape(self.n_samples, -1).detach()
         return Estimate(draws.mean(dim=0, keepdim=True), draws)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emverse.builtin.methods import posterior_draws, prior_meets_model
+from emverse.builtin.methods import posterior_draws, prepare_prior
 from emverse.builtin.parametrizations import ParameterVector
 from emverse.errors import EmverseError
 from emverse.figures import observations_figure, posterior_figure
@@ -72,7 +72,8 @@ class InferTask(Task):
     exact posterior (``exact_posterior``) and no sampler; a conditional prior with a
     sampler (condition = observation, e.g. an amortized network); or a prior + sampler +
     guidance bound to the forward model and each observation. Draws are mapped to the
-    forward model's units by ``prior.physical``.
+    forward model's units by ``prior.physical``; the prior runs in inference mode
+    (``eval()``: BatchNorm with its running statistics, no dropout).
 
     A ``[correction]`` then turns each observation's draws into the posterior under the
     exact likelihood (:mod:`emverse.builtin.corrections`): its modes and weights are
@@ -194,7 +195,7 @@ class InferTask(Task):
         if correction is not None and likelihood is None:
             raise EmverseError("[correction] needs a [likelihood] table: the correction targets the "
                                "posterior under that likelihood (e.g. type = \"core.poisson\")")
-        prior_meets_model(prior, model)
+        prepare_prior(prior, model)
         if self.observation:
             y, truth = self._measured(ctx, model, likelihood), None
         elif dataset is not None:

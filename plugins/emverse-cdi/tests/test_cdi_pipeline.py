@@ -138,15 +138,23 @@ def test_separate_tasks_dataset_train_evaluate(tmp_path):
                    + '[objective]\ntype = "cdi.augmented"\nnoise_draws = 2\n' + _TOY_PRIOR.format(checkpoint=""))
     run = run_recipe(train, tmp_path / "t")
     assert (run / "cdi.safetensors").exists()
-    evaluate = _write(tmp_path / "eval.toml", head.format(name="e", task="cdi.evaluate")
-                      + '[options]\ndataset = "train.zarr"\nn_samples = 4\nmax_patterns = 6\n'
-                      + 'n_ppc_patterns = 1\nn_ppc_samples = 2\n' + toy
+    # the evaluation: the core infer task on the store's pairs (a cdi.patterns [dataset])
+    evaluate = _write(tmp_path / "eval.toml", head.format(name="e", task="infer")
+                      + '[options]\nn_observations = 6\nn_samples = 4\n' + toy
+                      + '[dataset]\ntype = "cdi.patterns"\npath = "train.zarr"\n'
                       + _TOY_PRIOR.format(checkpoint='checkpoint = "t/cdi.safetensors"\n')
                       + '\n[sampler]\ntype = "diffusion.ddpm"\nsteps = 4\n')
     m = json.loads((run_recipe(evaluate, tmp_path / "e") / "metrics.json").read_text())
-    assert m["n_test_patterns"] == 6 and "nrmse_mean/thickness" in m
-    assert (tmp_path / "e" / "stages" / "posterior-0.safetensors").is_file()  # kept for --resume
-    assert "regression_nrmse/thickness" not in m  # no baseline checkpoint given
+    assert "posterior/nrmse/thickness" in m and "posterior/calibration_error_mean" in m
+    assert (tmp_path / "e" / "stages" / "approximate-5.safetensors").is_file()  # kept for --resume
+    from emverse.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "e" / "posterior.safetensors").tensors
+    store = PatternDataset(tmp_path / "train.zarr")  # the truths and patterns are the store's first six
+    assert torch.equal(saved["truth"], store.parameters[:6].double())
+    assert torch.equal(saved["observation"].float(), store.patterns_at(torch.arange(6)))
+    with pytest.raises(EmverseError, match="n_observations = 60, but dataset .* holds 48"):
+        run_recipe(evaluate, tmp_path / "e60", overrides=["options.n_observations=60"])
 
 
 def test_a_prior_ema_decay_the_train_task_would_ignore_is_refused(tmp_path):

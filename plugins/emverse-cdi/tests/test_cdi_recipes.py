@@ -59,17 +59,18 @@ def test_shipped_model_infers_a_posterior(tmp_path):
     assert m["compare/regression/thickness"] == pytest.approx(float(expected[-1]), rel=1e-5)
 
 
-def test_shipped_models_beat_the_prior_mean_on_the_tilts(tmp_path):
-    """Over 8 fresh noisy patterns both shipped models place the tilts far better than the prior
-    mean (NRMSE 1/√12 ≈ 0.289), and the regression the thickness too. The CDI posterior mean's
-    thickness is not asserted: it straddles thickness aliases (0.33 on these 8; docs/emverse-cdi.md)."""
+def test_shipped_models_beat_the_prior_mean_on_tilts_and_thickness(tmp_path):
+    """Over 8 fresh noisy patterns both shipped models place tilts and thickness far better than
+    the prior mean (NRMSE 1/√12 ≈ 0.289): the CDI posterior mean (measured 0.022/0.018 and 0.074)
+    and the regression's point (0.044/0.045 and 0.150). Run with its BatchNorm layers in training
+    mode (before session 15's fix of the infer task) the CDI mean's thickness was 0.33."""
     pytest.importorskip("emverse_bloch")
     run = run_recipe(RECIPES / "cbed-mgb2-infer.toml", tmp_path / "run",
                      overrides=["options.n_samples=32", "options.n_observations=8", "options.n_ppc=0"])
     m = json.loads((run / "metrics.json").read_text())
     for name in ("tilt_x", "tilt_y"):
-        assert m[f"posterior/nrmse/{name}"] < 0.15 and m[f"compare/regression/nrmse/{name}"] < 0.15, name
-    assert m["compare/regression/nrmse/thickness"] < 0.25
+        assert m[f"posterior/nrmse/{name}"] < 0.1 and m[f"compare/regression/nrmse/{name}"] < 0.15, name
+    assert m["posterior/nrmse/thickness"] < 0.15 and m["compare/regression/nrmse/thickness"] < 0.25
 
 
 def test_infer_rejects_a_truth_of_the_wrong_length(tmp_path):

@@ -22,7 +22,5 @@ def emverse_components():
     yield Component("objective", "cdi.augmented", "emverse_cdi.training:AugmentedObjective",
                     _P + "AugmentedParams",
                     "Loss of cdi.transformer (eps-MSE) or cdi.regression (MSE) on augmented patterns")
-    yield Component("task", "cdi.evaluate", "emverse_cdi.tasks:EvaluateTask", _P + "EvaluateOptions",
-                    "NRMSE, calibration, coverage-sharpness, histograms and posterior predictive check")
     yield Component("task", "cdi.pipeline", "emverse_cdi.tasks:PipelineTask", _P + "PipelineOptions",
                     "Simulate, train CDI and regression, evaluate: one recipe end to end")

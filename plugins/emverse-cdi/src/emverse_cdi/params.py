@@ -82,8 +82,9 @@ class RegressionParams:
 
 @attrs.frozen
 class PatternsParams:
-    """``[dataset] type = "cdi.patterns"``: a ``simulate`` task Zarr store as training data
-    (``path`` relative to the recipe; the first ``max_items`` pairs, 0 = all)."""
+    """``[dataset] type = "cdi.patterns"``: a ``simulate`` task Zarr store as training data for
+    the core ``train`` task, or as held-out observations for the core ``infer`` task (its first
+    ``n_observations`` pairs) (``path`` relative to the recipe; the first ``max_items`` pairs, 0 = all)."""
 
     path: str = path_field("zarr", default="dataset.zarr")
     max_items: int = attrs.field(default=0, validator=non_negative)
@@ -106,24 +107,6 @@ class AugmentedParams:
         default=(0.9, 1.0), converter=tuple, validator=_scale_pair
     )
     noise_draws: int = attrs.field(default=1, validator=positive)
-
-
-@attrs.frozen
-class EvaluateOptions:
-    """``cdi.evaluate``: posterior samples of the recipe's ``[prior]`` (with its
-    ``[sampler]``) on a held-out Zarr test set, against the ``baseline``
-    regression model; NRMSE, calibration, coverage–sharpness, histograms and
-    (with a ``[forward_model]``) a posterior predictive check.
-    """
-
-    dataset: str = "test.zarr"
-    n_samples: int = attrs.field(default=100, validator=positive)
-    max_patterns: int | None = attrs.field(default=None, validator=_optional_positive)
-    batch_size: int = attrs.field(default=32, validator=positive)
-    baseline: ComponentSpec = nested("prior", "cdi.regression")
-    n_histogram_patterns: int = attrs.field(default=2, validator=non_negative)
-    n_ppc_patterns: int = attrs.field(default=2, validator=non_negative)
-    n_ppc_samples: int = attrs.field(default=8, validator=positive)
 
 
 @attrs.frozen

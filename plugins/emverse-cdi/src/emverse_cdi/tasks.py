@@ -1,4 +1,6 @@
-"""Recipe tasks of emverse-cdi: simulate, train, evaluate, infer, and the whole pipeline."""
+"""``cdi.pipeline``: simulate, train the CDI prior and the regression, evaluate — one recipe from
+simulation to report (its parts are the core ``simulate``, ``train`` and ``infer`` tasks' own: a
+recipe can run each alone)."""
 
 from __future__ import annotations
 
@@ -174,44 +176,14 @@ def posterior_predictive(ctx, forward_model, patterns, samples, n_draws, space) 
     return metrics
 
 
-def _build_baseline(ctx, spec):
-    baseline = ctx.build_spec(spec, "prior")
-    if not hasattr(baseline, "predict_physical"):
-        raise EmverseError(
-            f"options.baseline must be a regression model (type = \"cdi.regression\"), "
-            f"not {spec.type!r}"
-        )
-    baseline.eval()
-    return baseline
-
-
 # --------------------------------------------------------------------------------- tasks
-class EvaluateTask(OptionsTask):
-    """``cdi.evaluate``: posteriors of a trained ``[prior]`` on a held-out Zarr test set."""
-
-    def run(self, ctx) -> RunResult:
-        opts = ctx.options
-        prior = ctx.build("prior")
-        sampler = ctx.build("sampler")
-        baseline = None
-        if opts.baseline.params.checkpoint:
-            baseline = _build_baseline(ctx, opts.baseline)
-        else:
-            ctx.log.warning("baseline has no checkpoint; regression columns are left out")
-        dataset = PatternDataset(ctx.resolve_path(opts.dataset), space=prior.parameter_space,
-                                 max_items=opts.max_patterns)
-        forward_model = ctx.build("forward_model") if ctx.has("forward_model") else None
-        prior.eval()
-        metrics = evaluate_posteriors(
-            ctx, prior, sampler, dataset, baseline=baseline, forward_model=forward_model,
-            n_samples=opts.n_samples, batch_size=opts.batch_size,
-            n_histogram_patterns=opts.n_histogram_patterns, n_ppc_patterns=opts.n_ppc_patterns,
-            n_ppc_samples=opts.n_ppc_samples)
-        return RunResult(metrics)
-
-
 class PipelineTask(OptionsTask):
-    """``cdi.pipeline``: simulate -> train CDI and regression -> evaluate, in one run."""
+    """``cdi.pipeline``: simulate -> train CDI and regression -> evaluate, in one run.
+
+    A plugin task because it chains workflows in one run directory to produce the paper's
+    table 1 (train and test stores, two trained models, the grouped NRMSE/calibration table);
+    each step alone is a core task (``simulate``; ``train`` with ``cdi.augmented``; ``infer``
+    with a ``cdi.patterns`` [dataset] and the regression as [[compare]])."""
 
     def run(self, ctx) -> RunResult:
         opts = ctx.options

@@ -63,6 +63,17 @@ class Patterns(Configurable):
     def splits(self, generator=None, dtype=torch.float32):
         return _Patterns(PatternDataset(self.path, max_items=self.max_items or None)), None
 
+    def draw(self, n: int, generator=None, dtype=torch.float32):
+        """The store's first ``n`` pairs as held-out observations (the core ``infer`` task with a
+        ``[dataset]``): truths (n, P) in the forward model's units and patterns (n, H, W). A test
+        store is held out by being simulated apart (its own seed); its order is fixed, so no
+        draw is random and ``generator`` is not used."""
+        dataset = PatternDataset(self.path, max_items=self.max_items or None)
+        if n > len(dataset):
+            raise EmverseError(f"options.n_observations = {n}, but dataset {self.path!r} holds {len(dataset)} "
+                               "patterns (max_items counts); lower n_observations or simulate more")
+        return dataset.parameters[:n].to(torch.float64), dataset.patterns_at(torch.arange(n)).to(dtype)
+
 
 class AugmentedObjective(Objective):
     """``cdi.augmented``: the model's own loss on augmented patterns (appendix B.1).
