@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from emverse.checkpoint import load_checkpoint
 from emverse.run import run_recipe
