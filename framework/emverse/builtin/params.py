@@ -11,6 +11,10 @@ from emverse.params import ComponentSpec, in_range, nested, one_of, path_field, 
 class SimulateParams:
     """Options of the ``simulate`` task: a dataset campaign into a Zarr store.
 
+    With a ``[dataset]`` table whose component writes its own store (``ensure``: e.g.
+    ``cbldm.dataset``, clusters drawn from a catalogue and their PDFs) the task writes or
+    resumes that store instead, and these options are not used.
+
     ``n`` unknowns drawn by the ``[forward_model]``'s ``example_input`` (uniform in its parameter
     space) and their observations, with the forward model's noise (``noise``) or noise-free;
     ``store``: the Zarr directory (relative to the recipe; empty = ``dataset.zarr`` in the run
@@ -19,13 +23,19 @@ class SimulateParams:
     (empty = an embedded local cluster of ``n_workers``).
     """
 
-    requires: ClassVar[tuple[str, ...]] = ("forward_model",)
     n: int = attrs.field(default=4, validator=positive)
     noise: bool = True
     store: str = ""
     chunk_size: int = attrs.field(default=64, validator=in_range(0, 10**9))
     scheduler: str = ""
     n_workers: int = attrs.field(default=1, validator=positive)
+
+    def incompatible_with(self, components) -> list[tuple[str, str]]:
+        """A campaign of the [forward_model]'s draws, or a [dataset] that writes its own store."""
+        if components.get("forward_model") is None and components.get("dataset") is None:
+            return [("$", "task 'simulate' needs a [forward_model] table (a campaign of its draws) or a "
+                          "[dataset] table that writes its own store (e.g. cbldm.dataset); add one")]
+        return []
 
 
 def _single_truth(instance, attribute, value):

@@ -28,7 +28,8 @@ def _metrics_of(ctx, prediction, truth) -> dict[str, float]:
 
 class SimulateTask(Task):
     """A dataset campaign (:mod:`emverse.simulation`): ``n`` draws of the ``[forward_model]``'s
-    unknowns and their observations into a chunked, resumable Zarr store."""
+    unknowns and their observations into a chunked, resumable Zarr store; or, with a
+    ``[dataset]`` that writes its own store (``ensure``), that store."""
 
     def __init__(self, n: int = 4, noise: bool = True, store: str = "", chunk_size: int = 64,
                  scheduler: str = "", n_workers: int = 1):
@@ -44,6 +45,8 @@ class SimulateTask(Task):
         from emverse.run import stable_seed
         from emverse.simulation import write_dataset
 
+        if ctx.has("dataset"):
+            return _materialise(ctx, ctx.build("dataset"))
         model = ctx.build("forward_model")
         store = ctx.resolve_path(self.store) if self.store else ctx.out_dir / "dataset.zarr"
         started = time.perf_counter()
@@ -60,6 +63,24 @@ class SimulateTask(Task):
         ctx.log.info("simulated %d items into %s in %.1f s", self.n, store, seconds)
         return RunResult({"n": self.n, "seconds": seconds, "seconds_per_item": seconds / self.n,
                           "y_mean": float(first.double().mean()), "y_std": float(first.double().std())})
+
+
+def _materialise(ctx, dataset) -> RunResult:
+    """A ``[dataset]`` that writes its own store: ``ensure(log) -> path`` writes it, or resumes an
+    interrupted one (Zarr chunks), or opens a finished one; its ``summary()`` (optional) gives
+    ``(metrics, tables)`` with tables as ``(title, header, rows)``."""
+    import time
+
+    if not callable(getattr(dataset, "ensure", None)):
+        raise EmverseError(f"[dataset] {ctx.spec('dataset').type!r} does not write a store (no ensure()); "
+                           "remove the table to simulate a campaign of the [forward_model]'s draws")
+    started = time.perf_counter()
+    path = dataset.ensure(ctx.log)
+    metrics, tables = dataset.summary() if callable(getattr(dataset, "summary", None)) else ({}, [])
+    for title, header, rows in tables:
+        ctx.add_table(title, header, rows)
+    ctx.add_text("store", str(path))
+    return RunResult({**metrics, "seconds": time.perf_counter() - started})
 
 
 class InferTask(Task):

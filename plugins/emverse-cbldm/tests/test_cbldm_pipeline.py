@@ -192,7 +192,7 @@ def test_simulate_task_tabulates_the_store(tmp_path):
 schema_version = 1
 name = "cbldm-sim"
 seed = 9
-task = "cbldm.simulate"
+task = "simulate"
 [dataset]
 type = "cbldm.dataset"
 n_structures = 6
@@ -217,7 +217,7 @@ def test_simulate_refuses_more_structures_than_the_catalogue(tmp_path):
 schema_version = 1
 name = "cbldm-sim"
 seed = 9
-task = "cbldm.simulate"
+task = "simulate"
 [dataset]
 type = "cbldm.dataset"
 n_structures = 50

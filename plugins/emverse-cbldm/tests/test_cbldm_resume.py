@@ -43,7 +43,7 @@ SIMULATE = """
 schema_version = 1
 name = "cbldm-simulate"
 seed = 5
-task = "cbldm.simulate"
+task = "simulate"
 [dataset]
 type = "cbldm.dataset"
 n_structures = 60
@@ -57,7 +57,7 @@ chunk_size = 4
 
 
 def test_kill_9_then_resume_finishes_the_dataset_identically(tmp_path):
-    """cbldm.simulate killed after its first finished chunk and resumed computes only the missing
+    """The core simulate task writing a cbldm.dataset store, killed after its first finished chunk and resumed computes only the missing
     chunks (it logs how many it found): the store equals an uninterrupted run's."""
     recipe = tmp_path / "simulate.toml"
     recipe.write_text(SIMULATE)

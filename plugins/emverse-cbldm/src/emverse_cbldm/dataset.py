@@ -194,6 +194,21 @@ class CbldmDataset(Configurable):
         group["is_val"][:] = is_val
         return self.store_path
 
+    def summary(self) -> tuple[dict[str, float], list]:
+        """The written store in numbers (for the core ``simulate`` task): structures, validation
+        share, mean atom count, and a table of the structure types with their atom counts."""
+        import zarr
+
+        from .clusters import STRUCTURE_TYPES
+
+        data = self.load("all")
+        is_val = np.asarray(zarr.open_group(str(self.store_path), mode="r")["is_val"][:])
+        rows = [[st, int(sel.sum()), int(data["n_atoms"][sel].min()), int(data["n_atoms"][sel].max())]
+                for ti, st in enumerate(STRUCTURE_TYPES) if (sel := data["type_index"] == ti).any()]
+        metrics = {"n_structures": float(len(data["pdf"])), "n_val": float(is_val.sum()),
+                   "mean_atoms": float(data["n_atoms"].mean())}
+        return metrics, [("structures by type", ["type", "count", "min atoms", "max atoms"], rows)]
+
     def load(self, split: str = "train") -> dict:
         """All arrays of one split ("train", "val" or "all") as numpy arrays."""
         import zarr

@@ -14,13 +14,6 @@ def emverse_components():
     )
     yield Component(
         kind="task",
-        name="cbldm.simulate",
-        impl="emverse_cbldm.train:SimulateTask",
-        params=f"{p}:SimulateParams",
-        summary="Write the CbLDM dataset store (Dask map, resumable)",
-    )
-    yield Component(
-        kind="task",
         name="cbldm.train",
         impl="emverse_cbldm.train:TrainTask",
         params=f"{p}:TrainParams",

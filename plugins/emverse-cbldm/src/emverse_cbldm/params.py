@@ -210,11 +210,6 @@ class InferParams:
 
 
 @attrs.frozen
-class SimulateParams:
-    """Task ``cbldm.simulate``: write the ``[dataset]`` store (no options)."""
-
-
-@attrs.frozen
 class LdmPriorParams:
     """Prior ``cbldm.ldm``: a trained CbLDM loaded from ``checkpoint`` ("" = the shipped small model)."""
 

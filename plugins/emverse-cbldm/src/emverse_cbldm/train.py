@@ -209,38 +209,3 @@ class TrainTask(OptionsTask):
         return RunResult(
             {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         )
-
-
-class SimulateTask(OptionsTask):
-    """``cbldm.simulate``: write (or resume) the dataset store and summarise it."""
-
-    def run(self, ctx):
-        from .clusters import STRUCTURE_TYPES
-
-        dataset = ctx.build("dataset")
-        path = dataset.ensure(ctx.log)
-        data = dataset.load("all")
-        import zarr
-
-        is_val = np.asarray(zarr.open_group(str(path), mode="r")["is_val"][:])
-        rows = []
-        for ti, st in enumerate(STRUCTURE_TYPES):
-            sel = data["type_index"] == ti
-            if sel.any():
-                rows.append(
-                    [
-                        st,
-                        int(sel.sum()),
-                        int(data["n_atoms"][sel].min()),
-                        int(data["n_atoms"][sel].max()),
-                    ]
-                )
-        ctx.add_table("structures by type", ["type", "count", "min atoms", "max atoms"], rows)
-        ctx.add_text("store", str(path))
-        return RunResult(
-            {
-                "n_structures": float(len(data["pdf"])),
-                "n_val": float(is_val.sum()),
-                "mean_atoms": float(data["n_atoms"].mean()),
-            }
-        )
