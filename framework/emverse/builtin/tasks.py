@@ -67,8 +67,8 @@ class SimulateTask(Task):
 
 def _materialise(ctx, dataset) -> RunResult:
     """A ``[dataset]`` that writes its own store: ``ensure(log) -> path`` writes it, or resumes an
-    interrupted one (Zarr chunks), or opens a finished one; its ``summary()`` (optional) gives
-    ``(metrics, tables)`` with tables as ``(title, header, rows)``."""
+    interrupted one (Zarr chunks), or opens a finished one; its ``summary()`` (optional) gives a
+    dict of ``metrics``, ``tables`` (``(title, header, rows)``) and ``figures`` ({name: figure})."""
     import time
 
     if not callable(getattr(dataset, "ensure", None)):
@@ -76,11 +76,13 @@ def _materialise(ctx, dataset) -> RunResult:
                            "remove the table to simulate a campaign of the [forward_model]'s draws")
     started = time.perf_counter()
     path = dataset.ensure(ctx.log)
-    metrics, tables = dataset.summary() if callable(getattr(dataset, "summary", None)) else ({}, [])
-    for title, header, rows in tables:
+    summary = dataset.summary() if callable(getattr(dataset, "summary", None)) else {}
+    for title, header, rows in summary.get("tables", []):
         ctx.add_table(title, header, rows)
+    for name, fig in summary.get("figures", {}).items():
+        ctx.save_figure(name, fig)
     ctx.add_text("store", str(path))
-    return RunResult({**metrics, "seconds": time.perf_counter() - started})
+    return RunResult({**summary.get("metrics", {}), "seconds": time.perf_counter() - started})
 
 
 class InferTask(Task):

@@ -16,10 +16,10 @@ def tiny_pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("mep")
     data = root / "data"
     run_recipe(RECIPES / "mep-cpu-dataset.toml", root / "ds", overrides=[
-        f"options.output={data}", "options.n_train_materials=3", "options.n_test_materials=2",
-        "options.n_val_materials=1",
-        "options.train_shape=[4, 16, 16]", "options.test_shape=[4, 16, 16]", "options.chunk_size=4",
-        "options.scale_pilot=4",
+        f"dataset.output={data}", "dataset.n_train_materials=3", "dataset.n_test_materials=2",
+        "dataset.n_val_materials=1",
+        "dataset.train_shape=[4, 16, 16]", "dataset.test_shape=[4, 16, 16]", "dataset.chunk_size=4",
+        "dataset.scale_pilot=4",
     ])
     prior_overrides = ["prior.event_shape=[4, 16, 16]", "prior.channels=[4, 8, 8, 8]", "prior.groups=4"]
     train_dir = run_recipe(RECIPES / "mep-cpu-train.toml", root / "train", overrides=[
@@ -54,10 +54,10 @@ def test_dataset_store_is_rescaled_and_resumable(tiny_pipeline):
     assert 0.3 < metrics["train_std"] < 3.0
     # a second run over the same store resumes (nothing left to do) and gives the same numbers
     again = run_recipe(RECIPES / "mep-cpu-dataset.toml", root / "ds2", overrides=[
-        f"options.output={data}", "options.n_train_materials=3", "options.n_test_materials=2",
-        "options.n_val_materials=1",
-        "options.train_shape=[4, 16, 16]", "options.test_shape=[4, 16, 16]", "options.chunk_size=4",
-        "options.scale_pilot=4",
+        f"dataset.output={data}", "dataset.n_train_materials=3", "dataset.n_test_materials=2",
+        "dataset.n_val_materials=1",
+        "dataset.train_shape=[4, 16, 16]", "dataset.test_shape=[4, 16, 16]", "dataset.chunk_size=4",
+        "dataset.scale_pilot=4",
     ])
     assert read_metrics(again)["train_std"] == pytest.approx(metrics["train_std"])
 

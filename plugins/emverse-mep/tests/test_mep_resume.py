@@ -11,9 +11,9 @@ RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 def test_kill_9_then_resume_gives_identical_prior(tmp_path):
     data = tmp_path / "data"
     run_recipe(RECIPES / "mep-cpu-dataset.toml", tmp_path / "ds", overrides=[
-        f"options.output={data}", "options.n_train_materials=3", "options.n_test_materials=1",
-        "options.n_val_materials=1", "options.train_shape=[4, 16, 16]", "options.test_shape=[4, 16, 16]",
-        "options.chunk_size=4", "options.scale_pilot=4",
+        f"dataset.output={data}", "dataset.n_train_materials=3", "dataset.n_test_materials=1",
+        "dataset.n_val_materials=1", "dataset.train_shape=[4, 16, 16]", "dataset.test_shape=[4, 16, 16]",
+        "dataset.chunk_size=4", "dataset.scale_pilot=4",
     ], progress=False)
     check_kill_9_resume(
         RECIPES / "mep-cpu-train.toml", tmp_path,

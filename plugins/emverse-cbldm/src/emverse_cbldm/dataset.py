@@ -194,7 +194,7 @@ class CbldmDataset(Configurable):
         group["is_val"][:] = is_val
         return self.store_path
 
-    def summary(self) -> tuple[dict[str, float], list]:
+    def summary(self) -> dict:
         """The written store in numbers (for the core ``simulate`` task): structures, validation
         share, mean atom count, and a table of the structure types with their atom counts."""
         import zarr
@@ -207,7 +207,8 @@ class CbldmDataset(Configurable):
                 for ti, st in enumerate(STRUCTURE_TYPES) if (sel := data["type_index"] == ti).any()]
         metrics = {"n_structures": float(len(data["pdf"])), "n_val": float(is_val.sum()),
                    "mean_atoms": float(data["n_atoms"].mean())}
-        return metrics, [("structures by type", ["type", "count", "min atoms", "max atoms"], rows)]
+        return {"metrics": metrics,
+                "tables": [("structures by type", ["type", "count", "min atoms", "max atoms"], rows)]}
 
     def load(self, split: str = "train") -> dict:
         """All arrays of one split ("train", "val" or "all") as numpy arrays."""

@@ -1,4 +1,4 @@
-"""``mep.dataset``: crystals → rescaled phase volumes in Zarr stores.
+"""``mep.rendered``: crystals → rescaled phase volumes in Zarr stores (written by the core ``simulate`` task).
 
 Up to three stores are written under ``options.output`` (relative to the recipe):
 ``train.zarr`` (random in-plane rotation, ``train_shape`` crops), ``val.zarr``
@@ -22,11 +22,12 @@ before them the validation set).
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import attrs
 import numpy as np
 from emverse.errors import EmverseError
-from emverse.interfaces import OptionsTask
+from emverse.interfaces import Configurable
 
 from emverse_mep.crystals import random_crystal, read_cif_directory
 from emverse_mep.render import render_volume
@@ -93,7 +94,7 @@ def estimate_phase_scale(params: dict, n_pilot: int, cifs=None) -> float:
 
 
 def load_volumes(path, first: int = 0, count: int | None = None):
-    """(volumes float32 (n, D, H, W), attrs dict) from a ``mep.dataset`` store."""
+    """(volumes float32 (n, D, H, W), attrs dict) from a ``mep.rendered`` store."""
     import zarr
     from emverse.parallel import is_complete
 
@@ -101,12 +102,12 @@ def load_volumes(path, first: int = 0, count: int | None = None):
         group = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - zarr raises several types here
         raise EmverseError(
-            f"data store {str(path)!r} cannot be opened ({exc}); run the mep.dataset recipe first"
+            f"data store {str(path)!r} cannot be opened ({exc}); run the mep-cpu-dataset recipe (task simulate, [dataset] mep.rendered) first"
         ) from None
     if "volume" not in group:
-        raise EmverseError(f"data store {str(path)!r} has no 'volume' array; it was not written by mep.dataset")
+        raise EmverseError(f"data store {str(path)!r} has no 'volume' array; it was not written by mep.rendered")
     if not is_complete(path):
-        raise EmverseError(f"data store {str(path)!r} is incomplete; run the mep.dataset recipe again to resume it")
+        raise EmverseError(f"data store {str(path)!r} is incomplete; run its simulate recipe again to resume it")
     n = group["volume"].shape[0]
     stop = n if count is None else first + count
     if first >= n or stop > n:
@@ -116,61 +117,73 @@ def load_volumes(path, first: int = 0, count: int | None = None):
     return np.asarray(group["volume"][first:stop]), dict(group.attrs)
 
 
-class DatasetTask(OptionsTask):
-    """Render training crops and test volumes into two Zarr stores."""
+class RenderedVolumes(Configurable):
+    """``[dataset] type = "mep.rendered"``: crystals rendered into training crops and validation
+    and test volumes, three Zarr stores under ``output`` (``train.zarr``, ``val.zarr``,
+    ``test.zarr``), written (or resumed, chunk by chunk) by the core ``simulate`` task."""
 
-    def run(self, ctx):
+    def __init__(self, params, output: Path, cif_directory: Path | None, seed: int):
+        self.params, self.output, self.cif_directory, self.seed = params, Path(output), cif_directory, int(seed)
+
+    @classmethod
+    def from_params(cls, params, ctx=None):
+        if ctx is None:
+            raise EmverseError("mep.rendered needs the run context (paths and seed)")
+        cifs = ctx.resolve_path(params.cif_directory) if params.cif_directory else None
+        return cls(params, ctx.resolve_path(params.output), cifs, ctx.seed)
+
+    def _splits(self):
+        opts = self.params
+        return (("train", opts.n_train_materials), ("val", opts.n_val_materials), ("test", opts.n_test_materials))
+
+    def ensure(self, log=None) -> Path:
+        """Render every split not yet complete; return the folder of the three stores."""
         from emverse.parallel import map_to_zarr
-        from emverse.run import RunResult
 
-        opts = ctx.options
-        params = {**attrs.asdict(opts), "seed": int(ctx.seed)}
-        out = ctx.resolve_path(opts.output)
-        out.mkdir(parents=True, exist_ok=True)
+        opts = self.params
+        info = log.info if log is not None else (lambda *a: None)
+        params = {**attrs.asdict(opts), "seed": self.seed}
+        self.output.mkdir(parents=True, exist_ok=True)
         cifs = None
-        if opts.cif_directory:
-            crystals = read_cif_directory(ctx.resolve_path(opts.cif_directory), opts.max_lattice_angstrom)
+        if self.cif_directory is not None:
+            crystals = read_cif_directory(self.cif_directory, opts.max_lattice_angstrom)
             n_test = min(opts.n_test_materials, len(crystals) - 1) if len(crystals) > 1 else 0
             n_val = min(opts.n_val_materials, len(crystals) - 1 - n_test) if len(crystals) > 1 + n_test else 0
             n_train = len(crystals) - n_test - n_val
             cifs = {"train": crystals[:n_train], "val": crystals[n_train : n_train + n_val],
                     "test": crystals[n_train + n_val :]}
-            ctx.log.info("%d CIF crystals: %d train, %d validation, %d test", len(crystals), n_train, n_val, n_test)
-        if opts.phase_scale > 0:
-            scale = float(opts.phase_scale)
-        else:
-            scale = estimate_phase_scale(params, opts.scale_pilot, cifs)
+            info("%d CIF crystals: %d train, %d validation, %d test", len(crystals), n_train, n_val, n_test)
+        scale = float(opts.phase_scale) if opts.phase_scale > 0 else estimate_phase_scale(params, opts.scale_pilot, cifs)
         params["phase_scale"] = scale
-        ctx.log.info("phase scale %.4g per rad (data std ≈ 1)", scale)
-        shared_attrs = {
-            "phase_scale": scale,
-            "sampling_angstrom": list(opts.sampling_angstrom),
-            "voltage_kv": opts.voltage_kv,
-            "axes": list(opts.axes),
-        }
-        metrics = {"phase_scale": scale}
-        splits = (("train", opts.n_train_materials), ("val", opts.n_val_materials), ("test", opts.n_test_materials))
-        for split, n_materials in splits:
+        info("phase scale %.4g per rad (data std ≈ 1)", scale)
+        shared_attrs = {"phase_scale": scale, "sampling_angstrom": list(opts.sampling_angstrom),
+                        "voltage_kv": opts.voltage_kv, "axes": list(opts.axes)}
+        for split, n_materials in self._splits():
             if n_materials == 0:
                 continue
-            n_items = n_materials * len(opts.axes)
             fn = functools.partial(render_items, params=params, split=split, cifs=cifs)
-            store = map_to_zarr(
-                fn, n_items, out / f"{split}.zarr", chunk_size=opts.chunk_size, seed=int(ctx.seed),
-                scheduler=opts.scheduler or None, n_workers=opts.n_workers,
+            map_to_zarr(
+                fn, n_materials * len(opts.axes), self.output / f"{split}.zarr", chunk_size=opts.chunk_size,
+                seed=self.seed, scheduler=opts.scheduler or None, n_workers=opts.n_workers,
                 attrs={**shared_attrs, "split": split,
                        "shape": list(opts.train_shape if split == "train" else opts.test_shape)},
-                log=ctx.log.info,
+                log=info,
             )
-            volumes, _ = load_volumes(store)
+        return self.output
+
+    def summary(self) -> dict:
+        """The phase scale and, per split, its volumes' count, std and mean; a figure of training crops."""
+        metrics: dict[str, float] = {}
+        for split, n_materials in self._splits():
+            if n_materials == 0:
+                continue
+            volumes, attributes = load_volumes(self.output / f"{split}.zarr")
+            metrics["phase_scale"] = float(attributes["phase_scale"])
             metrics[f"{split}_items"] = float(len(volumes))
             metrics[f"{split}_std"] = float(volumes.std())
             metrics[f"{split}_mean"] = float(volumes.mean())
-            ctx.log.info("%s: %d volumes %s, std %.3f", split, len(volumes), volumes.shape[1:], volumes.std())
-        fig = _figure(out)
-        if fig is not None:
-            ctx.save_figure("dataset_examples", fig)
-        return RunResult(metrics=metrics)
+        fig = _figure(self.output)
+        return {"metrics": metrics, "figures": {"dataset_examples": fig} if fig is not None else {}}
 
 
 def _figure(out):
@@ -194,4 +207,4 @@ def _figure(out):
     return fig
 
 
-__all__ = ["DatasetTask", "render_items", "load_volumes", "estimate_phase_scale"]
+__all__ = ["RenderedVolumes", "render_items", "load_volumes", "estimate_phase_scale"]

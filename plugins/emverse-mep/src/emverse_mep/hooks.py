@@ -7,9 +7,10 @@ from emverse.hookspecs import hookimpl
 @hookimpl
 def emverse_components():
     yield Component(
-        kind="task", name="mep.dataset", impl="emverse_mep.dataset:DatasetTask",
+        kind="dataset", name="mep.rendered", impl="emverse_mep.dataset:RenderedVolumes",
         params="emverse_mep.params:DatasetParams",
-        summary="Render random or CIF crystals into (depth, H, W) phase volumes (Zarr, Dask, resumable)",
+        summary="Random or CIF crystals rendered into (depth, H, W) phase volumes: train/val/test Zarr stores "
+                "written by the simulate task (Dask, resumable)",
     )
     yield Component(
         kind="prior", name="mep.unet3d", impl="emverse_mep.unet3d:UNet3DPrior",
@@ -24,7 +25,7 @@ def emverse_components():
     yield Component(
         kind="dataset", name="mep.volumes", impl="emverse_mep.train:Volumes",
         params="emverse_mep.params:VolumesParams",
-        summary="Phase volumes of a mep.dataset store as training data (with their phase_scale)",
+        summary="Phase volumes of a mep.rendered store as training data (with their phase_scale)",
     )
     yield Component(
         kind="task", name="mep.reconstruct", impl="emverse_mep.reconstruct:ReconstructTask",

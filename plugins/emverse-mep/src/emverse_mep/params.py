@@ -50,7 +50,8 @@ def _axes(instance, attribute, value):
 
 @attrs.frozen
 class DatasetParams:
-    """Options of the ``mep.dataset`` task: render crystals into phase volumes.
+    """``[dataset] type = "mep.rendered"`` (written by the core ``simulate`` task): render
+    crystals into phase volumes, three Zarr stores under ``output`` (relative to the recipe).
 
     * ``n_train_materials`` / ``n_val_materials`` / ``n_test_materials``:
       crystals drawn (or read) for each split; each gives one volume per entry
@@ -165,7 +166,7 @@ class VPredictionParams:
 
 @attrs.frozen
 class VolumesParams:
-    """``[dataset] type = "mep.volumes"``: the training volumes of a ``mep.dataset`` store
+    """``[dataset] type = "mep.volumes"``: the training volumes of a ``mep.rendered`` store
     (``path`` relative to the recipe, e.g. ``"../runs/mep-cpu-data/train.zarr"``; the first
     ``count`` volumes, 0 = all)."""
 
@@ -177,7 +178,7 @@ class VolumesParams:
 class ReconstructParams:
     """Options of ``mep.reconstruct``: guided sampling of volumes from diffraction stacks.
 
-    * ``data``: Zarr store of test volumes (``mep.dataset``'s ``test.zarr``);
+    * ``data``: Zarr store of test volumes (``mep.rendered``'s ``test.zarr``);
       ``first`` / ``count`` pick the volumes; their diffraction stacks are
       simulated with the recipe's ``[forward_model]`` (with its Poisson noise);
     * ``samples`` draws per measurement (≥ 2 gives a per-voxel uncertainty map);

@@ -128,7 +128,7 @@ class VObjective(Objective):
 
 
 class Volumes(Configurable):
-    """``mep.volumes``: the phase volumes of a ``mep.dataset`` store (``path``; the first ``count``,
+    """``mep.volumes``: the phase volumes of a ``mep.rendered`` store (``path``; the first ``count``,
     0 = all) as training data; the store's ``phase_scale`` travels with them."""
 
     def __init__(self, path: str, count: int = 0):
