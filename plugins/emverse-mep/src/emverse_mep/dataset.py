@@ -1,6 +1,6 @@
 """``mep.rendered``: crystals → rescaled phase volumes in Zarr stores (written by the core ``simulate`` task).
 
-Up to three stores are written under ``options.output`` (relative to the recipe):
+Up to three stores are written under the table's ``output`` (relative to the recipe):
 ``train.zarr`` (random in-plane rotation, ``train_shape`` crops), ``val.zarr``
 and ``test.zarr`` (``test_shape`` volumes, no rotation), each with arrays
 
