@@ -76,9 +76,9 @@ def test_collision_names_both_distributions():
 
 def test_missing_component_names_the_distribution_to_install():
     registry = Registry(strict=False)
-    with pytest.raises(EmverseError, match="'cdi.evaluate' is provided by emverse-cdi, which is not "
+    with pytest.raises(EmverseError, match="'cdi.pipeline' is provided by emverse-cdi, which is not "
                                            r"installed; install it \(pip install emverse-cdi\)"):
-        registry.get("task", "cdi.evaluate")
+        registry.get("task", "cdi.pipeline")
 
     class Broken:
         @hookimpl
@@ -88,17 +88,17 @@ def test_missing_component_names_the_distribution_to_install():
     registry.register(Broken(), name="cdi", distribution="emverse-cdi")
     with pytest.raises(EmverseError, match="provided by emverse-cdi, which failed to load: "
                                            "ImportError: No module named 'timm'"):
-        registry.get("task", "cdi.evaluate")
+        registry.get("task", "cdi.pipeline")
     with pytest.raises(EmverseError, match="unknown task type 'thirdparty.infer'.*failed to load: emverse-cdi"):
         registry.get("task", "thirdparty.infer")  # unknown prefix: the failure is still named
 
 
 def test_validate_says_which_distribution_provides_a_component(tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('schema_version = 1\nname = "x"\nseed = 1\ntask = "cdi.evaluate"\n')
+    recipe.write_text('schema_version = 1\nname = "x"\nseed = 1\ntask = "cdi.pipeline"\n')
     result = cli("recipe", "validate", str(recipe), env={"EMVERSE_DISABLE_PLUGINS": "cdi"})
     assert result.returncode == 2
-    assert "$.task: task 'cdi.evaluate' is provided by emverse-cdi, which is disabled" in result.stderr
+    assert "$.task: task 'cdi.pipeline' is provided by emverse-cdi, which is disabled" in result.stderr
 
 
 def test_bad_record_is_recorded_not_fatal():
