@@ -190,6 +190,23 @@ class RunContext:
         """Call ``callback()`` when SIGTERM/SIGINT stops the run (e.g. to write a checkpoint)."""
         self.interrupt_callbacks.append(callback)
 
+    def score(self, prediction, truth, *, figures: bool = True, metrics: list | None = None) -> dict[str, float]:
+        """The recipe's ``[[metrics]]`` of ``prediction`` against ``truth``, as ``{"<type>.<key>":
+        value}``; each metric's figure (when it draws one) is saved as ``metric<i>-<type>``.
+        ``metrics``: the built metric components, when a task has set them up (default: built
+        here). The one metric loop of the tasks."""
+        out: dict[str, float] = {}
+        specs = self.recipe.components.get("metrics", [])
+        built = metrics if metrics is not None else (self.build("metrics") if specs else [])
+        for i, (spec, metric) in enumerate(zip(specs, built, strict=True)):
+            for key, value in metric(prediction, truth).items():
+                out[f"{spec.type}.{key}"] = float(value)
+            if figures:
+                fig = metric.figure(prediction, truth)
+                if fig is not None:
+                    self.save_figure(f"metric{i}-{spec.type}", fig)
+        return out
+
     def save_figure(self, name: str, fig) -> Path:
         from emverse.io import atomic_write
 

@@ -13,19 +13,6 @@ from emverse.likelihoods import ModelLikelihood
 from emverse.run import RunResult
 
 
-def _metrics_of(ctx, prediction, truth) -> dict[str, float]:
-    out = {}
-    for i, (spec, metric) in enumerate(zip(ctx.recipe.components.get("metrics", []),
-                                           ctx.build("metrics"), strict=True)):
-        prefix = spec.type
-        for key, value in metric(prediction, truth).items():
-            out[f"{prefix}.{key}"] = float(value)
-        fig = metric.figure(prediction, truth)
-        if fig is not None:
-            ctx.save_figure(f"metric{i}-{prefix}", fig)
-    return out
-
-
 class SimulateTask(Task):
     """A dataset campaign (:mod:`emverse.simulation`): ``n`` draws of the ``[forward_model]``'s
     unknowns and their observations into a chunked, resumable Zarr store; or, with a
@@ -261,7 +248,7 @@ class InferTask(Task):
         if truth is not None or compared:
             ctx.save_figure("posterior", posterior_figure(draws, truth, names, compared))
         if truth is not None:
-            metrics.update(_metrics_of(ctx, draws, truth))
+            metrics.update(ctx.score(draws, truth))
             metrics["posterior_mean_rmse"] = float((draws.mean(dim=1) - truth).pow(2).mean().sqrt())
             if space is not None:
                 explained = None if reduced is None else (reduced < CHI2_WARNING).cpu()
@@ -571,7 +558,7 @@ class RefineTask(Task):
         ctx.add_table("refined parameters", ["parameter", "unit", "truth", "start", "refined"],
                       [[name, unit, float(t), float(s), float(r)] for name, unit, t, s, r in zip(
                           names, units, truth[0], start[0], refined[0], strict=True)])
-        metrics = _metrics_of(ctx, refined, truth)
+        metrics = ctx.score(refined, truth)
         metrics["final_loss"] = result.final_loss
         metrics["iterations"] = float(result.iterations)
         metrics["start_rmse"] = float((start - truth).pow(2).mean().sqrt())
@@ -645,7 +632,7 @@ class EvaluateTask(Task):
             scores[method.label] = error
             metrics[f"{method.label}.normalised_mse"] = float(error.mean())
             metrics[f"{method.label}.normalised_rmse"] = float(error.mean().sqrt())
-            for key, value in _metrics_of(ctx, estimate, truth).items():
+            for key, value in ctx.score(estimate, truth).items():
                 metrics[f"{method.label}.{key}"] = value
         labels = list(scores)
         rows = []

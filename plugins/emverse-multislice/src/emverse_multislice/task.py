@@ -66,15 +66,6 @@ def _loss_metrics(result) -> dict[str, float]:
             "loss_reduction": losses[0] / max(losses[-1], 1e-300), "iterations": float(result.iterations)}
 
 
-def _recipe_metrics(ctx, reconstruction: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    """The recipe's ``[[metrics]]`` of the reconstruction against the truth, named ``type.key``."""
-    out = {}
-    for spec, metric in zip(ctx.recipe.components.get("metrics", []), ctx.build("metrics"), strict=True):
-        for key, value in metric(reconstruction, truth).items():
-            out[f"{spec.type}.{key}"] = float(value)
-    return out
-
-
 class Reconstruct(Task):
     def __init__(
         self,
@@ -154,7 +145,7 @@ class Reconstruct(Task):
         metrics["bandlimited_truth_depth_sum_ssim"] = ceiling
         losses = result.history["loss"]
         metrics.update(_loss_metrics(result))
-        metrics.update(_recipe_metrics(ctx, reconstruction, truth))
+        metrics.update(ctx.score(reconstruction, truth, figures=False))
 
         ctx.save_figure("loss", loss_figure(losses))
         ctx.save_figure("volumes", depth_sum_figure(reconstruction[0], truth[0]))
@@ -268,7 +259,7 @@ class Reconstruct(Task):
             metrics[f"probe_mode_{m}_power"] = fraction
         if truth is not None:
             metrics.update(scanned_area_metrics(reconstruction, truth, model))
-            metrics.update(_recipe_metrics(ctx, reconstruction, truth))
+            metrics.update(ctx.score(reconstruction, truth, figures=False))
         ctx.save_figure("loss", loss_figure(losses))
         ctx.save_figure("volumes", depth_sum_figure(reconstruction[0], truth[0] if truth is not None else None))
         ctx.save_figure("probe", probe_figure(modes, fractions, model.positions_angstrom.detach().cpu(), nominal.cpu()))

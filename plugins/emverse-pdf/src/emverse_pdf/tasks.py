@@ -98,15 +98,11 @@ class FitStructureTask(Task):
             metrics["rmsd_start_angstrom"] = kabsch_rmsd(start.positions, truth.positions)
             metrics["rmsd_angstrom"] = kabsch_rmsd(refined.positions, truth.positions)
 
-        specs = ctx.recipe.components.get("metrics", [])
-        for spec, metric in zip(specs, ctx.build("metrics"), strict=True):
+        built = ctx.build("metrics") if ctx.has("metrics") else []
+        for metric in built:
             if hasattr(metric, "r") and getattr(metric, "r", None) is None:
                 metric.r = r.detach().cpu()  # pdf.rwp needs the grid for its r window
-            for key, value in metric(g_fit.detach().cpu(), g_obs.detach().cpu()).items():
-                metrics[f"{spec.type}.{key}"] = float(value)
-            fig = metric.figure(g_fit.detach().cpu(), g_obs.detach().cpu())
-            if fig is not None:
-                ctx.save_figure(spec.type, fig)
+        metrics.update(ctx.score(g_fit.detach().cpu(), g_obs.detach().cpu(), metrics=built))
 
         ctx.save_figure(
             "fit",
