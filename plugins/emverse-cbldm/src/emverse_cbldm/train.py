@@ -129,7 +129,12 @@ def train_model(
 
 
 class TrainTask(OptionsTask):
-    """``cbldm.train``: build/open the dataset, train, save the checkpoint, evaluate on the validation split."""
+    """``cbldm.train``: build/open the dataset, train, save the checkpoint, evaluate on the validation split.
+
+    A plugin task because CbLDM trains three stages in sequence (the PDF VAE, the matrix VAE,
+    the latent diffusion on the frozen encoders) and two baselines, each through the core loop
+    (:func:`emverse.training.fit`), into one checkpoint, then evaluates by recovering structures;
+    the core ``train`` task trains one network with one objective."""
 
     def run(self, ctx):
         opts = self.options

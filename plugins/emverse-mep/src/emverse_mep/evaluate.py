@@ -61,6 +61,12 @@ def _baseline(ctx, name, spec, model, y, scale, t_np) -> dict[str, torch.Tensor]
 
 
 class EvaluateTask(OptionsTask):
+    """``mep.evaluate``: the paper's comparison on one test set (module docstring).
+
+    A plugin task because it compares guided draws with Adam/L-BFGS reconstructions that own
+    the volume (multislice refiners), sweeps sampler steps and wall time, and scores volumes;
+    the core ``evaluate`` task compares parameter-vector estimates."""
+
     def run(self, ctx):
         from emverse.run import RunResult
 

@@ -143,6 +143,13 @@ def sample_guided(ctx, prior, physics, y, *, samples: int, guidance_spec: Compon
 
 
 class ReconstructTask(OptionsTask):
+    """``mep.reconstruct``: guided reconstructions of held-out volumes and their uncertainty maps.
+
+    A plugin task because its unknown is a phase volume in the prior's rescaled units (phase ×
+    phase_scale, which the physics divides out), its draws come in batches of whole diffraction
+    stacks, and it scores volumes (PSNR/SSIM, spread–error correlation), none of which the core
+    ``infer`` task's parameter-vector summary expresses."""
+
     def run(self, ctx):
         from emverse.run import RunResult
 

@@ -26,6 +26,10 @@ class FitStructureTask(Task):
     and the recovered positions are scored by RMSD after alignment.
     Metrics: ``rwp_start``, ``rwp``, ``scale``, ``qdamp``, ``biso`` and, when a truth
     is known, ``rmsd_start_angstrom`` and ``rmsd_angstrom``.
+
+    A plugin task because the core ``refine`` task neither reads a measured observation nor
+    starts from a structure file; the fit itself is the recipe's ``[refiner]`` on
+    :class:`~emverse_pdf.fit.StructureFitModel`, ready for that task once it does.
     """
 
     def __init__(self, structure, observation, truth_structure, perturb_angstrom, write_gr=True):
