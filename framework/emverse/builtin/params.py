@@ -135,9 +135,21 @@ class TrainParams:
 
 @attrs.frozen
 class RefineParams:
+    """Options of the ``refine`` task: one simulated observation (truth drawn, start perturbed) or
+    one measured pattern (``observation``, read and checked as ``infer`` reads it)."""
+
     requires: ClassVar[tuple[str, ...]] = ("forward_model", "refiner")
-    #: start = truth + start_offset × half-range × N(0, 1) (normalised units)
+    #: simulated: start = truth + start_offset × half-range × N(0, 1) (normalised units)
     start_offset: float = attrs.field(default=0.3, validator=in_range(0.0, 2.0))
+    #: the start in the forward model's units and parameter order (empty: as above, or the centre
+    #: of the parameter box for a measured observation)
+    start: tuple[float, ...] = attrs.field(default=(), converter=tuple)
+    #: a measured pattern (DM3/DM4, EMD, HDF5, MIB, TIFF, .npy + TOML, Zarr) instead of a simulated one
+    observation: str = path_field("file", default="", reader="emverse.readers:check_pattern")
+    #: "counts" (divided by the [likelihood]'s dose) or "fraction" of the incident beam
+    observation_units: str = attrs.field(default="counts", validator=one_of("counts", "fraction"))
+    #: Å⁻¹ per pixel of the measured pattern; 0: from the file's metadata
+    observation_reciprocal_pixel_size: float = attrs.field(default=0.0, validator=in_range(0.0, 1e6))
 
 
 @attrs.frozen

@@ -72,6 +72,53 @@ def _materialise(ctx, dataset) -> RunResult:
     return RunResult({**summary.get("metrics", {}), "seconds": time.perf_counter() - started})
 
 
+def read_measured(ctx, model, likelihood, observation: str, units: str, pixel: float):
+    """The measured pattern as the forward model's observation (1, H, W): calibration
+    checked against the model's, resampled where only the pixel size differs (counts
+    are summed over the model's larger pixel, so the [likelihood]'s dose is per model
+    pixel)."""
+    import numpy as np
+
+    from emverse.readers import read_pattern, resample_pattern
+
+    path = ctx.resolve_path(observation)
+    overrides = {"reciprocal_pixel_size": pixel} if pixel else {}
+    measurement = read_pattern(path, overrides)
+    cal = measurement.calibration
+    with torch.no_grad():
+        shape = tuple(model(model.example_input(1, dtype=ctx.dtype).to(ctx.device)).shape[1:])
+    voltage = getattr(model, "voltage_kv", None)
+    if cal.beam_energy_kv is not None and voltage is not None and abs(cal.beam_energy_kv / voltage - 1) > 5e-3:
+        raise EmverseError(f"{path}: beam energy {cal.beam_energy_kv:g} kV in the file, but [forward_model] "
+                           f"voltage_kv = {voltage:g}; set voltage_kv to the measurement's")
+    zone = getattr(model, "zone_axis", None)
+    if cal.zone_axis is not None and zone is not None and tuple(cal.zone_axis) != tuple(int(v) for v in zone):
+        raise EmverseError(f"{path}: zone axis {list(cal.zone_axis)} in the file, but [forward_model] "
+                           f"zone_axis = {list(zone)}; set zone_axis to the measurement's")
+    data = measurement.data
+    model_pixel = getattr(model, "reciprocal_pixel_size", None)
+    if cal.reciprocal_pixel_size is not None and model_pixel is not None:
+        if abs(cal.reciprocal_pixel_size / model_pixel - 1) > 0.01 or data.shape != shape:
+            data = resample_pattern(data, cal.reciprocal_pixel_size, model_pixel, shape, str(path))
+            ctx.log.info("resampled %s from %.5g to %.5g 1/Å per pixel onto %s", path,
+                         cal.reciprocal_pixel_size, model_pixel, shape)
+    if data.shape != shape:
+        raise EmverseError(
+            f"{path}: the pattern is {data.shape[0]}×{data.shape[1]} px but the forward model predicts "
+            f"{shape[0]}×{shape[1]} px; give its reciprocal pixel size (observation_reciprocal_pixel_size, "
+            f"1/Å) so that it can be resampled, or set detector_pixels to {data.shape[0]}")
+    y = torch.as_tensor(np.ascontiguousarray(data), dtype=ctx.dtype)[None].to(ctx.device)
+    if units == "counts":
+        dose = getattr(likelihood, "dose", None)
+        if dose is None:
+            raise EmverseError("observation_units = \"counts\" needs a [likelihood] with a dose "
+                               "(e.g. core.poisson); or give the pattern as fractions (\"fraction\")")
+        y = y / dose
+    # the first output, written once every check has passed (a refused input leaves no run directory)
+    ctx.add_text("observation", f"{path}: calibration {cal.report()}")
+    return y
+
+
 class InferTask(Task):
     """Posterior draws for ``n_observations`` simulated observations, optionally corrected.
 
@@ -102,50 +149,7 @@ class InferTask(Task):
         self.observation_pixel = observation_reciprocal_pixel_size
 
     def _measured(self, ctx, model, likelihood):
-        """The measured pattern as the forward model's observation (1, H, W): calibration
-        checked against the model's, resampled where only the pixel size differs (counts
-        are summed over the model's larger pixel, so the [likelihood]'s dose is per model
-        pixel)."""
-        import numpy as np
-
-        from emverse.readers import read_pattern, resample_pattern
-
-        path = ctx.resolve_path(self.observation)
-        overrides = {"reciprocal_pixel_size": self.observation_pixel} if self.observation_pixel else {}
-        measurement = read_pattern(path, overrides)
-        cal = measurement.calibration
-        with torch.no_grad():
-            shape = tuple(model(model.example_input(1, dtype=ctx.dtype).to(ctx.device)).shape[1:])
-        voltage = getattr(model, "voltage_kv", None)
-        if cal.beam_energy_kv is not None and voltage is not None and abs(cal.beam_energy_kv / voltage - 1) > 5e-3:
-            raise EmverseError(f"{path}: beam energy {cal.beam_energy_kv:g} kV in the file, but [forward_model] "
-                               f"voltage_kv = {voltage:g}; set voltage_kv to the measurement's")
-        zone = getattr(model, "zone_axis", None)
-        if cal.zone_axis is not None and zone is not None and tuple(cal.zone_axis) != tuple(int(v) for v in zone):
-            raise EmverseError(f"{path}: zone axis {list(cal.zone_axis)} in the file, but [forward_model] "
-                               f"zone_axis = {list(zone)}; set zone_axis to the measurement's")
-        data = measurement.data
-        model_pixel = getattr(model, "reciprocal_pixel_size", None)
-        if cal.reciprocal_pixel_size is not None and model_pixel is not None:
-            if abs(cal.reciprocal_pixel_size / model_pixel - 1) > 0.01 or data.shape != shape:
-                data = resample_pattern(data, cal.reciprocal_pixel_size, model_pixel, shape, str(path))
-                ctx.log.info("resampled %s from %.5g to %.5g 1/Å per pixel onto %s", path,
-                             cal.reciprocal_pixel_size, model_pixel, shape)
-        if data.shape != shape:
-            raise EmverseError(
-                f"{path}: the pattern is {data.shape[0]}×{data.shape[1]} px but the forward model predicts "
-                f"{shape[0]}×{shape[1]} px; give its reciprocal pixel size (observation_reciprocal_pixel_size, "
-                f"1/Å) so that it can be resampled, or set detector_pixels to {data.shape[0]}")
-        y = torch.as_tensor(np.ascontiguousarray(data), dtype=ctx.dtype)[None].to(ctx.device)
-        if self.observation_units == "counts":
-            dose = getattr(likelihood, "dose", None)
-            if dose is None:
-                raise EmverseError("observation_units = \"counts\" needs a [likelihood] with a dose "
-                                   "(e.g. core.poisson); or give the pattern as fractions (\"fraction\")")
-            y = y / dose
-        # the first output, written once every check has passed (a refused input leaves no run directory)
-        ctx.add_text("observation", f"{path}: calibration {cal.report()}")
-        return y
+        return read_measured(ctx, model, likelihood, self.observation, self.observation_units, self.observation_pixel)
 
     def _truths(self, ctx, model):
         space = model.parameter_space
@@ -512,18 +516,35 @@ class TrainTask(Task):
 
 
 class RefineTask(Task):
-    """Fit a parametrization to one simulated observation from a perturbed start.
+    """Fit a parametrization to one observation: simulated from a drawn truth and started from a
+    perturbed truth, or measured (``observation``) and started at ``start``.
 
     Built from the recipe's joints: ``[forward_model]``, ``[refiner]``, and optionally
     ``[likelihood]`` (default: the forward model's own noise model) and
     ``[parametrization]`` (default: ``core.parameter_vector``, all parameters free).
-    The truth is drawn from the forward model's parameter space; the observation is the
-    likelihood's draw around the prediction where the likelihood is generative, else the
-    forward model's ``simulate``.
+    Simulated: the truth is drawn from the forward model's parameter space; the observation is
+    the likelihood's draw around the prediction where the likelihood is generative, else the
+    forward model's ``simulate``. Measured: the file is read and checked as the ``infer`` task
+    reads it (:func:`read_measured`), and the report gives the refined values, the reduced χ²
+    of the fit where the likelihood defines χ², and the observed, fitted and residual pattern.
     """
 
-    def __init__(self, start_offset: float = 0.3):
-        self.start_offset = start_offset
+    def __init__(self, start_offset: float = 0.3, start=(), observation: str = "",
+                 observation_units: str = "counts", observation_reciprocal_pixel_size: float = 0.0):
+        self.start_offset, self.start = start_offset, tuple(start)
+        self.observation, self.observation_units = observation, observation_units
+        self.observation_pixel = observation_reciprocal_pixel_size
+
+    def _given_start(self, space, ctx):
+        start = torch.tensor(self.start, dtype=ctx.dtype)[None]
+        if space is not None:
+            if len(self.start) != len(space):
+                raise EmverseError(f"options.start has {len(self.start)} values; give {len(space)} in the order "
+                                   f"{list(space.names)} (units {list(space.units)}), or leave it empty")
+            if not bool(space.contains(start).all()):
+                box = [(q.name, q.low, q.high) for q in space.parameters]
+                raise EmverseError(f"options.start {list(self.start)} lies outside the parameter box {box}")
+        return start.to(ctx.device)
 
     def run(self, ctx):
         model = ctx.build("forward_model")
@@ -532,14 +553,27 @@ class RefineTask(Task):
         parametrization = ctx.build("parametrization") if ctx.has("parametrization") else ParameterVector()
         for p in model.parameters():
             p.requires_grad_(False)
-        truth = model.example_input(1, generator=ctx.generator("truth"), dtype=ctx.dtype).to(ctx.device)
-        y = _observe(model, likelihood, truth, ctx.generator("noise", device=ctx.device))
         space = model.parameter_space
-        noise = torch.randn(truth.shape, generator=ctx.generator("start"), dtype=truth.dtype).to(ctx.device)
-        if space is not None:
-            start = space.denormalise((space.normalise(truth) + self.start_offset * noise).clamp(-1, 1))
+        if self.observation:
+            truth = None
+            y = read_measured(ctx, model, likelihood, self.observation, self.observation_units, self.observation_pixel)
+            if self.start:
+                start = self._given_start(space, ctx)
+            elif space is not None:  # the centre of the box
+                start = space.denormalise(torch.zeros(1, len(space), dtype=ctx.dtype)).to(ctx.device, ctx.dtype)
+            else:
+                raise EmverseError("a measured observation needs options.start (the forward model has no "
+                                   "parameter box whose centre could start the refinement)")
         else:
-            start = truth + self.start_offset * noise
+            truth = model.example_input(1, generator=ctx.generator("truth"), dtype=ctx.dtype).to(ctx.device)
+            y = _observe(model, likelihood, truth, ctx.generator("noise", device=ctx.device))
+            noise = torch.randn(truth.shape, generator=ctx.generator("start"), dtype=truth.dtype).to(ctx.device)
+            if self.start:
+                start = self._given_start(space, ctx)
+            elif space is not None:
+                start = space.denormalise((space.normalise(truth) + self.start_offset * noise).clamp(-1, 1))
+            else:
+                start = truth + self.start_offset * noise
         if isinstance(parametrization, ParameterVector):
             parametrization.start_at(model, start)
         parametrization.to(device=ctx.device)
@@ -553,14 +587,21 @@ class RefineTask(Task):
         axes[0, 0].set_xlabel("iteration")
         axes[0, 0].set_ylabel("negative log-likelihood")
         ctx.save_figure("loss", fig)
-        names = space.names if space else [f"x{i}" for i in range(truth.shape[-1])]
-        units = space.units if space else [""] * truth.shape[-1]
+        names = space.names if space else [f"x{i}" for i in range(refined.shape[-1])]
+        units = space.units if space else [""] * refined.shape[-1]
+        metrics = {"final_loss": result.final_loss, "iterations": float(result.iterations)}
+        if truth is None:
+            ctx.add_table("refined parameters", ["parameter", "unit", "start", "refined"],
+                          [[name, unit, float(s), float(r)] for name, unit, s, r in zip(
+                              names, units, start[0], refined[0], strict=True)])
+            metrics.update({f"refined/{name}": float(refined[0, i]) for i, name in enumerate(names)})
+            chi2_metrics, _ = _chi2_metrics(ctx, model, likelihood, y, refined[:, None], len(names), 1)
+            metrics.update({key.replace("posterior_mean_", "fit_"): value for key, value in chi2_metrics.items()})
+            return RunResult(metrics)
         ctx.add_table("refined parameters", ["parameter", "unit", "truth", "start", "refined"],
                       [[name, unit, float(t), float(s), float(r)] for name, unit, t, s, r in zip(
                           names, units, truth[0], start[0], refined[0], strict=True)])
-        metrics = ctx.score(refined, truth)
-        metrics["final_loss"] = result.final_loss
-        metrics["iterations"] = float(result.iterations)
+        metrics.update(ctx.score(refined, truth))
         metrics["start_rmse"] = float((start - truth).pow(2).mean().sqrt())
         metrics["refined_rmse"] = float((refined - truth).pow(2).mean().sqrt())
         return RunResult(metrics)
