@@ -75,14 +75,14 @@ def read_discs(folder, prefix: str, reflections, downsample: int, pixel_size: fl
 class LacbedRefineTask(OptionsTask):
     """Task ``bloch.lacbed``: refine a crystal against measured D-LACBED discs (Felix's workflow).
 
-    A Task rather than the core ``refine`` workflow for now, because the core task refines
-    against a simulated observation only (it has no table for measured data) and this
+    A Task rather than the core ``refine`` workflow for now, because the core task reads one
+    measured 2D pattern, not a stack of LACBED discs with their g-vectors, and this
     refinement is staged: an orientation check of the discs against the other 7 flips, coarse
     scans of thickness and B as Felix does, then L-BFGS through the core refiner and
     curvature uncertainties. The physics (:mod:`emverse_bloch.lacbed`) and the fit
     (:class:`emverse_bloch.lacbed_fit.LacbedFit`) are separate pieces, ready to become a
     parametrization + forward model + ``core.ncc`` likelihood once the core task reads
-    measured observations.
+    disc stacks.
     """
 
     def run(self, ctx):

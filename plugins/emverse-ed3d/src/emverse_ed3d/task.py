@@ -34,8 +34,9 @@ def _select_frames(data, stride: int, max_frames: int):
 class Ed3dRefineTask(OptionsTask):
     """``ed3d.refine``: a structure and its thickness model refined against measured PETS2 frames.
 
-    A plugin task because the core ``refine`` task does not read measured observations yet, and
-    this refinement is staged around the data: frame selection, orientation refinement per frame,
+    A plugin task because the core ``refine`` task reads measured 2D patterns, not PETS2
+    reflection lists, and refines a parameter vector, not a crystal; and this refinement is
+    staged around the data: frame selection, orientation refinement per frame,
     the kinematical start, the dynamical refinement (the recipe's ``[refiner]``) and the
     reflection statistics wR/R(obs) reported the way JANA and diffBloch report them."""
 

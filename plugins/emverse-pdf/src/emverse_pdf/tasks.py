@@ -27,9 +27,10 @@ class FitStructureTask(Task):
     Metrics: ``rwp_start``, ``rwp``, ``scale``, ``qdamp``, ``biso`` and, when a truth
     is known, ``rmsd_start_angstrom`` and ``rmsd_angstrom``.
 
-    A plugin task because the core ``refine`` task neither reads a measured observation nor
-    starts from a structure file; the fit itself is the recipe's ``[refiner]`` on
-    :class:`~emverse_pdf.fit.StructureFitModel`, ready for that task once it does.
+    A plugin task because the core ``refine`` task reads measured 2D patterns, not G(r) files,
+    and its unknown is a parameter vector, not a structure read from a file; the fit itself is
+    the recipe's ``[refiner]`` on :class:`~emverse_pdf.fit.StructureFitModel`, ready for that
+    task once it takes both.
     """
 
     def __init__(self, structure, observation, truth_structure, perturb_angstrom, write_gr=True):
