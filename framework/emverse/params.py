@@ -52,6 +52,12 @@ def positive(instance, attribute, value):
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+def optional_positive(instance, attribute, value):
+    """> 0, or None (the field left out)."""
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0 or left out, got {value!r}")
+
+
 def non_negative(instance, attribute, value):
     if value is None or not value >= 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")

@@ -136,12 +136,12 @@ class ModelParams:
 
 
 @attrs.frozen
-class TrainParams:
+class TrainParams(ModelParams):
     """Task ``cbldm.train``: train the three stages and the baselines, then evaluate.
 
-    Network sizes (``*_channels``, ``latent_size``, ``schedule_offset``) and
-    ``matrix_decoder``: see
-    :class:`ModelParams`. ``epochs_*``: epochs of each stage (0 skips it). ``kl_weight`` is the final
+    Network sizes (``*_channels``, ``latent_size``, ``schedule_offset``) and ``matrix_decoder``:
+    the fields of :class:`ModelParams`, which this class extends. ``epochs_*``: epochs of each
+    stage (0 skips it). ``kl_weight`` is the final
     weight of the KL terms (warmed up linearly over the first half of the epochs).
     ``baselines``: any of "mlp", "cnn". Evaluation on the validation split
     (``eval_structures`` of it, 0 = none) draws ``candidates`` structures per PDF with the
@@ -156,12 +156,6 @@ class TrainParams:
     ``emverse run --resume`` continues from them).
     """
 
-    pdf_channels: int = attrs.field(default=16, validator=positive)
-    matrix_channels: int = attrs.field(default=16, validator=positive)
-    matrix_decoder: str = attrs.field(default="conv", validator=one_of(*MATRIX_DECODERS))
-    unet_channels: int = attrs.field(default=32, validator=positive)
-    latent_size: int = attrs.field(default=16, validator=positive)
-    schedule_offset: float = attrs.field(default=5e-4, validator=positive)
     epochs_pdf_vae: int = attrs.field(default=20, validator=non_negative)
     epochs_matrix_vae: int = attrs.field(default=20, validator=non_negative)
     epochs_ldm: int = attrs.field(default=40, validator=non_negative)

@@ -17,6 +17,7 @@ from emverse.params import (
     nested,
     non_negative,
     one_of,
+    optional_positive,
     path_field,
     positive,
 )
@@ -28,11 +29,6 @@ def _scale_pair(instance, attribute, value):
     lo, hi = value
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"{attribute.name} must satisfy 0 < low <= high <= 1, got {value!r}")
-
-
-def _optional_positive(instance, attribute, value):
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 (or left out), got {value!r}")
 
 
 @attrs.frozen
@@ -123,11 +119,11 @@ class PipelineOptions:
     chunk_size: int = attrs.field(default=64, validator=positive)
     dataset_dir: str = ""
     scheduler: str = ""
-    n_workers: int | None = attrs.field(default=None, validator=_optional_positive)
+    n_workers: int | None = attrs.field(default=None, validator=optional_positive)
     epochs: int = attrs.field(default=100, validator=positive)
     baseline_epochs: int = attrs.field(default=100, validator=positive)
     batch_size: int = attrs.field(default=64, validator=positive)
-    steps_per_epoch: int | None = attrs.field(default=None, validator=_optional_positive)
+    steps_per_epoch: int | None = attrs.field(default=None, validator=optional_positive)
     learning_rate: float = attrs.field(default=1e-3, validator=positive)
     baseline_learning_rate: float = attrs.field(default=1e-3, validator=positive)
     weight_decay: float = attrs.field(default=0.0, validator=non_negative)
@@ -142,7 +138,7 @@ class PipelineOptions:
     baseline: ComponentSpec = nested("prior", "cdi.regression")
     n_samples: int = attrs.field(default=100, validator=positive)
     eval_batch_size: int = attrs.field(default=32, validator=positive)
-    max_eval_patterns: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_eval_patterns: int | None = attrs.field(default=None, validator=optional_positive)
     n_histogram_patterns: int = attrs.field(default=2, validator=non_negative)
     n_ppc_patterns: int = attrs.field(default=2, validator=non_negative)
     n_ppc_samples: int = attrs.field(default=8, validator=positive)

@@ -14,6 +14,7 @@ from emverse.params import (
     nested,
     non_negative,
     one_of,
+    optional_positive,
     path_field,
     positive,
 )
@@ -25,11 +26,6 @@ PREDICTIONS = ("eps", "x0", "v")
 def _positive_int(instance, attribute, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
-def _optional_positive(instance, attribute, value):
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or left out, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- noise schedules
@@ -97,9 +93,9 @@ class DDPMParams:
     steps: int = attrs.field(default=1000, validator=_positive_int)
     variance: str = attrs.field(default="posterior", validator=one_of("posterior", "beta"))
     spacing: str = _spacing_field("uniform")
-    rho: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_min: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_max: float | None = attrs.field(default=None, validator=_optional_positive)
+    rho: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_min: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_max: float | None = attrs.field(default=None, validator=optional_positive)
 
 
 @attrs.frozen
@@ -109,9 +105,9 @@ class DDIMParams:
     steps: int = attrs.field(default=50, validator=_positive_int)
     eta: float = attrs.field(default=0.0, validator=non_negative)
     spacing: str = _spacing_field("uniform")
-    rho: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_min: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_max: float | None = attrs.field(default=None, validator=_optional_positive)
+    rho: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_min: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_max: float | None = attrs.field(default=None, validator=optional_positive)
 
 
 @attrs.frozen
@@ -120,9 +116,9 @@ class DPMSolverParams:
 
     steps: int = attrs.field(default=20, validator=_positive_int)
     spacing: str = _spacing_field("logsnr")
-    rho: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_min: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_max: float | None = attrs.field(default=None, validator=_optional_positive)
+    rho: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_min: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_max: float | None = attrs.field(default=None, validator=optional_positive)
 
 
 @attrs.frozen
@@ -132,9 +128,9 @@ class DPMSolverSDEParams:
     steps: int = attrs.field(default=20, validator=_positive_int)
     eta: float = attrs.field(default=1.0, validator=non_negative)
     spacing: str = _spacing_field("logsnr")
-    rho: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_min: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_max: float | None = attrs.field(default=None, validator=_optional_positive)
+    rho: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_min: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_max: float | None = attrs.field(default=None, validator=optional_positive)
 
 
 @attrs.frozen
@@ -147,9 +143,9 @@ class EulerParams:
     churn_max: float = float("inf")
     noise_scale: float = attrs.field(default=1.0, validator=non_negative)
     spacing: str = _spacing_field("uniform")
-    rho: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_min: float | None = attrs.field(default=None, validator=_optional_positive)
-    sigma_max: float | None = attrs.field(default=None, validator=_optional_positive)
+    rho: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_min: float | None = attrs.field(default=None, validator=optional_positive)
+    sigma_max: float | None = attrs.field(default=None, validator=optional_positive)
 
 
 # ----------------------------------------------------------------------------- guidance
@@ -161,8 +157,8 @@ class DPSParams:
     likelihood: str = attrs.field(
         default="gaussian", validator=one_of("gaussian", "poisson", "amplitude", "model")
     )
-    noise_sigma: float | None = attrs.field(default=None, validator=_optional_positive)
-    dose: float | None = attrs.field(default=None, validator=_optional_positive)
+    noise_sigma: float | None = attrs.field(default=None, validator=optional_positive)
+    dose: float | None = attrs.field(default=None, validator=optional_positive)
     tweedie: bool = True
     normalize: str = attrs.field(default="none", validator=one_of("none", "residual", "rms"))
 
@@ -190,7 +186,7 @@ class MLPPriorParams:
     schedule: ComponentSpec = nested("noise_schedule", "diffusion.cosine")
     checkpoint: str = path_field("checkpoint", default="")
     use_ema: bool = True
-    clip_x0: float | None = attrs.field(default=None, validator=_optional_positive)
+    clip_x0: float | None = attrs.field(default=None, validator=optional_positive)
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-from emverse.params import non_negative, one_of, path_field, positive
+from emverse.params import non_negative, one_of, optional_positive, path_field, positive
 
 
 def _positive_int_tuple(length: int):
@@ -29,7 +29,7 @@ def _positive_int_tuple(length: int):
     return check
 
 
-def _optional_positive_int_pair(instance, attribute, value):
+def optional_positive_int_pair(instance, attribute, value):
     if value is None:
         return
     _positive_int_tuple(2)(instance, attribute, value)
@@ -40,12 +40,6 @@ def _optional_float_pair(instance, attribute, value):
         return
     if not isinstance(value, tuple) or len(value) != 2:
         raise ValueError(f"{attribute.name} must be two numbers (Å) or omitted, got {value!r}")
-
-
-def _optional_positive(instance, attribute, value):
-    if value is None:
-        return
-    positive(instance, attribute, value)
 
 
 def _optional_finite(instance, attribute, value):
@@ -120,7 +114,7 @@ class PtychographyParams:
         default=(8, 64, 64), converter=_to_tuple, validator=_positive_int_tuple(3)
     )
     probe_gpts: tuple[int, int] | None = attrs.field(
-        default=None, converter=_to_tuple, validator=_optional_positive_int_pair
+        default=None, converter=_to_tuple, validator=optional_positive_int_pair
     )
     scan_shape: tuple[int, int] = attrs.field(
         default=(8, 8), converter=_to_tuple, validator=_positive_int_tuple(2)
@@ -134,10 +128,10 @@ class PtychographyParams:
     )
     antialias: bool = True
     propagate_last_slice: bool = True
-    dose_e_per_angstrom2: float | None = attrs.field(default=None, validator=_optional_positive)
+    dose_e_per_angstrom2: float | None = attrs.field(default=None, validator=optional_positive)
     learn_probe: bool = False
     learn_positions: bool = False
-    positions_per_pass: int | None = attrs.field(default=256, validator=_optional_positive)
+    positions_per_pass: int | None = attrs.field(default=256, validator=optional_positive)
     probe_modes: int = attrs.field(default=1, validator=positive)
     scan_affine: tuple[tuple[float, float], tuple[float, float]] = attrs.field(
         default=((1.0, 0.0), (0.0, 1.0)), converter=lambda v: tuple(_to_tuple(r) for r in _to_tuple(v)),
@@ -196,7 +190,7 @@ class AdamParams:
     """
 
     epochs: int = attrs.field(default=200, validator=positive)
-    batch_size: int | None = attrs.field(default=None, validator=_optional_positive)
+    batch_size: int | None = attrs.field(default=None, validator=optional_positive)
     learning_rate: float = attrs.field(default=0.02, validator=positive)
     loss: str = attrs.field(default="amplitude", validator=one_of("amplitude", "intensity", "model"))
     l1_weight: float = attrs.field(default=0.0, validator=non_negative)
@@ -232,7 +226,7 @@ class LbfgsParams:
     """
 
     iterations: int = attrs.field(default=50, validator=positive)
-    batch_size: int | None = attrs.field(default=None, validator=_optional_positive)
+    batch_size: int | None = attrs.field(default=None, validator=optional_positive)
     learning_rate: float = attrs.field(default=1.0, validator=positive)
     history_size: int = attrs.field(default=20, validator=positive)
     max_evaluations_per_iteration: int = attrs.field(default=25, validator=positive)
@@ -291,10 +285,10 @@ class ReconstructParams:
     noise: bool = False
     save_volumes: bool = True
     observation: str = path_field("any", default="", reader="emverse.readers:check_4dstem")
-    beam_energy_kv: float | None = attrs.field(default=None, validator=_optional_positive)
-    convergence_semiangle_mrad: float | None = attrs.field(default=None, validator=_optional_positive)
-    reciprocal_pixel_size: float | None = attrs.field(default=None, validator=_optional_positive)
-    scan_step_angstrom: float | None = attrs.field(default=None, validator=_optional_positive)
+    beam_energy_kv: float | None = attrs.field(default=None, validator=optional_positive)
+    convergence_semiangle_mrad: float | None = attrs.field(default=None, validator=optional_positive)
+    reciprocal_pixel_size: float | None = attrs.field(default=None, validator=optional_positive)
+    scan_step_angstrom: float | None = attrs.field(default=None, validator=optional_positive)
     scan_rotation_deg: float | None = attrs.field(default=None, validator=_optional_finite)
     detector_binning: float = attrs.field(default=1.0, validator=positive)
     object_padding_px: int = attrs.field(default=8, validator=non_negative)

@@ -15,12 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-from emverse.params import non_negative, path_field, positive
-
-
-def _optional_positive(instance, attribute, value):
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or omitted, got {value!r}")
+from emverse.params import non_negative, optional_positive, path_field, positive
 
 
 def _check_rstep(instance, attribute, value):
@@ -56,7 +51,7 @@ class DebyeParams:
     elements: str = "Au"
     qmin: float = attrs.field(default=0.7, validator=non_negative)
     qmax: float = attrs.field(default=25.0, validator=positive)
-    qstep: float | None = attrs.field(default=None, validator=_optional_positive)
+    qstep: float | None = attrs.field(default=None, validator=optional_positive)
     qdamp: float = attrs.field(default=0.04, validator=non_negative)
     qbroad: float = attrs.field(default=0.0, validator=non_negative)
     delta1: float = attrs.field(default=0.0, validator=non_negative)
@@ -184,10 +179,10 @@ class CrystalPhaseOptions:
     delta1: float = 0.0
     delta2: float = 0.0
     adp: str = attrs.field(default="isotropic", validator=attrs.validators.in_(("isotropic", "anisotropic")))
-    uiso: float | None = attrs.field(default=None, validator=_optional_positive)
+    uiso: float | None = attrs.field(default=None, validator=optional_positive)
     envelope: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "sphere", "spheroid")))
-    diameter: float | None = attrs.field(default=None, validator=_optional_positive)
-    polar_diameter: float | None = attrs.field(default=None, validator=_optional_positive)
+    diameter: float | None = attrs.field(default=None, validator=optional_positive)
+    polar_diameter: float | None = attrs.field(default=None, validator=optional_positive)
     refine: tuple[str, ...] = attrs.field(default=("scale", "lattice", "adp", "delta2"),
                                           validator=_names_in(_PHASE_REFINABLE))
 
@@ -225,7 +220,7 @@ class CrystalDatasetOptions:
     qdamp: float = attrs.field(default=0.0, validator=non_negative)
     qbroad: float = attrs.field(default=0.0, validator=non_negative)
     fit_rmin: float = attrs.field(default=1.5, validator=non_negative)
-    fit_rmax: float | None = attrs.field(default=None, validator=_optional_positive)
+    fit_rmax: float | None = attrs.field(default=None, validator=optional_positive)
     refine: tuple[str, ...] = attrs.field(default=("qdamp",), validator=_names_in(_DATASET_REFINABLE))
     start_scale_from_data: bool = True
 
