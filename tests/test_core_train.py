@@ -349,14 +349,9 @@ def test_simulate_without_a_forward_model_or_a_dataset_is_refused_at_validation(
     own store; with neither it is refused before any run directory, naming both tables."""
     from emverse.cli import main
 
-    recipe = _write_text(tmp_path / "sim.toml", 'schema_version = 1\nname = "s"\ntask = "simulate"\n'
-                                                 '[options]\nn = 4\n')
+    recipe = tmp_path / "sim.toml"
+    recipe.write_text('schema_version = 1\nname = "s"\ntask = "simulate"\n[options]\nn = 4\n')
     with pytest.raises(EmverseError, match=r"needs a \[forward_model\] table .* or a \[dataset\] table"):
         load_recipe(recipe)
     assert main(["recipe", "validate", str(recipe)]) == 2
     assert not (tmp_path / "runs").exists()
-
-
-def _write_text(path, text):
-    path.write_text(text)
-    return path

@@ -72,6 +72,31 @@ def _materialise(ctx, dataset) -> RunResult:
     return RunResult({**summary.get("metrics", {}), "seconds": time.perf_counter() - started})
 
 
+def _frozen_model(ctx):
+    """The recipe's ``[forward_model]`` with its own parameters frozen (tasks differentiate
+    through it with respect to the unknown only)."""
+    model = ctx.build("forward_model")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _given_vector(ctx, space, field: str, values, otherwise: str) -> torch.Tensor:
+    """``options.<field>`` (one vector in the forward model's units and parameter order) as a
+    (1, P) tensor, checked against the parameter box: its length and that it lies inside."""
+    vector = torch.tensor(values, dtype=ctx.dtype)[None]
+    if space is not None:
+        if len(values) != len(space):
+            raise EmverseError(
+                f"options.{field} has {len(values)} values; give {len(space)} in the order "
+                f"{list(space.names)} (units {list(space.units)}), or leave it empty {otherwise}")
+        if not bool(space.contains(vector).all()):
+            box = [(q.name, q.low, q.high) for q in space.parameters]
+            raise EmverseError(f"options.{field} {list(values)} lies outside the parameter box {box}; "
+                               "the posterior and the fit are defined inside it")
+    return vector.to(ctx.device)
+
+
 def read_measured(ctx, model, likelihood, observation: str, units: str, pixel: float):
     """The measured pattern as the forward model's observation (1, H, W): calibration
     checked against the model's, resampled where only the pixel size differs (counts
@@ -148,25 +173,11 @@ class InferTask(Task):
         self.observation, self.observation_units = observation, observation_units
         self.observation_pixel = observation_reciprocal_pixel_size
 
-    def _measured(self, ctx, model, likelihood):
-        return read_measured(ctx, model, likelihood, self.observation, self.observation_units, self.observation_pixel)
-
     def _truths(self, ctx, model):
-        space = model.parameter_space
         if not self.truth:
             return model.example_input(self.n_observations, generator=ctx.generator("truth"),
                                         dtype=ctx.dtype).to(ctx.device)
-        truth = torch.tensor(self.truth, dtype=ctx.dtype)[None]
-        if space is not None:
-            if len(self.truth) != len(space):
-                raise EmverseError(
-                    f"options.truth has {len(self.truth)} values; give {len(space)} in the order "
-                    f"{list(space.names)} (units {list(space.units)}), or leave it empty for a draw")
-            if not bool(space.contains(truth).all()):
-                box = [(p.name, p.low, p.high) for p in space.parameters]
-                raise EmverseError(f"options.truth {list(self.truth)} lies outside the parameter box {box}; "
-                                   "the posterior is defined inside it")
-        return truth.to(ctx.device)
+        return _given_vector(ctx, model.parameter_space, "truth", self.truth, "for a draw")
 
     def _approximate(self, ctx, model, prior, sampler, guidance, likelihood, y, gen):
         """(n_observations, n_samples, P) draws of the approximate posterior, physical units."""
@@ -178,10 +189,7 @@ class InferTask(Task):
                             for i in ctx.progress(range(len(y)), desc="approximate posterior")]).to(y.device)
 
     def run(self, ctx):
-        model = ctx.build("forward_model")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return self.posterior(ctx, model, ctx.build("prior"),
+        return self.posterior(ctx, _frozen_model(ctx), ctx.build("prior"),
                               ctx.build("dataset") if ctx.has("dataset") else None)
 
     def _from_dataset(self, ctx, dataset):
@@ -211,7 +219,9 @@ class InferTask(Task):
                                "posterior under that likelihood (e.g. type = \"core.poisson\")")
         prepare_prior(prior, model)
         if self.observation:
-            y, truth = self._measured(ctx, model, likelihood), None
+            y = read_measured(ctx, model, likelihood, self.observation, self.observation_units,
+                              self.observation_pixel)
+            truth = None
         elif dataset is not None:
             truth, y = self._from_dataset(ctx, dataset)
         else:
@@ -297,10 +307,11 @@ def _exact_posterior_errors(ctx, dataset, model, y, draws) -> dict[str, float]:
 CHI2_WARNING = 2.0
 
 
-def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc):
+def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc, fitted: bool = False):
     """Reduced χ² of each observation's posterior-mean prediction (where the likelihood
     defines χ²) and the posterior-predictive figures of the first ``n_ppc`` observations:
-    (metrics, the reduced χ² per observation or None)."""
+    (metrics, the reduced χ² per observation or None). ``fitted``: ``draws`` hold one refined
+    point per observation (the ``refine`` task), so the metrics and the warning speak of the fit."""
     if likelihood is None:
         return {}, None
     with torch.no_grad():
@@ -311,20 +322,21 @@ def _chi2_metrics(ctx, model, likelihood, y, draws, n_parameters, n_ppc):
         return {}, None
     reduced = chi2 / (count - n_parameters).clamp_min(1)
     poor = [i for i in range(len(y)) if not float(reduced[i]) < CHI2_WARNING]
+    what, key = ("fitted prediction", "fit") if fitted else ("posterior-mean prediction", "posterior_mean")
     if poor:
-        message = (f"the posterior-mean prediction does not explain {len(poor)} of {len(y)} observation(s) "
+        message = (f"the {what} does not explain {len(poor)} of {len(y)} observation(s) "
                    f"(reduced χ² ≥ {CHI2_WARNING:g}: {', '.join(f'#{i} {float(reduced[i]):.3g}' for i in poor[:10])}); "
-                   "the posterior there sits on a wrong mode or the model misses part of the physics — "
-                   "do not trust its width")
+                   + ("the fit there sits in a wrong minimum or the model misses part of the physics"
+                      if fitted else "the posterior there sits on a wrong mode or the model misses part of the "
+                                     "physics — do not trust its width"))
         ctx.log.warning(message)
         ctx.add_text("posterior predictive check", message)
     out = {}
     if len(y) == 1:
-        out["posterior_mean_chi2_reduced"] = float(reduced[0])
+        out[f"{key}_chi2_reduced"] = float(reduced[0])
     else:
-        out["posterior_mean_chi2_reduced_median"] = float(reduced.median())
-        out["posterior_mean_chi2_reduced_fraction_0.8_1.3"] = float(((reduced >= 0.8) & (reduced <= 1.3))
-                                                                    .double().mean())
+        out[f"{key}_chi2_reduced_median"] = float(reduced.median())
+        out[f"{key}_chi2_reduced_fraction_0.8_1.3"] = float(((reduced >= 0.8) & (reduced <= 1.3)).double().mean())
     for i in range(min(n_ppc, len(y))):
         if prediction[i].ndim == 2:
             ctx.save_figure(f"ppc_{i}", _ppc_figure(likelihood, y[i], prediction[i], float(reduced[i])))
@@ -507,11 +519,8 @@ class TrainTask(Task):
             axes[0, 0].set_yscale("log")
         ctx.save_figure("training_loss", fig)
         if o.n_observations:
-            model = ctx.build("forward_model")
-            for p in model.parameters():
-                p.requires_grad_(False)
             check = InferTask(n_observations=o.n_observations, n_samples=o.n_samples)
-            metrics.update(check.posterior(ctx, model, prior, dataset).metrics)
+            metrics.update(check.posterior(ctx, _frozen_model(ctx), prior, dataset).metrics)
         return RunResult(metrics)
 
 
@@ -535,42 +544,28 @@ class RefineTask(Task):
         self.observation, self.observation_units = observation, observation_units
         self.observation_pixel = observation_reciprocal_pixel_size
 
-    def _given_start(self, space, ctx):
-        start = torch.tensor(self.start, dtype=ctx.dtype)[None]
-        if space is not None:
-            if len(self.start) != len(space):
-                raise EmverseError(f"options.start has {len(self.start)} values; give {len(space)} in the order "
-                                   f"{list(space.names)} (units {list(space.units)}), or leave it empty")
-            if not bool(space.contains(start).all()):
-                box = [(q.name, q.low, q.high) for q in space.parameters]
-                raise EmverseError(f"options.start {list(self.start)} lies outside the parameter box {box}")
-        return start.to(ctx.device)
-
     def run(self, ctx):
-        model = ctx.build("forward_model")
+        model = _frozen_model(ctx)
         refiner = ctx.build("refiner")
         likelihood = ctx.build("likelihood") if ctx.has("likelihood") else ModelLikelihood(model)
         parametrization = ctx.build("parametrization") if ctx.has("parametrization") else ParameterVector()
-        for p in model.parameters():
-            p.requires_grad_(False)
         space = model.parameter_space
         if self.observation:
             truth = None
             y = read_measured(ctx, model, likelihood, self.observation, self.observation_units, self.observation_pixel)
-            if self.start:
-                start = self._given_start(space, ctx)
-            elif space is not None:  # the centre of the box
-                start = space.denormalise(torch.zeros(1, len(space), dtype=ctx.dtype)).to(ctx.device, ctx.dtype)
-            else:
-                raise EmverseError("a measured observation needs options.start (the forward model has no "
-                                   "parameter box whose centre could start the refinement)")
         else:
             truth = model.example_input(1, generator=ctx.generator("truth"), dtype=ctx.dtype).to(ctx.device)
             y = _observe(model, likelihood, truth, ctx.generator("noise", device=ctx.device))
+        if self.start:
+            start = _given_vector(ctx, space, "start", self.start, "(the default start)")
+        elif truth is None:  # a measurement: the centre of the box
+            if space is None:
+                raise EmverseError("a measured observation needs options.start (the forward model has no "
+                                   "parameter box whose centre could start the refinement)")
+            start = space.denormalise(torch.zeros(1, len(space), dtype=ctx.dtype)).to(ctx.device, ctx.dtype)
+        else:
             noise = torch.randn(truth.shape, generator=ctx.generator("start"), dtype=truth.dtype).to(ctx.device)
-            if self.start:
-                start = self._given_start(space, ctx)
-            elif space is not None:
+            if space is not None:
                 start = space.denormalise((space.normalise(truth) + self.start_offset * noise).clamp(-1, 1))
             else:
                 start = truth + self.start_offset * noise
@@ -595,8 +590,7 @@ class RefineTask(Task):
                           [[name, unit, float(s), float(r)] for name, unit, s, r in zip(
                               names, units, start[0], refined[0], strict=True)])
             metrics.update({f"refined/{name}": float(refined[0, i]) for i, name in enumerate(names)})
-            chi2_metrics, _ = _chi2_metrics(ctx, model, likelihood, y, refined[:, None], len(names), 1)
-            metrics.update({key.replace("posterior_mean_", "fit_"): value for key, value in chi2_metrics.items()})
+            metrics.update(_chi2_metrics(ctx, model, likelihood, y, refined[:, None], len(names), 1, fitted=True)[0])
             return RunResult(metrics)
         ctx.add_table("refined parameters", ["parameter", "unit", "truth", "start", "refined"],
                       [[name, unit, float(t), float(s), float(r)] for name, unit, t, s, r in zip(
@@ -649,9 +643,7 @@ class EvaluateTask(Task):
 
         from emverse.statistics import paired_bootstrap
 
-        model = ctx.build("forward_model")
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model = _frozen_model(ctx)
         likelihood = ctx.build("likelihood") if ctx.has("likelihood") else None
         methods = ctx.build("compare")
         space = model.parameter_space

@@ -68,7 +68,8 @@ class Patterns(Configurable):
         ``[dataset]``): truths (n, P) in the forward model's units and patterns (n, H, W). A test
         store is held out by being simulated apart (its own seed); its order is fixed, so no
         draw is random and ``generator`` is not used."""
-        dataset = PatternDataset(self.path, max_items=self.max_items or None)
+        # read only the first n (a test store may hold far more than the observations asked for)
+        dataset = PatternDataset(self.path, max_items=min(n, self.max_items) if self.max_items else n)
         if n > len(dataset):
             raise EmverseError(f"options.n_observations = {n}, but dataset {self.path!r} holds {len(dataset)} "
                                "patterns (max_items counts); lower n_observations or simulate more")
